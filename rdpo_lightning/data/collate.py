@@ -1,0 +1,44 @@
+"""Batching tokenised pairs into the one concatenated (2B, T) forward the module runs.
+
+Rows 0..B−1 hold prompt+chosen, rows B..2B−1 prompt+rejected, right-padded; ``labels`` repeat the ids with the
+prompt and the padding set to −100 so only response tokens are scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rdpo_lightning.logprobs import IGNORE_INDEX
+
+
+class PairCollator:
+    """Pads to the longest row of the batch (rounded up to ``pad_to_multiple_of``)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows, prompt_lengths = [], []
+        for key in ("chosen_ids", "rejected_ids"):
+            for ex in examples:
+                rows.append(list(ex["prompt_ids"]) + list(ex[key]))
+                prompt_lengths.append(len(ex["prompt_ids"]))
+        length = max(len(r) for r in rows)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for i, (row, plen) in enumerate(zip(rows, prompt_lengths, strict=True)):
+            ids = torch.tensor(row, dtype=torch.long)
+            input_ids[i, : len(row)] = ids
+            attention_mask[i, : len(row)] = 1
+            labels[i, plen : len(row)] = ids[plen:]
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "group" in examples[0]:
+            batch["groups"] = torch.tensor([int(ex["group"]) for ex in examples], dtype=torch.long)
+        return batch

@@ -1,0 +1,112 @@
+"""The robust-strategy interface: turn per-pair losses into the objective to optimise.
+
+The module never asks *which* robust method it runs. It hands a :class:`PairBatch` to its :class:`RobustLoss` and
+gets back the scalar to back-propagate and the numbers worth logging. Strategies that must drive the backward passes
+themselves (WDPO without double backward) set ``automatic_optimization = False`` and implement :meth:`manual_step`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+def local_gather(tensor: Tensor) -> Tensor:
+    """The single-process stand-in for an all-gather across data-parallel ranks."""
+    return tensor.detach()
+
+
+@dataclass
+class PairBatch:
+    """What a strategy sees of one (per-rank) training batch.
+
+    ``losses``: per-pair losses (B,), differentiable. ``embeddings``: the input-embedding output z (2B, T, D) the
+    losses were computed from (rows 0..B-1 chosen, B..2B-1 rejected), captured only when the strategy asks.
+    ``groups``: optional int group id per pair. ``gather``: detached all-gather over data-parallel ranks returning a
+    flat (world_size·B,) tensor; ``world_size``: how many ranks DDP averages gradients over.
+    """
+
+    losses: Tensor
+    embeddings: Tensor | None = None
+    groups: Tensor | None = None
+    gather: Callable[[Tensor], Tensor] = local_gather
+    world_size: int = 1
+
+
+@dataclass
+class RobustOutput:
+    """``loss``: the per-rank scalar to back-propagate (scaled so DDP's gradient average gives the global objective);
+    ``metrics``: detached scalars, logged as ``train/robust/<name>``."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+ForwardFn = Callable[[Tensor | None], PairBatch]
+BackwardFn = Callable[[Tensor], None]
+
+
+class RobustLoss(nn.Module):
+    """Base class of the robust strategies (``NoRobust``, ``KLReweighter``, ``WassersteinPenalty``, ...)."""
+
+    #: capture the input-embedding output z for this strategy
+    needs_embeddings: bool = False
+    #: False when the strategy runs its own backward passes through :meth:`manual_step`
+    automatic_optimization: bool = True
+
+    def forward(self, batch: PairBatch) -> RobustOutput:
+        raise NotImplementedError
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """A context the policy's training forward runs in (e.g. the math attention path for double backward)."""
+        return contextlib.nullcontext()
+
+    def manual_step(self, forward: ForwardFn, backward: BackwardFn) -> tuple[PairBatch, RobustOutput]:
+        """Run forward(s) and backward(s) for one step; ``forward(shift)`` adds ``shift`` to z before the model."""
+        raise NotImplementedError(f"{type(self).__name__} uses automatic optimisation")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+
+
+def global_softmax_weights(losses: Tensor, gather: Callable[[Tensor], Tensor], temperature: float) -> Tensor:
+    """Detached softmax(ℓ/temperature) weights of the *local* pairs, normalised over the *global* batch.
+
+    Every rank sees the same gathered losses and so the same normaliser; each weights only its own pairs. Computed in
+    float64 through a log-sum-exp, so a small temperature or a large loss cannot overflow.
+    """
+    scaled_local = losses.detach().double() / temperature
+    scaled_global = gather(losses.detach()).double() / temperature
+    return torch.exp(scaled_local - torch.logsumexp(scaled_global, dim=0)).to(losses.dtype)
+
+
+def effective_sample_fraction(weights: Tensor) -> Tensor:
+    """Kish's effective sample size (Σw)²/Σw², as a fraction of the number of weights (1 = uniform)."""
+    weights = weights.double()
+    return (weights.sum() ** 2 / (weights.pow(2).sum() * weights.numel())).float()
+
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Force PyTorch's math SDPA path: flash / memory-efficient kernels have no double backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield

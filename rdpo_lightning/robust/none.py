@@ -1,0 +1,12 @@
+"""ERM: the plain mean of the pair losses, i.e. ordinary DPO (or IPO, cDPO, ... per the pair loss)."""
+
+from __future__ import annotations
+
+from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput
+
+
+class NoRobust(RobustLoss):
+    """Ordinary empirical risk: mean over the batch. DDP's gradient average makes it the global mean."""
+
+    def forward(self, batch: PairBatch) -> RobustOutput:
+        return RobustOutput(loss=batch.losses.mean())
