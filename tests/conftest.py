@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny tokenizer and model saved to disk and loaded the way users load theirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the tests' tokenizers and caches out of the user's home."""
+    os.environ["RDPO_CACHE"] = str(tmp_path_factory.mktemp("rdpo_cache"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def world_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rdpo_lightning.data import AttributeWorld
+    from rdpo_lightning.data.tokenizer import save_word_tokenizer
+
+    return save_word_tokenizer(AttributeWorld().vocabulary(), tmp_path_factory.mktemp("world_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer_dir: Path) -> Path:
+    """A 2-layer GPT-2 for the world's vocabulary, written with ``save_pretrained``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rdpo_lightning.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(world_tokenizer_dir)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        n_positions=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    directory = tmp_path_factory.mktemp("tiny_gpt2")
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64}
+
+
+@pytest.fixture()
+def tiny_gpt2_config() -> dict:
+    return dict(TINY_GPT2)
