@@ -2,14 +2,66 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
 from lightning.pytorch.cli import LightningCLI
 
 from rdpo_lightning.data import PreferenceDataModule
 from rdpo_lightning.module import RobustDPO
 
 
+class ConfigError(SystemExit):
+    """A bad configuration value, reported as one line naming its YAML key instead of a traceback."""
+
+
 class RDPOCLI(LightningCLI):
     """``rdpo fit|validate|test -c config.yaml``; robust strategies and pair losses are chosen by ``class_path``."""
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as error:
+            root = innermost_cause(error)
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            where = config_key_of(root, config)
+            message = f"rdpo: error: invalid configuration{f' at {where}' if where else ''}: {root}"
+            print(message, file=sys.stderr)
+            raise ConfigError(2) from error
+
+
+def innermost_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _class_paths(config: Any) -> Iterator[tuple[str, str]]:
+    """(YAML key, class_path) for every ``class_path`` entry of a parsed (flattened-key) config."""
+    items = config.items() if hasattr(config, "items") else []
+    for key, value in items:
+        key = str(key)
+        if isinstance(value, str) and (key == "class_path" or key.endswith(".class_path")):
+            yield key[: -len("class_path")].rstrip("."), value
+
+
+def config_key_of(error: BaseException, config: Any) -> str | None:
+    """The YAML key whose class raised ``error`` in its ``__init__`` (``model`` for the module itself)."""
+    raising = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals:
+            raising = type(frame.f_locals["self"])
+    if raising is None:
+        return None
+    if issubclass(raising, RobustDPO):
+        return "model"
+    wanted = f"{raising.__module__}.{raising.__qualname__}"
+    for key, class_path in _class_paths(config):
+        if class_path == wanted or class_path.rsplit(".", 1)[-1] == raising.__qualname__:
+            return key.replace(".init_args", "") or None
+    return None
 
 
 def main(args: list[str] | None = None) -> RDPOCLI:

@@ -29,7 +29,9 @@ def token_logprobs(logits: Tensor, labels: Tensor, chunk_rows: int | None = None
     step = rows if not chunk_rows or chunk_rows <= 0 else chunk_rows
     pieces = []
     for start in range(0, rows, step):
-        chunk = logits[start : start + step].float()
+        chunk = logits[start : start + step]
+        if chunk.dtype in (torch.float16, torch.bfloat16):
+            chunk = chunk.float()
         picked = chunk.gather(-1, safe_targets[start : start + step].unsqueeze(-1)).squeeze(-1)
         pieces.append(picked - torch.logsumexp(chunk, dim=-1))
     logps = torch.cat(pieces) if len(pieces) > 1 else pieces[0]

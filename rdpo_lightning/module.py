@@ -158,12 +158,14 @@ class RobustDPO(L.LightningModule):
         def hook(_module, _inputs, output):
             if shift is not None:
                 output = output + shift.to(output.dtype)
-            if not output.requires_grad:
-                output = output.detach().requires_grad_()
-            captured.append(output)
+            if capture:
+                if not output.requires_grad:
+                    output = output.detach().requires_grad_()
+                captured.append(output)
             return output
 
-        handle = self.policy.get_input_embeddings().register_forward_hook(hook) if capture else None
+        hooked = capture or shift is not None
+        handle = self.policy.get_input_embeddings().register_forward_hook(hook) if hooked else None
         try:
             with self.robust.forward_context():
                 policy = self._logps(self.policy, batch)
