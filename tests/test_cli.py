@@ -18,9 +18,11 @@ PAIR_TAGS = [
     "logps/chosen",
     "logps/rejected",
 ]
-STRATEGY_TAGS = {"none": [], "kl": ["train/robust/weight_max", "train/robust/ess_fraction"], "wasserstein": [
-    "train/robust/penalty"
-]}
+STRATEGY_TAGS = {
+    "none": [],
+    "kl": ["train/robust/weight_max", "train/robust/ess_fraction"],
+    "wasserstein": ["train/robust/penalty"],
+}
 
 
 def small_run_args(root: Path) -> list[str]:
@@ -66,7 +68,9 @@ def test_fit_then_validate(tmp_path: Path, strategy: str):
     assert metrics["val/loss"] == pytest.approx(float(cli.trainer.callback_metrics["val/loss"]), rel=1e-5)
 
 
-def test_pretrained_model_directory_is_loaded_like_a_hub_model(tmp_path: Path, tiny_model_dir: Path, world_tokenizer_dir):
+def test_pretrained_model_directory_is_loaded_like_a_hub_model(
+    tmp_path: Path, tiny_model_dir: Path, world_tokenizer_dir
+):
     base = ["-c", str(CONFIGS / "quickstart.yaml")]
     args = [a for a in small_run_args(tmp_path) if not a.startswith("--model.model_config")]
     cli = main(

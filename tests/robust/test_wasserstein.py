@@ -105,7 +105,9 @@ def test_default_step_is_the_adversarial_form(batch):
     pairs, _ = module.policy_forward(batch, reference, capture=True)
     (g,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings)
     shifted, _ = module.policy_forward(batch, reference, shift=2 * RHO * g)
-    want = torch.cat([x.flatten() for x in torch.autograd.grad(shifted.losses.mean(), list(module.policy.parameters()))])
+    want = torch.cat(
+        [x.flatten() for x in torch.autograd.grad(shifted.losses.mean(), list(module.policy.parameters()))]
+    )
     torch.testing.assert_close(run_manual(module, batch), want, rtol=1e-10, atol=1e-12)
 
 
