@@ -151,6 +151,8 @@ class PreferenceDataModule(L.LightningDataModule):
     def _tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
         """Check, tokenise and filter one split through cached ``datasets.map`` calls; count what is dropped."""
         require_columns(dataset, PAIR_COLUMNS, split)
+        if len(dataset) == 0:
+            raise ValueError(f"{split}: no pair is left ({self._reason_text(split)})")
         kwargs = self._tokenize_kwargs()
         settings = {k: v for k, v in kwargs.items() if k != "tokenizer"}
         key = Hasher.hash([dataset._fingerprint, Hasher.hash(self.tokenizer), settings, PIPELINE_VERSION])
@@ -195,10 +197,14 @@ class PreferenceDataModule(L.LightningDataModule):
     def _report_drops(self) -> None:
         """One warning per split that lost pairs, with the count per reason."""
         sizes = {"train": len(self.train_dataset), **{n: len(d) for n, d in self.val_datasets.items()}}
-        for split, size in sizes.items():
-            dropped = self.dropped.get(split, 0)
-            if dropped:
-                log.warning("%s: dropped %d of %d pairs (%s)", split, dropped, dropped + size, self._reason_text(split))
+        for split, dropped in self.dropped.items():
+            if not dropped:
+                continue
+            if split in sizes:
+                total = dropped + sizes[split]
+                log.warning("%s: dropped %d of %d pairs (%s)", split, dropped, total, self._reason_text(split))
+            else:  # rows removed before pairs were formed (e.g. scored completions)
+                log.warning("%s: dropped %s", split, self._reason_text(split))
 
     # --- loaders -----------------------------------------------------------------------------------------------
     def _collator(self) -> PairCollator:

@@ -131,5 +131,7 @@ def _generate(
                 completions.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
     finally:
         tokenizer.padding_side = side
-    log.info("sampled %d completions for %d prompts from %s", len(prompts) * config.num_per_prompt, len(prompts), policy)
+    log.info(
+        "sampled %d completions for %d prompts from %s", len(prompts) * config.num_per_prompt, len(prompts), policy
+    )
     return completions

@@ -123,7 +123,9 @@ def parse_mixture(
         if not 0.0 <= entry <= 1.0:
             raise ValueError(f"{where}: alpha must lie in [0, 1], got {entry!r}")
         return two_attribute_mixture(float(entry), pair[0], pair[1], k, kind)
-    raise ValueError(f"{where}: expected a number α, a list of {k} weights or a mapping attribute → weight; got {entry!r}")
+    raise ValueError(
+        f"{where}: expected a number α, a list of {k} weights or a mapping attribute → weight; got {entry!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,11 @@ def resolve_mixture_grid(
             for i, entry in enumerate(train_mixtures)
         ]
     else:
+        if train_alpha is None and pair is None:
+            raise ValueError(
+                f"give {prefix}attribute_a and {prefix}attribute_b (the pair train_alpha mixes) "
+                f"or {prefix}train_mixtures"
+            )
         alpha = default_alpha if train_alpha is None else train_alpha
         train = [parse_mixture(alpha, attributes, pair, kind, f"{prefix}train_alpha")]
     names = [m.name for m in train]
