@@ -3,6 +3,8 @@
 from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.generate import SamplingConfig
 from rdpo_lightning.data.mixture import Mixture, bradley_terry_labels, two_attribute_mixture
+from rdpo_lightning.data.pairwise import PairwisePreferenceDataModule
+from rdpo_lightning.data.scored import ScoredCompletionsDataModule
 from rdpo_lightning.data.world import AttributeWorld
 from rdpo_lightning.data.world_data import AttributeWorldDataModule
 
@@ -10,7 +12,9 @@ __all__ = [
     "AttributeWorld",
     "AttributeWorldDataModule",
     "Mixture",
+    "PairwisePreferenceDataModule",
     "PreferenceDataModule",
+    "ScoredCompletionsDataModule",
     "SamplingConfig",
     "bradley_terry_labels",
     "two_attribute_mixture",

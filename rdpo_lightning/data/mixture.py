@@ -132,7 +132,8 @@ def parse_mixture(
 class MixtureGrid:
     """The training components (each a group id, with its share of the training pairs) and the validation mixtures.
 
-    ``validation`` starts with the training components (in-distribution), then the grid without repeats.
+    ``validation`` starts with the training components (in-distribution), then the α family (``val_alphas``), then
+    the other ``val_mixtures``, without repeats.
     """
 
     train: tuple[Mixture, ...]
@@ -197,21 +198,19 @@ def resolve_mixture_grid(
         check_simplex(list(train_shares), what=f"{prefix}train_shares")
         shares = [float(s) for s in train_shares]
 
-    if val_alphas is not None and val_mixtures is not None:
-        raise ValueError(f"give one of {prefix}val_alphas and {prefix}val_mixtures, not both")
-    if val_mixtures is not None:
-        grid = [
-            parse_mixture(entry, attributes, pair, kind, f"{prefix}val_mixtures[{i}]")
-            for i, entry in enumerate(val_mixtures)
-        ]
-    else:
-        alphas = default_val_alphas if val_alphas is None else val_alphas
-        if pair is None and len(alphas) > 0:
+    alphas = default_val_alphas if val_alphas is None else val_alphas
+    if pair is None and len(alphas) > 0:
+        if val_alphas is not None:
             raise ValueError(f"{prefix}val_alphas needs {prefix}attribute_a and {prefix}attribute_b")
-        grid = [parse_mixture(a, attributes, pair, kind, f"{prefix}val_alphas[{i}]") for i, a in enumerate(alphas)]
+        alphas = ()  # no pair to span: only the given val_mixtures
+    grid = [parse_mixture(a, attributes, pair, kind, f"{prefix}val_alphas[{i}]") for i, a in enumerate(alphas)]
+    grid += [
+        parse_mixture(entry, attributes, pair, kind, f"{prefix}val_mixtures[{i}]")
+        for i, entry in enumerate(val_mixtures or [])
+    ]
     validation = list(train)
-    for mixture in grid:
-        if mixture.name not in {m.name for m in validation}:
+    for mixture in grid:  # the same α written twice (e.g. as a number and as a vector) is one validation set
+        if not any(np.allclose(mixture.weights, m.weights) for m in validation):
             validation.append(mixture)
     return MixtureGrid(tuple(train), tuple(shares), tuple(validation))
 

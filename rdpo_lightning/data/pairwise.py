@@ -128,7 +128,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         require_columns(dataset, wanted.values(), f"{split} ({self.path})", keys)
         dataset = dataset.select_columns(list(wanted.values()))
         dataset = dataset.rename_columns({c: role for role, c in wanted.items() if c != role})
-        group = dataset["group"] if "group" in dataset.column_names else None
+        group = list(dataset["group"]) if "group" in dataset.column_names else None
         if group is not None:
             dataset = dataset.remove_columns("group")
         use_template = self._uses_template(dataset)
