@@ -68,7 +68,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         batch_size: int = 8,
         val_batch_size: int | None = None,
         max_length: int = 1024,
-        max_prompt_length: int | None = 512,
+        max_prompt_length: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
         truncation_mode: str = "keep_end",
