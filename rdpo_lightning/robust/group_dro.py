@@ -18,7 +18,8 @@ class GroupDRO(RobustLoss):
     ranks, detached) update w_g ← w_g·exp(η·ℓ_g) for the groups present, then w is renormalised; the objective is
     Σ_g w_g ℓ_g / Σ_g w_g over the groups present in the batch (a group absent from a batch keeps its weight and
     neither moves nor dilutes the step). Each rank weights only its own pairs, by w_g / (n_g · Σ w), scaled by
-    ``world_size``, so DDP's gradient average is the full-batch gradient.
+    ``world_size``, so DDP's gradient average is the full-batch gradient; the returned loss's *value* is the global
+    objective on every rank.
 
     The weights are a registered buffer (``group_weights``): saved in checkpoints, restored on resume, and identical on
     every rank because every rank computes the same update from the same gathered numbers. ``eta`` is the step size
@@ -82,7 +83,9 @@ class GroupDRO(RobustLoss):
         present = counts > 0
         present_mass = weights[present].sum()
         pair_weights = (weights / (counts.clamp(min=1) * present_mass))[groups].to(losses.dtype)
-        loss = batch.world_size * (pair_weights * losses).sum()
+        surrogate = batch.world_size * (pair_weights * losses).sum()
+        objective = (weights[present] * means[present]).sum() / present_mass
+        loss = surrogate + (objective.to(surrogate.dtype) - surrogate).detach()  # value: the global objective
         worst = means.masked_fill(~present, float("-inf")).max()
         metrics = {"worst_group_loss": worst.float(), "weight_max": weights.max().float()}
         if self.num_groups <= 8:
