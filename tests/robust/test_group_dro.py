@@ -16,7 +16,7 @@ from rdpo_lightning.robust import GroupDRO, PairBatch
 
 
 def reference_step(weights: list[float], losses: torch.Tensor, groups: list[int], eta: float):
-    """A plain loop: w_g ← w_g·exp(η·mean ℓ_g) for present g, renormalise; objective Σ_present w_g ℓ_g / Σ_present w_g."""
+    """A plain loop: w_g ← w_g·exp(η·mean ℓ_g) for present g, renormalise; objective Σ w_g ℓ_g / Σ w_g (present g)."""
     means = {}
     for g in range(len(weights)):
         members = [i for i, gi in enumerate(groups) if gi == g]
