@@ -145,3 +145,28 @@ def test_helpsteer_llama_config_loads_a_local_helpsteer_layout(tmp_path, tiny_mo
     ]
     assert cli.model.beta == 0.01
     assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == 5e-7
+
+
+def test_group_robust_configs_stack_on_the_quickstart(tmp_path):
+    args = [
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--data.init_args.num_train=32",
+        "--data.init_args.num_val=8",
+        "--data.init_args.batch_size=16",
+        "--data.init_args.val_alphas=[1.0]",
+        "--model.model_config.n_layer=1",
+    ]
+    expected = {
+        "dr_dpo": {"train/robust/weight_max", "train/robust/ess_fraction"},
+        "group_dro": {"train/robust/worst_group_loss", "train/robust/group_weight/0", "train/robust/group_weight/1"},
+    }
+    for name, tags in expected.items():
+        root = tmp_path / name
+        config = ["-c", str(CONFIGS / "quickstart.yaml"), "-c", str(CONFIGS / "robust" / f"{name}.yaml")]
+        cli = main(["fit", *config, *run_args(root), *args])
+        assert cli.trainer.global_step == 2
+        assert tags <= scalar_tags(root), name
+    assert set(cli.datamodule.train_dataset["group"]) == {0, 1}
+    assert cli.model.robust.group_weights.tolist() != [0.5, 0.5]

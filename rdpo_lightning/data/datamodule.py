@@ -89,6 +89,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.dropped: dict[str, int] = {}
         self.drop_reasons: dict[str, dict[str, int]] = {}
         self._built: tuple[Any, datasets.Dataset, dict[str, datasets.Dataset]] | None = None
+        self._tokenizer_key = ""
         self._reported = False
 
     # --- what subclasses provide -------------------------------------------------------------------------------
@@ -129,7 +130,10 @@ class PreferenceDataModule(L.LightningDataModule):
         if self._built is None:
             self.dropped, self.drop_reasons = {}, {}
             self.tokenizer = self.build_tokenizer()
+            self._tokenizer_key = Hasher.hash(self.tokenizer)  # once: hashing a large vocabulary takes a moment
             train, vals = self.build_splits()
+            if "train" in vals:
+                raise ValueError("a validation set cannot be named 'train'")
             if not vals:
                 raise ValueError(f"{type(self).__name__} built no validation set")
             tokenized_train = self._tokenize("train", train)
@@ -155,7 +159,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise ValueError(f"{split}: no pair is left ({self._reason_text(split)})")
         kwargs = self._tokenize_kwargs()
         settings = {k: v for k, v in kwargs.items() if k != "tokenizer"}
-        key = Hasher.hash([dataset._fingerprint, Hasher.hash(self.tokenizer), settings, PIPELINE_VERSION])
+        key = Hasher.hash([dataset._fingerprint, self._tokenizer_key, settings, PIPELINE_VERSION])
         directory = self.cache_dir / "tokenized"
         directory.mkdir(parents=True, exist_ok=True)
         keep_columns = ["group"] if "group" in dataset.column_names else []
