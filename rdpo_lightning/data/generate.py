@@ -28,7 +28,6 @@ class SamplingConfig:
     ``device``: where the policy runs (default: CUDA when available, else CPU); ``dtype``: float32, bfloat16, ...
     """
 
-    num_per_prompt: int = 2
     max_new_tokens: int = 16
     temperature: float = 1.0
     top_k: int | None = None
@@ -38,8 +37,6 @@ class SamplingConfig:
     dtype: str | None = None
 
     def __post_init__(self) -> None:
-        if self.num_per_prompt < 2:
-            raise ValueError(f"data.sampling.num_per_prompt must be >= 2 to make pairs, got {self.num_per_prompt}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("data.sampling.max_new_tokens and data.sampling.batch_size must be >= 1")
         if not self.temperature > 0:
@@ -59,18 +56,19 @@ def sample_completions(
     policy: str,
     tokenizer: Any,
     prompts: Sequence[str],
+    num_per_prompt: int,
     config: SamplingConfig,
     seed: int,
     cache_dir: str | os.PathLike | None = None,
 ) -> list[list[str]]:
-    """``config.num_per_prompt`` sampled completions (decoded text) for each prompt, cached under ``cache_dir``."""
+    """``num_per_prompt`` sampled completions (decoded text) for each prompt, cached under ``cache_dir``."""
     key = Hasher.hash(
-        [policy_fingerprint(policy), Hasher.hash(tokenizer), list(prompts), _settings(config), seed, "v1"]
+        [policy_fingerprint(policy), Hasher.hash(tokenizer), list(prompts), num_per_prompt, _settings(config), seed]
     )
     cache = Path(cache_dir) / "generations" / f"{key}.json" if cache_dir is not None else None
     if cache is not None and cache.exists():
         return json.loads(cache.read_text())
-    completions = _generate(policy, tokenizer, prompts, config, seed)
+    completions = _generate(policy, tokenizer, prompts, num_per_prompt, config, seed)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
@@ -86,7 +84,7 @@ def _settings(config: SamplingConfig) -> dict[str, Any]:
 
 
 def _generate(
-    policy: str, tokenizer: Any, prompts: Sequence[str], config: SamplingConfig, seed: int
+    policy: str, tokenizer: Any, prompts: Sequence[str], num_per_prompt: int, config: SamplingConfig, seed: int
 ) -> list[list[str]]:
     import torch
     from tqdm.auto import tqdm
@@ -120,18 +118,16 @@ def _generate(
                     output = model.generate(
                         **inputs,
                         max_new_tokens=config.max_new_tokens,
-                        num_return_sequences=config.num_per_prompt,
+                        num_return_sequences=num_per_prompt,
                         pad_token_id=tokenizer.pad_token_id,
                         eos_token_id=tokenizer.eos_token_id,
                         **sampling,
                     )
                 texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 texts = [t.strip() for t in texts]
-                n = config.num_per_prompt
+                n = num_per_prompt
                 completions.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
     finally:
         tokenizer.padding_side = side
-    log.info(
-        "sampled %d completions for %d prompts from %s", len(prompts) * config.num_per_prompt, len(prompts), policy
-    )
+    log.info("sampled %d completions for %d prompts from %s", len(prompts) * num_per_prompt, len(prompts), policy)
     return completions

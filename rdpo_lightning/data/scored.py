@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -26,17 +25,17 @@ import numpy as np
 from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
 from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.hub import check_fraction, load_table
-from rdpo_lightning.data.mixture import (
-    Mixture,
-    MixtureEntry,
-    component_assignment,
-    label_pairs,
-    resolve_mixture_grid,
+from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
+from rdpo_lightning.data.pairing import (
+    TIED,
+    PromptCompletions,
+    check_pairing,
+    compared_completions,
+    pair_completions,
 )
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
 
-PAIRINGS = ("best_vs_worst", "bradley_terry")
 NUMERIC = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64")
 
 #: drop reasons, as counted and logged
@@ -44,16 +43,6 @@ NULL_SCORE = "completions with a null or NaN score"
 EMPTY_RESPONSE = "completions with an empty or null response"
 NULL_PROMPT = "completions with a null prompt"
 TOO_FEW = "prompts with fewer than two usable completions"
-TIED = "prompts whose compared completions tie at this mixture"
-
-
-@dataclass
-class PromptCompletions:
-    """One prompt (rendered text), its completions (rendered text) and their (m, K) attribute scores."""
-
-    prompt: str
-    responses: list[str]
-    scores: np.ndarray
 
 
 class ScoredCompletionsDataModule(PreferenceDataModule):
@@ -128,8 +117,7 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
             raise ValueError("data.score_columns must name at least one attribute column")
         if len(set(score_columns)) != len(score_columns):
             raise ValueError(f"data.score_columns repeats a column: {score_columns}")
-        if pairing not in PAIRINGS:
-            raise ValueError(f"data.pairing must be one of {PAIRINGS}, got {pairing!r}")
+        check_pairing(pairing)
         if label_temperature is not None and not label_temperature > 0:
             raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
         check_fraction("data.val_fraction", val_fraction)
@@ -226,48 +214,6 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
             grouped.append(PromptCompletions(prompt, texts, scores[rows]))
         return grouped
 
-    # --- pairing -----------------------------------------------------------------------------------------------
-    def _compared(self, groups: list[PromptCompletions], rng: np.random.Generator) -> list[tuple[int, int]]:
-        """For Bradley–Terry pairing: the two completions compared per prompt, drawn once."""
-        return [
-            (0, 1) if len(g.responses) == 2 else tuple(rng.choice(len(g.responses), 2, replace=False)) for g in groups
-        ]
-
-    def pairs_at(
-        self,
-        split: str,
-        groups: list[PromptCompletions],
-        mixtures: list[Mixture],
-        assignment: np.ndarray,
-        compared: list[tuple[int, int]] | None,
-        rng: np.random.Generator,
-    ) -> dict[str, list]:
-        """Prompt i's pair at ``mixtures[assignment[i]]``; ties counted under ``split`` and skipped."""
-        rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group": []}
-        if self.pairing == "best_vs_worst":
-            picks = []
-            for group, g in zip(groups, assignment, strict=True):
-                reward = mixtures[g].combine(group.scores)
-                best, worst = int(np.argmax(reward)), int(np.argmin(reward))
-                picks.append(None if _ties(reward[best], reward[worst]) else (best, worst))
-        else:
-            first = np.stack([g.scores[a] for g, (a, _) in zip(groups, compared, strict=True)])
-            second = np.stack([g.scores[b] for g, (_, b) in zip(groups, compared, strict=True)])
-            wins = label_pairs(first, second, mixtures, assignment, self.label_temperature, rng)
-            picks = []
-            for (a, b), win, g, s1, s2 in zip(compared, wins, assignment, first, second, strict=True):
-                tied = self.label_temperature is None and _ties(*mixtures[g].combine(np.stack([s1, s2])))
-                picks.append(None if tied else ((a, b) if win else (b, a)))
-        for group, g, pick in zip(groups, assignment, picks, strict=True):
-            if pick is None:
-                self.count_dropped(split, TIED, 1)
-                continue
-            rows["prompt"].append(group.prompt)
-            rows["chosen"].append(group.responses[pick[0]])
-            rows["rejected"].append(group.responses[pick[1]])
-            rows["group"].append(int(g))
-        return rows
-
     # --- splits ------------------------------------------------------------------------------------------------
     def _prompt_groups(self) -> tuple[list[PromptCompletions], list[PromptCompletions]]:
         train_table = load_table(self.path, self.train_split, self.name, self.revision)
@@ -294,25 +240,25 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
             )
         return train, val
 
+    def _pairs(self, split, groups, mixtures, assignment, compared, rng) -> dict[str, list]:
+        rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
+        self.count_dropped(split, TIED, tied)
+        return rows
+
     def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
         train_groups, val_groups = self._prompt_groups()
         pick_rng = np.random.default_rng([self.seed, 1])
-        label_rng = np.random.default_rng([self.seed, 2])
         bt = self.pairing == "bradley_terry"
         assignment = component_assignment(len(train_groups), self.train_shares, np.random.default_rng([self.seed, 0]))
-        compared = self._compared(train_groups, pick_rng) if bt else None
-        train_rows = self.pairs_at("train", train_groups, self.train_mixtures, assignment, compared, label_rng)
-        train = datasets.Dataset.from_dict(train_rows)
+        compared = compared_completions(train_groups, pick_rng) if bt else None
+        label_rng = np.random.default_rng([self.seed, 2])
+        train = self._pairs("train", train_groups, self.train_mixtures, assignment, compared, label_rng)
         vals = {}
-        val_compared = self._compared(val_groups, pick_rng) if bt else None
+        val_compared = compared_completions(val_groups, pick_rng) if bt else None
         held_out = np.zeros(len(val_groups), dtype=int)
         for i, mixture in enumerate(self.val_mixtures):
             rng = np.random.default_rng([self.seed, 3, i])
-            rows = self.pairs_at(mixture.name, val_groups, [mixture], held_out, val_compared, rng)
+            rows = self._pairs(mixture.name, val_groups, [mixture], held_out, val_compared, rng)
             rows.pop("group")
             vals[mixture.name] = datasets.Dataset.from_dict(rows)
-        return train, vals
-
-
-def _ties(a: float, b: float) -> bool:
-    return bool(np.isclose(a, b, rtol=1e-12, atol=1e-12))
+        return datasets.Dataset.from_dict(train), vals

@@ -11,7 +11,8 @@ import numpy as np
 
 from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.generate import SamplingConfig, sample_completions
-from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, label_pairs, resolve_mixture_grid
+from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
+from rdpo_lightning.data.pairing import TIED, PromptCompletions, check_pairing, compared_completions, pair_completions
 from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 from rdpo_lightning.data.world import AttributeWorld
 
@@ -29,10 +30,12 @@ class AttributeWorldDataModule(PreferenceDataModule):
     at its component's mixture and carries ``group`` = the component's index (for ``GroupDRO``); ``train_shares``
     sets each component's share of the training pairs (default equal).
 
-    Responses come from the world's own generator, or, with ``response_policy`` (a path or Hub name of a causal
-    LM), are sampled from that policy, ``sampling.num_per_prompt`` per prompt (the first two make the pair), as the
-    paper samples from its SFT model. ``tokenizer``: a tokenizer name or path for the world's text (default: a
-    word-level tokenizer built from the world's vocabulary).
+    Each prompt gets ``responses_per_prompt`` responses (the paper: two), from the world's own generator or, with
+    ``response_policy`` (a path or Hub name of a causal LM), sampled from that policy as the paper samples from its
+    SFT model (``sampling`` sets how). ``pairing`` turns them into one pair per prompt: ``bradley_terry`` (two
+    responses compared, labels drawn at ``label_temperature``) or ``best_vs_worst`` (the authors' code for several
+    completions per prompt); see :mod:`rdpo_lightning.data.pairing`. ``tokenizer``: a tokenizer name or path for the
+    world's text (default: a word-level tokenizer built from the world's vocabulary).
     """
 
     def __init__(
@@ -47,6 +50,8 @@ class AttributeWorldDataModule(PreferenceDataModule):
         val_mixtures: list[MixtureEntry] | None = None,
         mixture_kind: str = "convex",
         label_temperature: float | None = 0.05,
+        responses_per_prompt: int = 2,
+        pairing: str = "bradley_terry",
         num_train: int = 2048,
         num_val: int = 256,
         seed: int = 0,
@@ -80,6 +85,9 @@ class AttributeWorldDataModule(PreferenceDataModule):
             raise ValueError(f"data.num_train and data.num_val must be >= 1, got {num_train} and {num_val}")
         if label_temperature is not None and not label_temperature > 0:
             raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
+        if responses_per_prompt < 2:
+            raise ValueError(f"data.responses_per_prompt must be >= 2 to make pairs, got {responses_per_prompt}")
+        check_pairing(pairing)
         if tokenizer is not None and tokenizer_dir is not None:
             raise ValueError("give one of data.tokenizer (an existing tokenizer) and data.tokenizer_dir, not both")
         grid = resolve_mixture_grid(
@@ -97,6 +105,8 @@ class AttributeWorldDataModule(PreferenceDataModule):
         self.train_shares = list(grid.shares)
         self.val_mixtures = list(grid.validation)
         self.label_temperature = label_temperature
+        self.responses_per_prompt = responses_per_prompt
+        self.pairing = pairing
         self.num_train = num_train
         self.num_val = num_val
         self.seed = seed
@@ -120,42 +130,43 @@ class AttributeWorldDataModule(PreferenceDataModule):
             save_word_tokenizer(vocab, directory)
         return load_tokenizer(directory)
 
-    def _responses(self, prompts: list[str], rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    def _responses(self, prompts: list[str], rng: np.random.Generator) -> list[list[str]]:
+        """``responses_per_prompt`` responses for each prompt."""
         if self.response_policy is None:
-            return self.world.sample_responses(len(prompts), rng), self.world.sample_responses(len(prompts), rng)
-        completions = sample_completions(
-            self.response_policy, self.tokenizer, prompts, self.sampling, self.seed, self.cache_dir
-        )
-        return [c[0] for c in completions], [c[1] for c in completions]
+            columns = [self.world.sample_responses(len(prompts), rng) for _ in range(self.responses_per_prompt)]
+            return [list(row) for row in zip(*columns, strict=True)]
+        return sample_completions(
+            self.response_policy, self.tokenizer, prompts, self.responses_per_prompt, self.sampling, self.seed,
+            self.cache_dir,
+        )  # fmt: skip
 
-    @staticmethod
-    def _pairs(prompts, first, second, first_wins, groups=None) -> datasets.Dataset:
-        chosen = [a if w else b for a, b, w in zip(first, second, first_wins, strict=True)]
-        rejected = [b if w else a for a, b, w in zip(first, second, first_wins, strict=True)]
-        columns = {"prompt": list(prompts), "chosen": chosen, "rejected": rejected}
-        if groups is not None:
-            columns["group"] = [int(g) for g in groups]
-        return datasets.Dataset.from_dict(columns)
+    def _pairs(self, split, groups, mixtures, assignment, compared, rng, with_groups: bool) -> datasets.Dataset:
+        rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
+        self.count_dropped(split, TIED, tied)
+        if not with_groups:
+            rows.pop("group")
+        return datasets.Dataset.from_dict(rows)
 
     def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
         rng = np.random.default_rng(self.seed)
         n, cut = self.num_train + self.num_val, self.num_train
         prompts = self.world.sample_prompts(n, rng)
-        first, second = self._responses(prompts, rng)
-        rewards_first = self.world.attribute_rewards(first)
-        rewards_second = self.world.attribute_rewards(second)
-
-        groups = component_assignment(cut, self.train_shares, np.random.default_rng([self.seed, 0]))
-        wins = label_pairs(
-            rewards_first[:cut], rewards_second[:cut], self.train_mixtures, groups, self.label_temperature, rng
-        )
-        train = self._pairs(prompts[:cut], first[:cut], second[:cut], wins, groups)
+        responses = self._responses(prompts, rng)
+        k = self.world.num_attributes
+        rewards = self.world.attribute_rewards([r for row in responses for r in row]).reshape(n, -1, k)
+        groups = [PromptCompletions(p, r, s) for p, r, s in zip(prompts, responses, rewards, strict=True)]
+        train_groups, val_groups = groups[:cut], groups[cut:]
+        bt = self.pairing == "bradley_terry"
+        pick_rng = np.random.default_rng([self.seed, 0, 1])
+        compared = compared_completions(train_groups, pick_rng) if bt else None
+        assignment = component_assignment(cut, self.train_shares, np.random.default_rng([self.seed, 0]))
+        train = self._pairs("train", train_groups, self.train_mixtures, assignment, compared, rng, with_groups=True)
         vals = {}
+        val_compared = compared_completions(val_groups, pick_rng) if bt else None
         held_out = np.zeros(n - cut, dtype=int)
         for i, mixture in enumerate(self.val_mixtures):
             label_rng = np.random.default_rng([self.seed, i + 1])
-            wins = label_pairs(
-                rewards_first[cut:], rewards_second[cut:], [mixture], held_out, self.label_temperature, label_rng
+            vals[mixture.name] = self._pairs(
+                mixture.name, val_groups, [mixture], held_out, val_compared, label_rng, with_groups=False
             )
-            vals[mixture.name] = self._pairs(prompts[cut:], first[cut:], second[cut:], wins)
         return train, vals

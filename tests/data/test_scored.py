@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from rdpo_lightning.data import ScoredCompletionsDataModule
-from rdpo_lightning.data.scored import EMPTY_RESPONSE, NULL_PROMPT, NULL_SCORE, TIED, TOO_FEW
+from rdpo_lightning.data.pairing import TIED
+from rdpo_lightning.data.scored import EMPTY_RESPONSE, NULL_PROMPT, NULL_SCORE, TOO_FEW
 
 SCORES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
 WORDS = ["happy", "sunny", "gloomy", "rain", "river", "road", "letter", "garden", "night", "music", "voice", "story"]

@@ -8,6 +8,7 @@ import pytest
 
 from rdpo_lightning.data import AttributeWorld, AttributeWorldDataModule, SamplingConfig
 from rdpo_lightning.data import datamodule as datamodule_module
+from rdpo_lightning.data.pairing import TIED
 from rdpo_lightning.data.tokenize import NO_ROOM
 
 
@@ -57,27 +58,49 @@ def test_label_frequencies_match_bradley_terry():
 
 
 def test_validation_sets_share_pairs_and_differ_only_in_labels():
-    dm = small(label_temperature=None, val_alphas=[0.0, 1.0])
+    dm = small(val_alphas=[0.0, 1.0])
     _, vals = raw_splits(dm)
     assert list(vals) == ["alpha=0.10", "alpha=0.00", "alpha=1.00"]
-    world = dm.world
+    pairs = [set(zip(v["chosen"], v["rejected"], strict=True)) for v in vals.values()]
+    unordered = [{frozenset(x) for x in p} for p in pairs]
+    assert unordered[0] == unordered[1] == unordered[2] and len(unordered[0]) == 16
+    assert pairs[1] != pairs[2]  # anger-only and fear-only users disagree on some pairs
+
+
+def test_deterministic_labels_prefer_the_higher_reward_and_count_ties():
+    dm = small(label_temperature=None, val_alphas=[0.0, 1.0], num_val=64)
+    _, vals = raw_splits(dm)
     for name, mixture in zip(vals, dm.val_mixtures, strict=True):
         rows = vals[name]
         alpha = np.array(mixture.weights)
-        chosen = world.attribute_rewards(rows["chosen"]) @ alpha
-        rejected = world.attribute_rewards(rows["rejected"]) @ alpha
-        assert np.all(chosen >= rejected)  # deterministic labels at this validation mixture
-    pairs = [sorted(zip(v["chosen"], v["rejected"], strict=True)) for v in vals.values()]
-    unordered = [{frozenset(x) for x in p} for p in pairs]
-    assert unordered[0] == unordered[1] == unordered[2]
-    assert pairs[1] != pairs[2]  # anger-only and fear-only users disagree on some pairs
+        chosen = dm.world.attribute_rewards(rows["chosen"]) @ alpha
+        rejected = dm.world.attribute_rewards(rows["rejected"]) @ alpha
+        assert np.all(chosen > rejected)  # deterministic labels at this validation mixture
+        assert len(rows) + dm.drop_reasons.get(name, {}).get(TIED, 0) == 64
+
+
+def test_best_vs_worst_of_several_responses():
+    dm = small(responses_per_prompt=4, pairing="best_vs_worst", num_train=40)
+    train, _ = raw_splits(dm)
+    rng = np.random.default_rng(dm.seed)  # the same draws the DataModule makes: prompts, then 4 response columns
+    prompts = dm.world.sample_prompts(40 + 16, rng)
+    columns = [dm.world.sample_responses(56, rng) for _ in range(4)]
+    alpha = np.array(dm.train_mixture.weights)
+    expected = []
+    for i in range(40):
+        rewards = [float(dm.world.attribute_rewards([c[i]])[0] @ alpha) for c in columns]
+        best, worst = int(np.argmax(rewards)), int(np.argmin(rewards))
+        if rewards[best] != rewards[worst]:
+            expected.append((prompts[i], columns[best][i], columns[worst][i]))
+    assert list(zip(train["prompt"], train["chosen"], train["rejected"], strict=True)) == expected
 
 
 def test_training_mixtures_become_groups_with_their_own_labels():
     dm = small(train_mixtures=[0.0, {"joy": 1.0}], train_shares=[0.25, 0.75], label_temperature=None, num_train=80)
     train, vals = raw_splits(dm)
     groups = np.array(train["group"])
-    assert np.bincount(groups).tolist() == [20, 60]
+    counts = np.bincount(groups)  # 20 and 60 before ties at the component's mixture are skipped
+    assert counts.sum() + dm.drop_reasons.get("train", {}).get(TIED, 0) == 80 and 15 <= counts[0] <= 20 <= counts[1]
     for g, mixture in enumerate(dm.train_mixtures):
         rows = train.select(np.flatnonzero(groups == g))
         alpha = np.array(mixture.weights)
@@ -90,7 +113,7 @@ def test_training_mixtures_become_groups_with_their_own_labels():
 
 
 def test_responses_sampled_from_a_policy(tiny_model_dir, world_tokenizer_dir, tmp_path, monkeypatch):
-    sampling = SamplingConfig(num_per_prompt=2, max_new_tokens=6, batch_size=16)
+    sampling = SamplingConfig(max_new_tokens=6, batch_size=16)
     kwargs = {"response_policy": str(tiny_model_dir), "sampling": sampling, "tokenizer": str(world_tokenizer_dir)}
     dm = small(num_train=12, num_val=4, cache_dir=str(tmp_path), **kwargs)
     train, _ = raw_splits(dm)
