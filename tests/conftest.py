@@ -55,3 +55,22 @@ TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_p
 @pytest.fixture()
 def tiny_gpt2_config() -> dict:
     return dict(TINY_GPT2)
+
+
+#: a minimal chat template over the world's vocabulary: role words are unknown tokens, <bos>/<eos> mark turns
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos> {{ m['role'] }} {{ m['content'] }} <eos> {% endfor %}"
+    "{% if add_generation_prompt %}<bos> assistant {% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer_dir: Path) -> Path:
+    """The world tokenizer with a chat template, saved like any chat model's tokenizer."""
+    from rdpo_lightning.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(world_tokenizer_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    directory = tmp_path_factory.mktemp("chat_tokenizer")
+    tokenizer.save_pretrained(directory)
+    return directory

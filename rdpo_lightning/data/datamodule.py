@@ -1,37 +1,57 @@
 """DataModules: tokenise preference pairs and serve one training set and several *named* validation sets.
 
-:class:`PreferenceDataModule` owns tokenisation, truncation accounting and batching; subclasses only say where the
-pairs come from (``build_tokenizer`` and ``build_splits``). Validation sets are a list, each with a readable name
-(``val_names``): the first is in-distribution, the rest probe preference shift.
+:class:`PreferenceDataModule` owns row checks, tokenisation, drop accounting, caching and batching; subclasses only
+say where the pairs come from (``build_tokenizer`` and ``build_splits``). Validation sets are a list, each with a
+readable name (``val_names``): the first is in-distribution, the rest probe preference shift.
+
+Work happens where Lightning expects it: ``prepare_data`` (one process per node) downloads, builds and tokenises,
+writing the tokenised Arrow files into the cache under a key made of the split's ``datasets`` fingerprint, the
+tokenizer and the truncation settings; ``setup`` (every process) builds the same splits and finds those files, so
+neither a second rank nor a second run tokenises again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import datasets
 import lightning as L
-import numpy as np
+from datasets.fingerprint import Hasher
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from rdpo_lightning.data.collate import PairCollator
-from rdpo_lightning.data.mixture import Mixture, bradley_terry_labels, two_attribute_mixture
-from rdpo_lightning.data.tokenize import FIT_COLUMN, TOKEN_COLUMNS, check_lengths, tokenize_pair
-from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
-from rdpo_lightning.data.world import AttributeWorld
+from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
+from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, check_lengths
 
 log = logging.getLogger(__name__)
 
+#: bump when the row checks or tokenisation change what they write, so old cache files are not reused
+PIPELINE_VERSION = "pairs-v2"
+
 
 def default_cache_dir() -> Path:
-    import os
-
     return Path(os.environ.get("RDPO_CACHE", Path.home() / ".cache" / "rdpo_lightning"))
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Base class: tokenised pairs, right-padded concatenated batches, named validation loaders."""
+    """Base class: checked, tokenised, cached pairs; right-padded concatenated batches; named validation loaders.
+
+    Args:
+        batch_size, val_batch_size: per-process batch sizes (validation defaults to ``batch_size``).
+        max_length: prompt + response tokens per sequence; ``max_prompt_length``: prompt tokens at most.
+        truncation_mode: ``keep_end`` keeps the prompt's end, ``keep_start`` its start; responses keep their start.
+        drop_truncated: drop (and count) pairs whose responses would be cut, instead of cutting them.
+        cache_dir: where tokenised splits are cached (default ``$RDPO_CACHE`` or ``~/.cache/rdpo_lightning``).
+        num_proc: processes for ``datasets.map`` on large data (None: in-process).
+    """
+
+    #: texts are already chat-templated (no BOS added to prompts, no EOS to responses); set by subclasses
+    templated: bool = False
 
     def __init__(
         self,
@@ -41,63 +61,156 @@ class PreferenceDataModule(L.LightningDataModule):
         max_prompt_length: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        truncation_mode: str = "keep_end",
+        drop_truncated: bool = False,
+        cache_dir: str | None = None,
+        num_proc: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        check_lengths(max_length, max_prompt_length)
+        if val_batch_size is not None and val_batch_size < 1:
+            raise ValueError(f"data.val_batch_size must be >= 1, got {val_batch_size}")
+        check_lengths(max_length, max_prompt_length, truncation_mode)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.num_workers = num_workers
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.truncation_mode = truncation_mode
+        self.drop_truncated = drop_truncated
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.num_proc = num_proc
         self.tokenizer = None
         self.train_dataset: datasets.Dataset | None = None
         self.val_datasets: dict[str, datasets.Dataset] = {}
+        #: pairs removed per split (all reasons), and the count per reason
         self.dropped: dict[str, int] = {}
+        self.drop_reasons: dict[str, dict[str, int]] = {}
+        self._built: tuple[Any, datasets.Dataset, dict[str, datasets.Dataset]] | None = None
+        self._tokenizer_key = ""
+        self._reported = False
 
     # --- what subclasses provide -------------------------------------------------------------------------------
     def build_tokenizer(self):
         raise NotImplementedError
 
     def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
-        """Untokenised ``prompt``/``chosen``/``rejected`` (optionally ``group``) training and named val sets."""
+        """Untokenised ``prompt``/``chosen``/``rejected`` text (optionally an int ``group``): the training set and
+        the named validation sets. ``self.tokenizer`` is set when this runs. Rows dropped while building (e.g. a
+        NaN score) are reported through :meth:`count_dropped`."""
         raise NotImplementedError
+
+    def count_dropped(self, split: str, reason: str, count: int) -> None:
+        """Record ``count`` rows of ``split`` removed for ``reason`` (reported once, at setup)."""
+        if count:
+            reasons = self.drop_reasons.setdefault(split, {})
+            reasons[reason] = reasons.get(reason, 0) + int(count)
+            self.dropped[split] = self.dropped.get(split, 0) + int(count)
 
     # --- Lightning hooks ---------------------------------------------------------------------------------------
     @property
     def val_names(self) -> list[str]:
         return list(self.val_datasets)
 
+    def prepare_data(self) -> None:
+        """Download, build and tokenise once per node; the cache files are what ``setup`` finds on every rank."""
+        self._build()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        self.tokenizer = self.build_tokenizer()
-        train, vals = self.build_splits()
-        self.train_dataset = self._tokenize("train", train)
-        self.val_datasets = {name: self._tokenize(name, ds) for name, ds in vals.items()}
+        self.tokenizer, self.train_dataset, self.val_datasets = self._build()
+        if not self._reported:
+            self._report_drops()
+            self._reported = True
 
-    def _tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
-        kwargs = {
+    def _build(self) -> tuple[Any, datasets.Dataset, dict[str, datasets.Dataset]]:
+        if self._built is None:
+            self.dropped, self.drop_reasons = {}, {}
+            self.tokenizer = self.build_tokenizer()
+            self._tokenizer_key = Hasher.hash(self.tokenizer)  # once: hashing a large vocabulary takes a moment
+            train, vals = self.build_splits()
+            if "train" in vals:
+                raise ValueError("a validation set cannot be named 'train'")
+            if not vals:
+                raise ValueError(f"{type(self).__name__} built no validation set")
+            tokenized_train = self._tokenize("train", train)
+            tokenized_vals = {name: self._tokenize(name, ds) for name, ds in vals.items()}
+            self._built = (self.tokenizer, tokenized_train, tokenized_vals)
+        return self._built
+
+    # --- tokenisation ------------------------------------------------------------------------------------------
+    def _tokenize_kwargs(self) -> dict[str, Any]:
+        return {
             "tokenizer": self.tokenizer,
             "max_length": self.max_length,
             "max_prompt_length": self.max_prompt_length,
+            "truncation_mode": self.truncation_mode,
+            "drop_truncated": self.drop_truncated,
+            "templated": self.templated,
         }
-        tokenized = dataset.map(tokenize_pair, fn_kwargs=kwargs, desc=f"tokenising {split}")
-        kept = tokenized.filter(lambda fits: fits, input_columns=FIT_COLUMN, desc=f"dropping over-long pairs ({split})")
-        dropped = len(tokenized) - len(kept)
-        self.dropped[split] = dropped
-        if dropped:
-            log.warning(
-                "%s: dropped %d of %d pairs whose prompt leaves no room for a response within max_length=%d",
-                split, dropped, len(tokenized), self.max_length,
-            )  # fmt: skip
-        if len(kept) == 0:
-            raise ValueError(f"{split}: no pair fits within max_length={self.max_length}")
-        keep = [c for c in (*TOKEN_COLUMNS, "group") if c in kept.column_names]
-        return kept.select_columns(keep)
 
+    def _tokenize(self, split: str, dataset: datasets.Dataset) -> datasets.Dataset:
+        """Check, tokenise and filter one split through cached ``datasets.map`` calls; count what is dropped."""
+        require_columns(dataset, PAIR_COLUMNS, split)
+        if len(dataset) == 0:
+            raise ValueError(f"{split}: no pair is left ({self._reason_text(split)})")
+        kwargs = self._tokenize_kwargs()
+        settings = {k: v for k, v in kwargs.items() if k != "tokenizer"}
+        key = Hasher.hash([dataset._fingerprint, self._tokenizer_key, settings, PIPELINE_VERSION])
+        directory = self.cache_dir / "tokenized"
+        directory.mkdir(parents=True, exist_ok=True)
+        keep_columns = ["group"] if "group" in dataset.column_names else []
+        tokenized = dataset.map(
+            check_and_tokenize,
+            fn_kwargs={"split": split, **kwargs},
+            with_indices=True,
+            remove_columns=[c for c in dataset.column_names if c not in keep_columns],
+            cache_file_name=str(directory / f"{key}.arrow"),
+            new_fingerprint=key,
+            num_proc=self.num_proc,
+            desc=f"tokenising {split}",
+        )
+        reasons = Counter(reason for reason in tokenized[DROP_COLUMN] if reason)
+        for reason, count in sorted(reasons.items()):
+            self.count_dropped(split, reason, count)
+        self.dropped.setdefault(split, 0)
+        kept = tokenized
+        if reasons:
+            kept = tokenized.filter(
+                lambda reason: not reason,
+                input_columns=DROP_COLUMN,
+                cache_file_name=str(directory / f"{key}-kept.arrow"),
+                new_fingerprint=f"{key}-kept",
+                desc=f"dropping pairs ({split})",
+            )
+        if len(kept) == 0:
+            raise ValueError(f"{split}: no pair is left ({self._reason_text(split)})")
+        return kept.select_columns([*TOKEN_COLUMNS, *keep_columns])
+
+    def _reason_text(self, split: str) -> str:
+        parts = []
+        for reason, count in self.drop_reasons.get(split, {}).items():
+            detail = f" (max_length={self.max_length})" if reason == NO_ROOM else ""
+            parts.append(f"{reason}{detail}: {count}")
+        return "; ".join(parts) or "nothing dropped"
+
+    @rank_zero_only
+    def _report_drops(self) -> None:
+        """One warning per split that lost pairs, with the count per reason."""
+        sizes = {"train": len(self.train_dataset), **{n: len(d) for n, d in self.val_datasets.items()}}
+        for split, dropped in self.dropped.items():
+            if not dropped:
+                continue
+            if split in sizes:
+                total = dropped + sizes[split]
+                log.warning("%s: dropped %d of %d pairs (%s)", split, dropped, total, self._reason_text(split))
+            else:  # rows removed before pairs were formed (e.g. scored completions)
+                log.warning("%s: dropped %s", split, self._reason_text(split))
+
+    # --- loaders -----------------------------------------------------------------------------------------------
     def _collator(self) -> PairCollator:
         return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
@@ -116,83 +229,3 @@ class PreferenceDataModule(L.LightningDataModule):
             DataLoader(ds, batch_size=self.val_batch_size, collate_fn=self._collator(), num_workers=self.num_workers)
             for ds in self.val_datasets.values()
         ]
-
-
-class AttributeWorldDataModule(PreferenceDataModule):
-    """Pairs from the embedded :class:`AttributeWorld`: trained at one mixture, validated across a grid.
-
-    The paper's setting: rewards of two attributes ``attribute_a`` and ``attribute_b``, training labels at
-    r(α₀) = α₀·r_a + (1−α₀)·r_b (``train_alpha``), validation on the same held-out response pairs labelled at every
-    α of ``val_alphas``. Labels follow Bradley–Terry with ``label_temperature`` (null: the higher reward wins).
-    """
-
-    def __init__(
-        self,
-        world: AttributeWorld | None = None,
-        attribute_a: str = "anger",
-        attribute_b: str = "fear",
-        train_alpha: float = 0.1,
-        val_alphas: list[float] | None = None,
-        mixture_kind: str = "convex",
-        label_temperature: float | None = 0.05,
-        num_train: int = 2048,
-        num_val: int = 256,
-        seed: int = 0,
-        tokenizer_dir: str | None = None,
-        batch_size: int = 16,
-        val_batch_size: int | None = None,
-        max_length: int = 64,
-        max_prompt_length: int | None = None,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-    ) -> None:
-        super().__init__(batch_size, val_batch_size, max_length, max_prompt_length, num_workers, pad_to_multiple_of)
-        self.world = world or AttributeWorld()
-        index_a, index_b = self.world.attribute_index(attribute_a), self.world.attribute_index(attribute_b)
-        if index_a == index_b:
-            raise ValueError(f"attribute_a and attribute_b must differ, both are {attribute_a!r}")
-        if num_train < 1 or num_val < 1:
-            raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
-        k = self.world.num_attributes
-        self.train_mixture = two_attribute_mixture(train_alpha, index_a, index_b, k, mixture_kind)
-        alphas = [0.0, 0.25, 0.5, 0.75, 1.0] if val_alphas is None else list(val_alphas)
-        grid = [two_attribute_mixture(a, index_a, index_b, k, mixture_kind) for a in alphas]
-        self.val_mixtures = [self.train_mixture] + [m for m in grid if m.name != self.train_mixture.name]
-        self.label_temperature = label_temperature
-        self.num_train = num_train
-        self.num_val = num_val
-        self.seed = seed
-        self.tokenizer_dir = tokenizer_dir
-
-    def build_tokenizer(self):
-        vocab = self.world.vocabulary()
-        import hashlib
-
-        digest = hashlib.sha1(" ".join(vocab).encode()).hexdigest()[:12]
-        directory = (
-            Path(self.tokenizer_dir) if self.tokenizer_dir else default_cache_dir() / f"world-tokenizer-{digest}"
-        )
-        if not (directory / "tokenizer.json").exists():
-            save_word_tokenizer(vocab, directory)
-        return load_tokenizer(directory)
-
-    def _labelled(self, prompts, first, second, mixture: Mixture, rng: np.random.Generator) -> datasets.Dataset:
-        reward_first = mixture.combine(self.world.attribute_rewards(first))
-        reward_second = mixture.combine(self.world.attribute_rewards(second))
-        first_wins = bradley_terry_labels(reward_first, reward_second, self.label_temperature, rng)
-        chosen = [a if w else b for a, b, w in zip(first, second, first_wins, strict=True)]
-        rejected = [b if w else a for a, b, w in zip(first, second, first_wins, strict=True)]
-        return datasets.Dataset.from_dict({"prompt": list(prompts), "chosen": chosen, "rejected": rejected})
-
-    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
-        rng = np.random.default_rng(self.seed)
-        n = self.num_train + self.num_val
-        prompts = self.world.sample_prompts(n, rng)
-        first, second = self.world.sample_responses(n, rng), self.world.sample_responses(n, rng)
-        cut = self.num_train
-        train = self._labelled(prompts[:cut], first[:cut], second[:cut], self.train_mixture, rng)
-        vals = {}
-        for mixture in self.val_mixtures:
-            label_rng = np.random.default_rng([self.seed, len(vals) + 1])
-            vals[mixture.name] = self._labelled(prompts[cut:], first[cut:], second[cut:], mixture, label_rng)
-        return train, vals

@@ -1,42 +1,69 @@
-"""Tokenising preference pairs, with a stated truncation policy.
+"""Tokenising preference pairs, with a stated truncation policy and a reason for every pair that is dropped.
 
 Prompt and responses are tokenised separately (as TRL does) and concatenated, so the prompt/response boundary is
-exact. Truncation keeps the *end* of the prompt (at most ``max_prompt_length`` tokens) and the *start* of each
-response (to ``max_length`` in total); a pair whose prompt leaves no room for a response token is marked unfit, and
-the caller drops and counts it.
+exact. The policy:
+
+* the prompt keeps its *end* (``truncation_mode="keep_end"``, the default: the question is usually last) or its
+  *start* (``"keep_start"``), to at most ``max_prompt_length`` tokens;
+* each response keeps its *start*, to ``max_length`` tokens in total with the prompt;
+* a pair is dropped (and the caller counts it under :data:`DROP_COLUMN`) when the prompt leaves no room for a
+  response token, when ``drop_truncated`` is set and a response had to be cut, or when truncation made the chosen
+  and rejected responses identical (no preference left to learn).
+
+Chat-templated text (``templated=True``) already carries its special tokens: no BOS is added to the prompt and no EOS
+to the responses (the template closes the assistant turn). Plain text gets the tokenizer's special tokens on the
+prompt and an EOS after each response.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-FIT_COLUMN = "fits"
+DROP_COLUMN = "drop_reason"
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+TRUNCATION_MODES = ("keep_end", "keep_start")
+
+#: drop reasons, as counted and logged
+NO_ROOM = "prompt leaves no room for a response within max_length"
+TRUNCATED = "response longer than max_length allows (drop_truncated)"
+IDENTICAL_AFTER_TRUNCATION = "chosen and rejected identical after truncation"
 
 
 def tokenize_pair(
-    example: dict[str, Any], tokenizer: Any, max_length: int, max_prompt_length: int | None = None
+    example: dict[str, Any],
+    tokenizer: Any,
+    max_length: int,
+    max_prompt_length: int | None = None,
+    truncation_mode: str = "keep_end",
+    drop_truncated: bool = False,
+    templated: bool = False,
 ) -> dict[str, Any]:
-    """One pair of strings → ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and whether it ``fits``."""
-    prompt_ids = tokenizer(example["prompt"], add_special_tokens=True)["input_ids"]
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    """One pair of strings → ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and its ``drop_reason`` ("" = kept)."""
+    prompt_ids = tokenizer(example["prompt"], add_special_tokens=not templated)["input_ids"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None and not templated else []
     chosen_ids = tokenizer(example["chosen"], add_special_tokens=False)["input_ids"] + eos
     rejected_ids = tokenizer(example["rejected"], add_special_tokens=False)["input_ids"] + eos
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
-    room = max_length - len(prompt_ids)
-    fits = room >= 1
-    room = max(room, 0)
-    return {
-        "prompt_ids": prompt_ids,
-        "chosen_ids": chosen_ids[:room],
-        "rejected_ids": rejected_ids[:room],
-        FIT_COLUMN: fits,
-    }
+        if truncation_mode == "keep_end":
+            prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
+        else:
+            prompt_ids = prompt_ids[:max_prompt_length]
+    room = max(max_length - len(prompt_ids), 0)
+    reason = ""
+    if room < 1:
+        reason = NO_ROOM
+    elif drop_truncated and max(len(chosen_ids), len(rejected_ids)) > room:
+        reason = TRUNCATED
+    chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
+    if not reason and chosen_ids == rejected_ids:
+        reason = IDENTICAL_AFTER_TRUNCATION
+    return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, DROP_COLUMN: reason}
 
 
-def check_lengths(max_length: int, max_prompt_length: int | None) -> None:
+def check_lengths(max_length: int, max_prompt_length: int | None, truncation_mode: str = "keep_end") -> None:
     if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
+        raise ValueError(f"data.max_length must be >= 2, got {max_length}")
     if max_prompt_length is not None and not 1 <= max_prompt_length < max_length:
-        raise ValueError(f"max_prompt_length must lie in [1, max_length), got {max_prompt_length}")
+        raise ValueError(f"data.max_prompt_length must lie in [1, max_length), got {max_prompt_length}")
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"data.truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")

@@ -1,8 +1,19 @@
 """Robust strategies: turn per-pair losses into the training objective. Chosen in YAML by ``class_path``."""
 
 from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput
+from rdpo_lightning.robust.dr_dpo import DrDPO
+from rdpo_lightning.robust.group_dro import GroupDRO
 from rdpo_lightning.robust.kl import KLReweighter
 from rdpo_lightning.robust.none import NoRobust
 from rdpo_lightning.robust.wasserstein import WassersteinPenalty
 
-__all__ = ["PairBatch", "RobustLoss", "RobustOutput", "NoRobust", "KLReweighter", "WassersteinPenalty"]
+__all__ = [
+    "PairBatch",
+    "RobustLoss",
+    "RobustOutput",
+    "NoRobust",
+    "KLReweighter",
+    "WassersteinPenalty",
+    "DrDPO",
+    "GroupDRO",
+]

@@ -1,0 +1,194 @@
+"""Pairwise preference data sets (``prompt``/``chosen``/``rejected``), from the Hub or local files.
+
+UltraFeedback-binarized style (a text prompt, responses as chat-message lists that repeat the prompt), plain-text
+pairs, and HH-RLHF style (no prompt column: whole conversations in ``chosen`` and ``rejected``) all go through one
+path: rename the configured columns, render to text (chat template where the data holds messages), then the base
+class's row checks, tokenisation and drop accounting.
+"""
+
+from __future__ import annotations
+
+import datasets
+
+from rdpo_lightning.data.chat import RENDER_PROBLEM, render_pair
+from rdpo_lightning.data.datamodule import PreferenceDataModule
+from rdpo_lightning.data.hub import check_fraction, load_table, take
+from rdpo_lightning.data.rows import require_columns
+from rdpo_lightning.data.tokenizer import load_tokenizer
+
+TEXT_FEATURES = datasets.Features(
+    {
+        "prompt": datasets.Value("string"),
+        "chosen": datasets.Value("string"),
+        "rejected": datasets.Value("string"),
+        RENDER_PROBLEM: datasets.Value("string"),
+    }
+)
+
+
+class PairwisePreferenceDataModule(PreferenceDataModule):
+    """Pairs read from ``path`` (a Hub data set name, a local directory, or a .json/.jsonl/.parquet/.csv file).
+
+    Args:
+        path, name, revision: what ``datasets.load_dataset`` loads (``name`` is the Hub config).
+        tokenizer: tokenizer name or path (usually the policy's).
+        train_split: the training split (``train_prefs`` for UltraFeedback binarized).
+        val_split / val_path: the held-out split of the same source, or another file/Hub name (its ``val_split`` or
+            ``train``); with neither, ``val_fraction`` of the training rows are held out (seeded by ``seed``).
+        prompt_column, chosen_column, rejected_column: column names; ``prompt_column: null`` means the prompt is
+            the shared beginning of chosen and rejected (HH-RLHF), cut after the last ``prompt_delimiter`` (e.g.
+            ``"\\n\\nAssistant:"``) when given.
+        group_column: an optional column whose values (ints or names) become the pairs' group ids for GroupDRO.
+        apply_chat_template: render through the tokenizer's chat template; null (default): when the data holds
+            chat messages.
+        max_train_samples, max_val_samples: use only the first rows (quick runs).
+        val_name: the readable name of the validation set in metric names.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: str,
+        name: str | None = None,
+        revision: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        val_path: str | None = None,
+        val_fraction: float = 0.05,
+        val_name: str = "held_out",
+        prompt_column: str | None = "prompt",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
+        group_column: str | None = None,
+        prompt_delimiter: str | None = None,
+        apply_chat_template: bool | None = None,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        truncation_mode: str = "keep_end",
+        drop_truncated: bool = False,
+        cache_dir: str | None = None,
+        num_proc: int | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            val_batch_size,
+            max_length,
+            max_prompt_length,
+            num_workers,
+            pad_to_multiple_of,
+            truncation_mode,
+            drop_truncated,
+            cache_dir,
+            num_proc,
+        )
+        check_fraction("data.val_fraction", val_fraction)
+        if val_name == "train":
+            raise ValueError("data.val_name cannot be 'train'")
+        self.path, self.name, self.revision = path, name, revision
+        self.tokenizer_name = tokenizer
+        self.train_split, self.val_split, self.val_path = train_split, val_split, val_path
+        self.val_fraction, self.val_name = val_fraction, val_name
+        self.columns = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
+        self.group_column = group_column
+        self.prompt_delimiter = prompt_delimiter
+        self.apply_chat_template = apply_chat_template
+        self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
+        self.seed = seed
+        self.group_names: list[str] | None = None
+
+    def build_tokenizer(self):
+        return load_tokenizer(self.tokenizer_name)
+
+    # --- loading -----------------------------------------------------------------------------------------------
+    def _load(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        train = load_table(self.path, self.train_split, self.name, self.revision)
+        if self.val_path is not None:
+            val = load_table(self.val_path, self.val_split or "train", self.name, self.revision, key="data.val_path")
+        elif self.val_split is not None:
+            val = load_table(self.path, self.val_split, self.name, self.revision)
+        else:
+            parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
+            train, val = parts["train"], parts["test"]
+        return take(train, self.max_train_samples), take(val, self.max_val_samples)
+
+    def _normalise(self, split: str, dataset: datasets.Dataset, with_groups: bool) -> datasets.Dataset:
+        """Rename to prompt/chosen/rejected(/group), render to text, and count rows that cannot be rendered."""
+        wanted = {role: column for role, column in self.columns.items() if column is not None}
+        keys = [f"data.{role}_column" for role in wanted]
+        if with_groups and self.group_column is not None:
+            wanted["group"] = self.group_column
+            keys.append("data.group_column")
+        require_columns(dataset, wanted.values(), f"{split} ({self.path})", keys)
+        dataset = dataset.select_columns(list(wanted.values()))
+        dataset = dataset.rename_columns({c: role for role, c in wanted.items() if c != role})
+        group = list(dataset["group"]) if "group" in dataset.column_names else None
+        if group is not None:
+            dataset = dataset.remove_columns("group")
+        use_template = self._uses_template(dataset)
+        if with_groups:
+            self.templated = use_template
+        elif use_template != self.templated:
+            raise ValueError(
+                f"{split}: chat templating differs between the training ({self.templated}) and validation "
+                f"({use_template}) data; set data.apply_chat_template explicitly"
+            )
+        rendered = dataset.map(
+            render_pair,
+            fn_kwargs={
+                "split": split,
+                "tokenizer": self.tokenizer,
+                "use_chat_template": use_template,
+                "prompt_delimiter": self.prompt_delimiter,
+            },
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            features=TEXT_FEATURES,
+            num_proc=self.num_proc,
+            desc=f"rendering {split}",
+        )
+        if group is not None:
+            rendered = rendered.add_column("group", self._group_ids(split, group))
+        problems = [p for p in rendered[RENDER_PROBLEM] if p]
+        for problem in sorted(set(problems)):
+            self.count_dropped(split, problem, problems.count(problem))
+        if problems:
+            rendered = rendered.filter(lambda p: not p, input_columns=RENDER_PROBLEM, desc=f"dropping rows ({split})")
+        return rendered.remove_columns(RENDER_PROBLEM)
+
+    def _uses_template(self, dataset: datasets.Dataset) -> bool:
+        holds_messages = any(not isinstance(dataset.features[c], datasets.Value) for c in ("chosen", "rejected"))
+        use = holds_messages if self.apply_chat_template is None else self.apply_chat_template
+        if use and getattr(self.tokenizer, "chat_template", None) is None:
+            why = "the data holds chat messages" if holds_messages else "data.apply_chat_template is true"
+            raise ValueError(f"{why} but tokenizer {self.tokenizer_name} has no chat template")
+        return use
+
+    def _group_ids(self, split: str, values: list) -> list[int]:
+        """Integer groups pass through; names become indices into the sorted names seen in training."""
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            return list(values)
+        if any(v is None for v in values):
+            row = values.index(None)
+            raise ValueError(f"{split}, row {row}: data.group_column {self.group_column!r} is null")
+        names = [str(v) for v in values]
+        if self.group_names is None:
+            self.group_names = sorted(set(names))
+        index = {n: i for i, n in enumerate(self.group_names)}
+        unknown = sorted(set(names) - set(index))
+        if unknown:
+            raise ValueError(f"{split}: groups {unknown} do not occur in training ({self.group_names})")
+        return [index[n] for n in names]
+
+    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+        train, val = self._load()
+        self.group_names = None
+        train = self._normalise("train", train, with_groups=True)
+        val = self._normalise(self.val_name, val, with_groups=False)
+        return train, {self.val_name: val}

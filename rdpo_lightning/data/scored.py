@@ -1,0 +1,264 @@
+"""Multi-attribute scored completions (HelpSteer2 style) → preference pairs at any mixture α.
+
+Each row is one completion of a prompt with K per-attribute scores; several rows share a prompt. At a mixture α
+the completions of a prompt are ranked by r(α) (convex Σ α_k s_k or geometric Π s_k^α_k) and paired, as the
+paper builds pairs from ArmoRM objectives:
+
+* ``pairing="best_vs_worst"`` (the authors' code): the completion with the highest r(α) is chosen, the lowest
+  rejected (first one on ties within the best or the worst); a prompt whose best and worst tie is skipped.
+* ``pairing="bradley_terry"``: one pair per prompt (the two completions when there are two, else two drawn at random
+  once per prompt and shared by every mixture), labelled by Bradley–Terry on r(α) with ``label_temperature``
+  (null: the higher r(α) wins, ties skipped).
+
+This is also how a user's own generations scored by a classifier (the paper's emotion task) are read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import datasets
+import numpy as np
+
+from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
+from rdpo_lightning.data.datamodule import PreferenceDataModule
+from rdpo_lightning.data.hub import check_fraction, load_table
+from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
+from rdpo_lightning.data.pairing import (
+    TIED,
+    PromptCompletions,
+    check_pairing,
+    compared_completions,
+    pair_completions,
+)
+from rdpo_lightning.data.rows import require_columns
+from rdpo_lightning.data.tokenizer import load_tokenizer
+
+NUMERIC = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64")
+
+#: drop reasons, as counted and logged
+NULL_SCORE = "completions with a null or NaN score"
+EMPTY_RESPONSE = "completions with an empty or null response"
+NULL_PROMPT = "completions with a null prompt"
+TOO_FEW = "prompts with fewer than two usable completions"
+
+
+class ScoredCompletionsDataModule(PreferenceDataModule):
+    """Pairs built at training and validation mixtures from scored completions at ``path``.
+
+    Args:
+        path, name, revision: a Hub data set (``nvidia/HelpSteer2``), a local directory, or a .json/.jsonl/.parquet
+            file of rows ``prompt_column``, ``response_column`` and one numeric column per attribute.
+        tokenizer: tokenizer name or path.
+        score_columns: the attribute columns, in order; mixtures weigh them.
+        attribute_a, attribute_b, train_alpha, val_alphas, train_mixtures, train_shares, val_mixtures, mixture_kind:
+            the mixtures, as for :class:`~rdpo_lightning.data.AttributeWorldDataModule` (several training mixtures
+            become groups).
+        pairing, label_temperature: how pairs are formed and labelled (module docstring).
+        train_split, val_split, val_path, val_fraction: validation prompts come from ``val_split`` of the source,
+            from ``val_path``, or (neither given) ``val_fraction`` of the prompts are held out (seeded by ``seed``).
+        apply_chat_template: render prompt and completions through the tokenizer's chat template.
+        max_train_prompts, max_val_prompts: use only the first prompts (quick runs).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: str,
+        score_columns: list[str],
+        prompt_column: str = "prompt",
+        response_column: str = "response",
+        attribute_a: str | None = None,
+        attribute_b: str | None = None,
+        train_alpha: float | None = None,
+        val_alphas: list[float] | None = None,
+        train_mixtures: list[MixtureEntry] | None = None,
+        train_shares: list[float] | None = None,
+        val_mixtures: list[MixtureEntry] | None = None,
+        mixture_kind: str = "convex",
+        pairing: str = "best_vs_worst",
+        label_temperature: float | None = None,
+        name: str | None = None,
+        revision: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        val_path: str | None = None,
+        val_fraction: float = 0.1,
+        apply_chat_template: bool = False,
+        max_train_prompts: int | None = None,
+        max_val_prompts: int | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        max_length: int = 1024,
+        max_prompt_length: int | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        truncation_mode: str = "keep_end",
+        drop_truncated: bool = False,
+        cache_dir: str | None = None,
+        num_proc: int | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            val_batch_size,
+            max_length,
+            max_prompt_length,
+            num_workers,
+            pad_to_multiple_of,
+            truncation_mode,
+            drop_truncated,
+            cache_dir,
+            num_proc,
+        )
+        if not score_columns:
+            raise ValueError("data.score_columns must name at least one attribute column")
+        if len(set(score_columns)) != len(score_columns):
+            raise ValueError(f"data.score_columns repeats a column: {score_columns}")
+        check_pairing(pairing)
+        if label_temperature is not None and not label_temperature > 0:
+            raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
+        check_fraction("data.val_fraction", val_fraction)
+        grid = resolve_mixture_grid(
+            score_columns,
+            attribute_a,
+            attribute_b,
+            train_alpha=train_alpha,
+            train_mixtures=train_mixtures,
+            train_shares=train_shares,
+            val_alphas=val_alphas,
+            val_mixtures=val_mixtures,
+            kind=mixture_kind,
+        )
+        self.train_mixtures = list(grid.train)
+        self.train_shares = list(grid.shares)
+        self.val_mixtures = list(grid.validation)
+        self.path, self.name, self.revision = path, name, revision
+        self.tokenizer_name = tokenizer
+        self.score_columns = list(score_columns)
+        self.prompt_column, self.response_column = prompt_column, response_column
+        self.pairing, self.label_temperature = pairing, label_temperature
+        self.train_split, self.val_split, self.val_path = train_split, val_split, val_path
+        self.val_fraction = val_fraction
+        self.apply_chat_template = apply_chat_template
+        self.max_train_prompts, self.max_val_prompts = max_train_prompts, max_val_prompts
+        self.seed = seed
+        self.templated = apply_chat_template
+
+    def build_tokenizer(self):
+        tokenizer = load_tokenizer(self.tokenizer_name)
+        if self.apply_chat_template and getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"data.apply_chat_template is true but tokenizer {self.tokenizer_name} has no chat template"
+            )
+        return tokenizer
+
+    # --- grouping rows into prompts ----------------------------------------------------------------------------
+    def _check_schema(self, table: datasets.Dataset, where: str) -> None:
+        keys = ["data.prompt_column", "data.response_column", *(["data.score_columns"] * len(self.score_columns))]
+        require_columns(table, [self.prompt_column, self.response_column, *self.score_columns], where, keys)
+        for column in self.score_columns:
+            feature = table.features[column]
+            dtype = getattr(feature, "dtype", None)
+            if dtype not in (*NUMERIC, "null"):
+                raise ValueError(
+                    f"{where}: score column {column!r} (data.score_columns) holds {dtype or feature}, expected numbers"
+                )
+
+    def group_completions(self, table: datasets.Dataset, label: str) -> list[PromptCompletions]:
+        """Rows → one :class:`PromptCompletions` per prompt (first-appearance order); bad rows counted under
+        ``label``."""
+        self._check_schema(table, f"{label} ({self.path})")
+        columns = table.select_columns([self.prompt_column, self.response_column, *self.score_columns]).to_dict()
+        prompts, responses = columns[self.prompt_column], columns[self.response_column]
+        scores = np.array(
+            [[np.nan if v is None else float(v) for v in columns[c]] for c in self.score_columns], dtype=np.float64
+        ).T.reshape(len(prompts), len(self.score_columns))
+        order: dict[str, int] = {}
+        raw_prompts: list[Any] = []
+        members: list[list[int]] = []
+        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            if prompt is None:
+                self.count_dropped(label, NULL_PROMPT, 1)
+                continue
+            if not isinstance(prompt, str) and not is_messages(prompt):
+                raise ValueError(f"{label}, row {row}: data.prompt_column {self.prompt_column!r} holds {prompt!r}")
+            if response is not None and not isinstance(response, str):
+                raise ValueError(
+                    f"{label}, row {row}: data.response_column {self.response_column!r} holds {response!r}"
+                )
+            if response is None or not response.strip():
+                self.count_dropped(label, EMPTY_RESPONSE, 1)
+                continue
+            if not np.isfinite(scores[row]).all():
+                self.count_dropped(label, NULL_SCORE, 1)
+                continue
+            key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+            if key not in order:
+                order[key] = len(members)
+                raw_prompts.append(prompt)
+                members.append([])
+            members[order[key]].append(row)
+        grouped = []
+        for prompt, rows in zip(raw_prompts, members, strict=True):
+            if len(rows) < 2:
+                self.count_dropped(label, TOO_FEW, 1)
+                continue
+            texts = [responses[r] for r in rows]
+            if self.apply_chat_template:
+                prompt, texts = render_prompt_and_responses(prompt, texts, self.tokenizer)
+            elif not isinstance(prompt, str):
+                raise ValueError(f"{label}: prompts are chat messages but data.apply_chat_template is false")
+            grouped.append(PromptCompletions(prompt, texts, scores[rows]))
+        return grouped
+
+    # --- splits ------------------------------------------------------------------------------------------------
+    def _prompt_groups(self) -> tuple[list[PromptCompletions], list[PromptCompletions]]:
+        train_table = load_table(self.path, self.train_split, self.name, self.revision)
+        if self.val_path is not None or self.val_split is not None:
+            train = self.group_completions(train_table, "train source rows")
+            if self.val_path is not None:
+                val_table = load_table(self.val_path, self.val_split or "train", key="data.val_path")
+            else:
+                val_table = load_table(self.path, self.val_split, self.name, self.revision)
+            val = self.group_completions(val_table, "validation source rows")
+        else:
+            groups = self.group_completions(train_table, "source rows")
+            if len(groups) < 2:
+                raise ValueError(f"data.path={self.path}: {len(groups)} usable prompt(s); need 2 to hold one out")
+            order = np.random.default_rng([self.seed, 7]).permutation(len(groups))
+            n_val = min(max(1, math.ceil(self.val_fraction * len(groups))), len(groups) - 1)
+            val = [groups[i] for i in sorted(order[:n_val])]
+            train = [groups[i] for i in sorted(order[n_val:])]
+        train = train[: self.max_train_prompts] if self.max_train_prompts is not None else train
+        val = val[: self.max_val_prompts] if self.max_val_prompts is not None else val
+        if not train or not val:
+            raise ValueError(
+                f"data.path={self.path}: no usable prompts for {'training' if not train else 'validation'}"
+            )
+        return train, val
+
+    def _pairs(self, split, groups, mixtures, assignment, compared, rng) -> dict[str, list]:
+        rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
+        self.count_dropped(split, TIED, tied)
+        return rows
+
+    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+        train_groups, val_groups = self._prompt_groups()
+        pick_rng = np.random.default_rng([self.seed, 1])
+        bt = self.pairing == "bradley_terry"
+        assignment = component_assignment(len(train_groups), self.train_shares, np.random.default_rng([self.seed, 0]))
+        compared = compared_completions(train_groups, pick_rng) if bt else None
+        label_rng = np.random.default_rng([self.seed, 2])
+        train = self._pairs("train", train_groups, self.train_mixtures, assignment, compared, label_rng)
+        vals = {}
+        val_compared = compared_completions(val_groups, pick_rng) if bt else None
+        held_out = np.zeros(len(val_groups), dtype=int)
+        for i, mixture in enumerate(self.val_mixtures):
+            rng = np.random.default_rng([self.seed, 3, i])
+            rows = self._pairs(mixture.name, val_groups, [mixture], held_out, val_compared, rng)
+            rows.pop("group")
+            vals[mixture.name] = datasets.Dataset.from_dict(rows)
+        return datasets.Dataset.from_dict(train), vals

@@ -1,0 +1,172 @@
+"""The embedded attribute world as a DataModule: trained at one mixture (or several, as groups), validated across a
+grid of mixtures. No downloads; deterministic from ``seed``."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from rdpo_lightning.data.datamodule import PreferenceDataModule
+from rdpo_lightning.data.generate import SamplingConfig, sample_completions
+from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
+from rdpo_lightning.data.pairing import TIED, PromptCompletions, check_pairing, compared_completions, pair_completions
+from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
+from rdpo_lightning.data.world import AttributeWorld
+
+
+class AttributeWorldDataModule(PreferenceDataModule):
+    """Pairs from the embedded :class:`AttributeWorld`.
+
+    The paper's setting: rewards of two attributes ``attribute_a`` and ``attribute_b``, training labels at
+    r(α₀) = α₀·r_a + (1−α₀)·r_b (``train_alpha``, default 0.1), validation on the same held-out response pairs
+    labelled at every α of ``val_alphas``. Labels follow Bradley–Terry with ``label_temperature`` (null: the higher
+    reward wins).
+
+    General mixtures: ``train_mixtures`` / ``val_mixtures`` take entries that are a number (α on the a/b family), a
+    list of K weights, or a mapping ``{attribute: weight}``. Several training mixtures are *groups*: pair i is labelled
+    at its component's mixture and carries ``group`` = the component's index (for ``GroupDRO``); ``train_shares``
+    sets each component's share of the training pairs (default equal).
+
+    Each prompt gets ``responses_per_prompt`` responses (the paper: two), from the world's own generator or, with
+    ``response_policy`` (a path or Hub name of a causal LM), sampled from that policy as the paper samples from its
+    SFT model (``sampling`` sets how). ``pairing`` turns them into one pair per prompt: ``bradley_terry`` (two
+    responses compared, labels drawn at ``label_temperature``) or ``best_vs_worst`` (the authors' code for several
+    completions per prompt); see :mod:`rdpo_lightning.data.pairing`. ``tokenizer``: a tokenizer name or path for the
+    world's text (default: a word-level tokenizer built from the world's vocabulary).
+    """
+
+    def __init__(
+        self,
+        world: AttributeWorld | None = None,
+        attribute_a: str | None = "anger",
+        attribute_b: str | None = "fear",
+        train_alpha: float | None = None,
+        val_alphas: list[float] | None = None,
+        train_mixtures: list[MixtureEntry] | None = None,
+        train_shares: list[float] | None = None,
+        val_mixtures: list[MixtureEntry] | None = None,
+        mixture_kind: str = "convex",
+        label_temperature: float | None = 0.05,
+        responses_per_prompt: int = 2,
+        pairing: str = "bradley_terry",
+        num_train: int = 2048,
+        num_val: int = 256,
+        seed: int = 0,
+        tokenizer: str | None = None,
+        tokenizer_dir: str | None = None,
+        response_policy: str | None = None,
+        sampling: SamplingConfig | None = None,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        max_length: int = 64,
+        max_prompt_length: int | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int | None = None,
+        truncation_mode: str = "keep_end",
+        drop_truncated: bool = False,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(
+            batch_size,
+            val_batch_size,
+            max_length,
+            max_prompt_length,
+            num_workers,
+            pad_to_multiple_of,
+            truncation_mode,
+            drop_truncated,
+            cache_dir,
+        )
+        self.world = world or AttributeWorld()
+        if num_train < 1 or num_val < 1:
+            raise ValueError(f"data.num_train and data.num_val must be >= 1, got {num_train} and {num_val}")
+        if label_temperature is not None and not label_temperature > 0:
+            raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
+        if responses_per_prompt < 2:
+            raise ValueError(f"data.responses_per_prompt must be >= 2 to make pairs, got {responses_per_prompt}")
+        check_pairing(pairing)
+        if tokenizer is not None and tokenizer_dir is not None:
+            raise ValueError("give one of data.tokenizer (an existing tokenizer) and data.tokenizer_dir, not both")
+        grid = resolve_mixture_grid(
+            self.world.attributes,
+            attribute_a,
+            attribute_b,
+            train_alpha=train_alpha,
+            train_mixtures=train_mixtures,
+            train_shares=train_shares,
+            val_alphas=val_alphas,
+            val_mixtures=val_mixtures,
+            kind=mixture_kind,
+        )
+        self.train_mixtures = list(grid.train)
+        self.train_shares = list(grid.shares)
+        self.val_mixtures = list(grid.validation)
+        self.label_temperature = label_temperature
+        self.responses_per_prompt = responses_per_prompt
+        self.pairing = pairing
+        self.num_train = num_train
+        self.num_val = num_val
+        self.seed = seed
+        self.tokenizer_name = tokenizer
+        self.tokenizer_dir = tokenizer_dir
+        self.response_policy = response_policy
+        self.sampling = sampling or SamplingConfig()
+
+    @property
+    def train_mixture(self):
+        """The (first) training mixture α₀."""
+        return self.train_mixtures[0]
+
+    def build_tokenizer(self):
+        if self.tokenizer_name is not None:
+            return load_tokenizer(self.tokenizer_name)
+        vocab = self.world.vocabulary()
+        digest = hashlib.sha1(" ".join(vocab).encode()).hexdigest()[:12]
+        directory = Path(self.tokenizer_dir) if self.tokenizer_dir else self.cache_dir / f"world-tokenizer-{digest}"
+        if not (directory / "tokenizer.json").exists():
+            save_word_tokenizer(vocab, directory)
+        return load_tokenizer(directory)
+
+    def _responses(self, prompts: list[str], rng: np.random.Generator) -> list[list[str]]:
+        """``responses_per_prompt`` responses for each prompt."""
+        if self.response_policy is None:
+            columns = [self.world.sample_responses(len(prompts), rng) for _ in range(self.responses_per_prompt)]
+            return [list(row) for row in zip(*columns, strict=True)]
+        return sample_completions(
+            self.response_policy, self.tokenizer, prompts, self.responses_per_prompt, self.sampling, self.seed,
+            self.cache_dir,
+        )  # fmt: skip
+
+    def _pairs(self, split, groups, mixtures, assignment, compared, rng, with_groups: bool) -> datasets.Dataset:
+        rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
+        self.count_dropped(split, TIED, tied)
+        if not with_groups:
+            rows.pop("group")
+        return datasets.Dataset.from_dict(rows)
+
+    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+        rng = np.random.default_rng(self.seed)
+        n, cut = self.num_train + self.num_val, self.num_train
+        prompts = self.world.sample_prompts(n, rng)
+        responses = self._responses(prompts, rng)
+        k = self.world.num_attributes
+        rewards = self.world.attribute_rewards([r for row in responses for r in row]).reshape(n, -1, k)
+        groups = [PromptCompletions(p, r, s) for p, r, s in zip(prompts, responses, rewards, strict=True)]
+        train_groups, val_groups = groups[:cut], groups[cut:]
+        bt = self.pairing == "bradley_terry"
+        pick_rng = np.random.default_rng([self.seed, 0, 1])
+        compared = compared_completions(train_groups, pick_rng) if bt else None
+        assignment = component_assignment(cut, self.train_shares, np.random.default_rng([self.seed, 0]))
+        train = self._pairs("train", train_groups, self.train_mixtures, assignment, compared, rng, with_groups=True)
+        vals = {}
+        val_compared = compared_completions(val_groups, pick_rng) if bt else None
+        held_out = np.zeros(n - cut, dtype=int)
+        for i, mixture in enumerate(self.val_mixtures):
+            label_rng = np.random.default_rng([self.seed, i + 1])
+            vals[mixture.name] = self._pairs(
+                mixture.name, val_groups, [mixture], held_out, val_compared, label_rng, with_groups=False
+            )
+        return train, vals

@@ -1,0 +1,48 @@
+"""Dr. DPO: −β'·log mean exp(−ℓ_i/β'), a soft minimum that *down*-weights high-loss pairs (likely noisy labels)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rdpo_lightning.robust.base import (
+    PairBatch,
+    RobustLoss,
+    RobustOutput,
+    check_positive,
+    effective_sample_fraction,
+    global_softmax_weights,
+)
+
+
+class DrDPO(RobustLoss):
+    """Distributionally robustifying DPO (Wu et al., 2024): objective −β'·log mean_i exp(−ℓ_i/β').
+
+    Its gradient is Σ_i w_i ∇ℓ_i with w = softmax(−ℓ/β') over the *global* batch (detached), so pairs the policy
+    finds implausible count less. Under data parallelism every rank computes the same normaliser from the gathered
+    losses and weights only its own pairs; the loss is scaled by ``world_size`` so DDP's gradient average gives the
+    single-process full-batch gradient. The returned loss *value* is the objective itself. ``beta_prime`` → ∞ gives
+    the plain mean (DPO); small ``beta_prime`` approaches the minimum loss.
+    """
+
+    def __init__(self, beta_prime: float = 1.0) -> None:
+        super().__init__()
+        check_positive("beta_prime", beta_prime)
+        self.beta_prime = float(beta_prime)
+
+    def forward(self, batch: PairBatch) -> RobustOutput:
+        losses = batch.losses
+        weights = global_softmax_weights(losses, batch.gather, -self.beta_prime)
+        surrogate = batch.world_size * (weights * losses).sum()
+        global_losses = batch.gather(losses).double()
+        objective = -self.beta_prime * (
+            torch.logsumexp(-global_losses / self.beta_prime, dim=0) - math.log(global_losses.numel())
+        )
+        loss = surrogate + (objective.to(surrogate.dtype) - surrogate).detach()
+        global_weights = batch.gather(weights)
+        metrics = {
+            "weight_max": (global_weights.max() * global_weights.numel()).detach(),
+            "ess_fraction": effective_sample_fraction(global_weights),
+        }
+        return RobustOutput(loss=loss, metrics=metrics)
