@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.mixture import Mixture, bradley_terry_labels, two_attribute_mixture
+from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler
 from rdpo_lightning.data.tokenize import FIT_COLUMN, TOKEN_COLUMNS, check_lengths, tokenize_pair
 from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 from rdpo_lightning.data.world import AttributeWorld
@@ -102,10 +103,11 @@ class PreferenceDataModule(L.LightningDataModule):
         return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        """Shuffled per epoch from (seed, epoch) and sharded by data-parallel rank; resumes mid-epoch exactly."""
+        return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=ResumableSampler.for_trainer(self.train_dataset, self.trainer),
             collate_fn=self._collator(),
             num_workers=self.num_workers,
             drop_last=False,
