@@ -133,3 +133,17 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.load_state_dict(state)
+
+
+def load_pending_loader_states(trainer: Any) -> None:
+    """Hand a resumed fit's train-loader state to the loader, if Lightning has not done so (call at train start).
+
+    Lightning 2.6 loads it only inside ``FitLoop.setup_data``; when ``configure_optimizers`` reads
+    ``trainer.estimated_stepping_batches`` (as a warm-up/cosine schedule does) that runs *before* the checkpoint is
+    restored and is not repeated, so the state is silently dropped (Lightning issue #20550). At ``on_train_start``
+    the state is pending and no batch has been drawn yet (ResumableDataLoader starts its iteration lazily). A no-op
+    when nothing is pending, so it stays harmless once Lightning fixes the bug.
+    """
+    load = getattr(getattr(trainer, "fit_loop", None), "_load_combined_loader_states", None)
+    if callable(load):
+        load()
