@@ -36,7 +36,7 @@ STRATEGIES = {
         "--model.robust.init_args.rho=0.5",
         "--model.robust.init_args.mode=exact",
     ],
-    "buffer": ["--model.robust=interrupted_fit.RunningBaseline"],
+    "buffer": ["--model.robust=fit_components.RunningBaseline"],
 }
 
 
@@ -48,7 +48,7 @@ def checkpoint_config(path: Path, kill_after: int | None = None) -> Path:
         }
     ]
     if kill_after is not None:
-        callbacks.append({"class_path": "interrupted_fit.KillAtStep", "init_args": {"step": kill_after}})
+        callbacks.append({"class_path": "fit_components.KillAtStep", "init_args": {"step": kill_after}})
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return path
 
@@ -106,7 +106,7 @@ def optimizer_tensors(cli) -> dict[str, torch.Tensor]:
 
 @pytest.fixture()
 def helpers_importable(monkeypatch):
-    """``interrupted_fit`` (the kill callback and the buffer strategy) must be importable by class_path."""
+    """``fit_components`` (the kill callback and the buffer strategy) must be importable by class_path."""
     monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{TESTS}")
 
@@ -117,7 +117,7 @@ def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_i
     spec = [{"name": name, "argv": fit_args(tmp_path / name / "killed", name, killing)} for name in STRATEGIES]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     launched = subprocess.run(
-        [sys.executable, str(TESTS / "interrupted_fit.py"), str(tmp_path / "spec.json")],
+        [sys.executable, str(TESTS / "fit_components.py"), str(tmp_path / "spec.json")],
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,7 +1,8 @@
-"""Test helpers for exact-resume tests: a callback that SIGKILLs its own process, a strategy whose state lives in a
-registered buffer, and a launcher that runs several ``rdpo fit`` invocations, each in its own forked process.
+"""Test-only components for real fits, importable by ``class_path``: a callback that SIGKILLs its own process, a
+strategy whose state lives in a registered buffer, pair losses that turn NaN at a chosen training step, and a
+launcher that runs several ``rdpo fit`` invocations, each in its own forked process.
 
-``python tests/interrupted_fit.py SPEC.json`` reads ``[{"name": ..., "argv": [...]}, ...]`` and prints
+``python tests/fit_components.py SPEC.json`` reads ``[{"name": ..., "argv": [...]}, ...]`` and prints
 ``{name: exit code}`` as JSON. Torch and Lightning are imported once, in a parent that runs no tensor op (so forking
 is safe), and every run is a child process that ``rdpo_lightning.cli.main(argv)`` drives until it is killed.
 """
@@ -17,6 +18,7 @@ import sys
 import lightning as L
 import torch
 
+from rdpo_lightning.losses import SigmoidLoss
 from rdpo_lightning.robust import PairBatch, RobustLoss, RobustOutput
 
 
@@ -50,6 +52,49 @@ class RunningBaseline(RobustLoss):
                 self.running_loss.mul_(self.momentum).add_((1 - self.momentum) * losses.detach().mean())
                 self.updates += 1
         return RobustOutput(loss=(weights * losses).mean(), metrics={"running_loss": self.running_loss.clone()})
+
+
+class NaNLossAtSteps(SigmoidLoss):
+    """DPO, except that training calls during optimizer steps ``steps`` return NaN losses (validation is spared).
+
+    ``gradient_only``: the losses stay finite and only their gradient is NaN. The step is read from ``trainer``,
+    which :class:`AttachTrainer` (or a test) sets."""
+
+    def __init__(self, steps: list[int], gradient_only: bool = False) -> None:
+        super().__init__()
+        self.steps = set(steps)
+        self.gradient_only = gradient_only
+        self.trainer = None
+
+    def forward(self, chosen_logratios, rejected_logratios, beta):
+        losses = super().forward(chosen_logratios, rejected_logratios, beta)
+        if not self.training or self.trainer is None or self.trainer.global_step not in self.steps:
+            return losses
+        if self.gradient_only:  # finite loss, NaN gradient
+            return losses + _nan_backward(losses)
+        return losses * float("nan")
+
+
+class _NaNBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+def _nan_backward(x: torch.Tensor) -> torch.Tensor:
+    """Zero in the forward pass, NaN in the backward pass."""
+    return _NaNBackward.apply(x)
+
+
+class AttachTrainer(L.Callback):
+    """Lets a test pair loss see the step it runs in."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.pair_loss.trainer = trainer
 
 
 def _run(argv: list[str]) -> None:
