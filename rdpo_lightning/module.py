@@ -17,13 +17,14 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from rdpo_lightning.data.sampler import load_pending_loader_states
+from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import sequence_logprobs
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
 from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm, resolve_dtype
 from rdpo_lightning.reproducibility import seed_training_batch
 from rdpo_lightning.robust import NoRobust, PairBatch, RobustLoss
-from rdpo_lightning.robust.base import check_non_negative, check_positive
+from rdpo_lightning.robust.base import check_choice, check_non_negative, check_positive
 
 
 @dataclass
@@ -87,6 +88,8 @@ class RobustDPO(L.LightningModule):
         super().__init__()
         if (model is None) == (model_config is None):
             raise ValueError("give exactly one of model.model (a name or path) and model.model_config")
+        if model_config is not None and "model_type" not in model_config:
+            raise ValueError("model.model_config needs a 'model_type' key (e.g. gpt2, llama)")
         check_positive("model.beta", beta)
         check_non_negative("model.warmup_steps", warmup_steps)
         if not 0.0 <= min_lr_ratio <= 1.0:
@@ -96,6 +99,7 @@ class RobustDPO(L.LightningModule):
         if logprob_chunk_rows is not None and not (isinstance(logprob_chunk_rows, int) and logprob_chunk_rows >= 1):
             raise ValueError(f"model.logprob_chunk_rows must be an integer >= 1 or null, got {logprob_chunk_rows!r}")
         resolve_dtype(torch_dtype)
+        check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer"])
         self.model_name = model

@@ -8,6 +8,7 @@ pairs come from (``build_tokenizer`` and ``build_splits``). Validation sets are 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import datasets
@@ -16,13 +17,18 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from rdpo_lightning.data.collate import PairCollator
-from rdpo_lightning.data.mixture import Mixture, bradley_terry_labels, two_attribute_mixture
+from rdpo_lightning.data.mixture import KINDS, Mixture, bradley_terry_labels, two_attribute_mixture
 from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler
 from rdpo_lightning.data.tokenize import FIT_COLUMN, TOKEN_COLUMNS, check_lengths, tokenize_pair
 from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 from rdpo_lightning.data.world import AttributeWorld
 
 log = logging.getLogger(__name__)
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
 def default_cache_dir() -> Path:
@@ -46,6 +52,11 @@ class PreferenceDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        for name, value in (("val_batch_size", val_batch_size), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be >= 1 or null, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         check_lengths(max_length, max_prompt_length)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -155,6 +166,17 @@ class AttributeWorldDataModule(PreferenceDataModule):
             raise ValueError(f"attribute_a and attribute_b must differ, both are {attribute_a!r}")
         if num_train < 1 or num_val < 1:
             raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
+        check_unit_interval("data.train_alpha", train_alpha)
+        for i, alpha in enumerate(val_alphas or []):
+            check_unit_interval(f"data.val_alphas[{i}]", alpha)
+        if mixture_kind not in KINDS:
+            raise ValueError(f"data.mixture_kind must be one of {', '.join(map(repr, KINDS))}; got {mixture_kind!r}")
+        if label_temperature is not None and not (math.isfinite(label_temperature) and label_temperature > 0):
+            raise ValueError(
+                f"data.label_temperature must be > 0 (or null: the higher reward wins), got {label_temperature}"
+            )
+        if seed < 0:
+            raise ValueError(f"data.seed must be >= 0, got {seed}")
         k = self.world.num_attributes
         self.train_mixture = two_attribute_mixture(train_alpha, index_a, index_b, k, mixture_kind)
         alphas = [0.0, 0.25, 0.5, 0.75, 1.0] if val_alphas is None else list(val_alphas)

@@ -83,6 +83,8 @@ class WassersteinPenalty(RobustLoss):
             check_positive("epsilon", epsilon)
         if max_grad_norm is not None:
             check_positive("max_grad_norm", max_grad_norm)
+            if form != "squared":
+                raise ValueError("max_grad_norm applies to form='squared' only (the norm form's direction has norm 1)")
         self.rho = float(rho)
         self.mode = mode
         self.form = form
