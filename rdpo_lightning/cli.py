@@ -10,6 +10,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 
 from rdpo_lightning.data import PreferenceDataModule
+from rdpo_lightning.guards import NonFiniteError
 from rdpo_lightning.module import RobustDPO
 
 
@@ -68,13 +69,17 @@ def main(args: list[str] | None = None) -> RDPOCLI:
     import torch
 
     torch.set_float32_matmul_precision("high")
-    return RDPOCLI(
-        RobustDPO,
-        PreferenceDataModule,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        return RDPOCLI(
+            RobustDPO,
+            PreferenceDataModule,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except NonFiniteError as error:  # a diverged run: say what happened and where the last good state is
+        print(f"rdpo: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
 
 
 if __name__ == "__main__":

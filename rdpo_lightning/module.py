@@ -16,11 +16,15 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
+from rdpo_lightning.data.sampler import load_pending_loader_states
+from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
+from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import sequence_logprobs
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm
+from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm, resolve_dtype
+from rdpo_lightning.reproducibility import seed_training_batch
 from rdpo_lightning.robust import NoRobust, PairBatch, RobustLoss
-from rdpo_lightning.robust.base import check_non_negative, check_positive
+from rdpo_lightning.robust.base import check_choice, check_non_negative, check_positive
 
 
 @dataclass
@@ -59,6 +63,8 @@ class RobustDPO(L.LightningModule):
         disable_policy_dropout: zero dropout in the policy (the reference never has dropout).
         logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once).
         torch_dtype, attn_implementation: passed to ``from_pretrained`` / ``from_config``.
+        on_nonfinite: a NaN/inf loss or gradient ``stop``s the fit with a checkpoint of the last good state, or the
+            step is ``skip``ped with a warning (see :mod:`rdpo_lightning.guards`).
     """
 
     def __init__(
@@ -77,16 +83,24 @@ class RobustDPO(L.LightningModule):
         logprob_chunk_rows: int | None = None,
         torch_dtype: str | None = None,
         attn_implementation: str | None = None,
+        on_nonfinite: str = "stop",
     ) -> None:
         super().__init__()
         if (model is None) == (model_config is None):
             raise ValueError("give exactly one of model.model (a name or path) and model.model_config")
+        if model_config is not None and "model_type" not in model_config:
+            raise ValueError("model.model_config needs a 'model_type' key (e.g. gpt2, llama)")
         check_positive("model.beta", beta)
         check_non_negative("model.warmup_steps", warmup_steps)
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"model.min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
         if gradient_clip_val is not None:
             check_positive("model.gradient_clip_val", gradient_clip_val)
+        if logprob_chunk_rows is not None and not (isinstance(logprob_chunk_rows, int) and logprob_chunk_rows >= 1):
+            raise ValueError(f"model.logprob_chunk_rows must be an integer >= 1 or null, got {logprob_chunk_rows!r}")
+        resolve_dtype(torch_dtype)
+        check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
+        self.nonfinite = NonFiniteGuard(on_nonfinite)
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer"])
         self.model_name = model
         self.model_config = model_config
@@ -196,6 +210,7 @@ class RobustDPO(L.LightningModule):
             pairs, policy = self.policy_forward(batch, reference, capture=capture)
             result = self.robust(pairs)
             loss = result.loss
+            self.nonfinite.observe_loss(loss)
         else:
             policies: list[PairLogps] = []
 
@@ -207,6 +222,7 @@ class RobustDPO(L.LightningModule):
             optimizer = self.optimizers()
             optimizer.zero_grad()
             pairs, result = self.robust.manual_step(forward, self.manual_backward)
+            self.nonfinite.observe_loss(result.loss)
             policy = policies[0]
             if self.gradient_clip_val is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
@@ -269,6 +285,19 @@ class RobustDPO(L.LightningModule):
                     add_dataloader_idx=False,
                     prog_bar=prefix == "val" and name in ("loss", "rewards/accuracies"),
                 )
+
+    # --- reliability: reproducible randomness, numerical guards, finite checkpoints -----------------------------
+    def on_train_start(self) -> None:
+        load_pending_loader_states(self.trainer)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed_training_batch(self.trainer, batch_idx)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.nonfinite.before_optimizer_step(self, optimizer)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        refuse_nonfinite_checkpoint(checkpoint)
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

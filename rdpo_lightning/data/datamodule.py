@@ -27,11 +27,17 @@ from torch.utils.data import DataLoader
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
 from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, check_lengths
+from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler
 
 log = logging.getLogger(__name__)
 
 #: bump when the row checks or tokenisation change what they write, so old cache files are not reused
 PIPELINE_VERSION = "pairs-v2"
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
 def default_cache_dir() -> Path:
@@ -69,8 +75,11 @@ class PreferenceDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        if val_batch_size is not None and val_batch_size < 1:
-            raise ValueError(f"data.val_batch_size must be >= 1, got {val_batch_size}")
+        for name, value in (("val_batch_size", val_batch_size), ("pad_to_multiple_of", pad_to_multiple_of)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be >= 1 or null, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
         check_lengths(max_length, max_prompt_length, truncation_mode)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -215,10 +224,11 @@ class PreferenceDataModule(L.LightningDataModule):
         return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        """Shuffled per epoch from (seed, epoch) and sharded by data-parallel rank; resumes mid-epoch exactly."""
+        return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=ResumableSampler.for_trainer(self.train_dataset, self.trainer),
             collate_fn=self._collator(),
             num_workers=self.num_workers,
             drop_last=False,

@@ -22,7 +22,8 @@ class PairLoss(nn.Module):
 
 def check_probability(name: str, value: float, upper_open: bool = True) -> None:
     """Reject a smoothing probability outside [0, 0.5) (or [0, 0.5] when ``upper_open`` is False)."""
-    bad = value < 0 or value > 0.5 or (upper_open and value == 0.5)
+    bad = not (isinstance(value, (int, float)) and value == value) or value < 0 or value > 0.5  # value != value: NaN
+    bad = bad or (upper_open and value == 0.5)
     if bad:
         bound = "[0, 0.5)" if upper_open else "[0, 0.5]"
         raise ValueError(f"{name} must lie in {bound}, got {value}")

@@ -35,8 +35,18 @@ FORMS = ("squared", "norm")
 
 
 def pair_gradient_sq_norms(grad_z: Tensor) -> Tensor:
-    """‖∇_z ℓ_i‖² per pair, summed over its chosen row i and rejected row B+i: (2B, ...) → (B,)."""
-    per_row = grad_z.pow(2).flatten(1).sum(1)
+    """‖∇_z ℓ_i‖² per pair, summed over its chosen row i and rejected row B+i: (2B, ...) → (B,), in float64.
+
+    A float32 sum of squares overflows once ‖g‖ passes ~1.8e19; here each row is divided by its largest |entry|
+    first and the scale is put back in float64, so any finite g gives a finite norm (differentiably: the scale is a
+    detached constant, and ‖g‖² = s²·‖g/s‖² for any s > 0).
+    """
+    rows = grad_z.flatten(1)
+    if rows.dtype == torch.float64:
+        per_row = rows.pow(2).sum(1)
+    else:
+        scale = rows.detach().abs().amax(1, keepdim=True).clamp(min=torch.finfo(rows.dtype).tiny)
+        per_row = (rows / scale).pow(2).sum(1).double() * scale.squeeze(1).double().pow(2)
     half = per_row.shape[0] // 2
     return per_row[:half] + per_row[half:]
 
@@ -46,8 +56,13 @@ class WassersteinPenalty(RobustLoss):
 
     ``form="squared"`` (default; the authors' public code): ρ·mean_i ‖∇_z ℓ_i‖². ``form="norm"`` (the paper's text):
     ρ·mean_i ‖∇_z ℓ_i‖. ``epsilon`` is the finite-difference step (default 2ρ for ``squared``, ρ for ``norm``, i.e.
-    the one-extra-pass adversarial form). ``max_grad_norm`` clamps the perturbation direction's per-pair norm in
-    ``finite_difference`` mode, so one exploding pair cannot blow up the step (``None``: no clamp).
+    the one-extra-pass adversarial form). ``max_grad_norm`` M (``squared`` form; ``None``: no clamp) bounds each
+    pair's pull so one exploding pair cannot blow up the step: with s_i = min(1, M/‖g_i‖) held constant, the
+    objective's penalty term is ρ·mean_i s_i·‖g_i‖² (= ρ·M·‖g_i‖ for a clamped pair). ``finite_difference`` mode
+    follows it by clamping the perturbation direction to s_i·g_i; ``exact`` mode differentiates it directly. The
+    norm form needs no clamp (its direction g/‖g‖ has unit norm). Norms are taken in float64, so a float32 gradient
+    cannot overflow them; a penalty that still overflows float32 makes the loss non-finite, which the module's
+    ``on_nonfinite`` guard turns into a stop or a skipped step.
     """
 
     needs_embeddings = True
@@ -68,6 +83,8 @@ class WassersteinPenalty(RobustLoss):
             check_positive("epsilon", epsilon)
         if max_grad_norm is not None:
             check_positive("max_grad_norm", max_grad_norm)
+            if form != "squared":
+                raise ValueError("max_grad_norm applies to form='squared' only (the norm form's direction has norm 1)")
         self.rho = float(rho)
         self.mode = mode
         self.form = form
@@ -78,9 +95,25 @@ class WassersteinPenalty(RobustLoss):
     def forward_context(self) -> contextlib.AbstractContextManager:
         return math_attention() if self.mode == "exact" else contextlib.nullcontext()
 
-    def _penalty(self, sq_norms: Tensor) -> Tensor:
-        per_pair = sq_norms if self.form == "squared" else (sq_norms + 1e-30).sqrt()
-        return self.rho * per_pair.mean()
+    def _clamp_factor(self, sq_norms: Tensor) -> Tensor | None:
+        """s_i = min(1, M/‖g_i‖), detached; None when there is no clamp (or the form needs none)."""
+        if self.max_grad_norm is None or self.form != "squared":
+            return None
+        return (self.max_grad_norm / sq_norms.detach().sqrt().clamp(min=1e-300)).clamp(max=1.0)
+
+    def _penalty(self, sq_norms: Tensor, dtype: torch.dtype) -> Tensor:
+        """ρ·mean of the per-pair penalty, computed in float64 and returned in the loss dtype."""
+        if self.form == "norm":
+            per_pair = (sq_norms + 1e-30).sqrt()
+        else:
+            factor = self._clamp_factor(sq_norms)
+            if factor is None:
+                per_pair = sq_norms
+            else:  # (s·‖g‖)·‖g‖, not s·‖g‖²: the first factor is at most M, so a clamped pair stays finite; the
+                # clamp keeps sqrt's derivative finite for a pair whose gradient is exactly zero
+                norms = sq_norms.clamp(min=1e-300).sqrt()
+                per_pair = (factor * norms) * norms
+        return (self.rho * per_pair.mean()).to(dtype)
 
     def forward(self, batch: PairBatch) -> RobustOutput:
         """Exact mode: penalty with create_graph, optimised by one ordinary backward of the returned loss."""
@@ -90,7 +123,7 @@ class WassersteinPenalty(RobustLoss):
         if batch.embeddings is None:
             raise RuntimeError("WassersteinPenalty needs the input embeddings; the module did not capture them")
         (grad_z,) = torch.autograd.grad(batch.losses.sum(), batch.embeddings, create_graph=True)
-        penalty = self._penalty(pair_gradient_sq_norms(grad_z))
+        penalty = self._penalty(pair_gradient_sq_norms(grad_z), mean_loss.dtype)
         return RobustOutput(loss=mean_loss + penalty, metrics={"penalty": penalty.detach()})
 
     def _step_size(self) -> float:
@@ -115,17 +148,17 @@ class WassersteinPenalty(RobustLoss):
         del first.embeddings
         second = forward(epsilon * direction)
         backward(weight * second.losses.mean())
-        penalty = self._penalty(sq_norms)
+        penalty = self._penalty(sq_norms, mean_loss.dtype)
         metrics = {"penalty": penalty, "perturbed_loss": second.losses.detach().mean()}
         return first, RobustOutput(loss=mean_loss.detach() + penalty, metrics=metrics)
 
     def _direction(self, grad_z: Tensor, sq_norms: Tensor) -> Tensor:
         """Per-row perturbation direction: g itself (squared form) or g/‖g_i‖ (norm form), optionally clamped."""
-        pair_norms = torch.cat([sq_norms, sq_norms]).sqrt()
         shape = (-1,) + (1,) * (grad_z.dim() - 1)
-        scale = torch.ones_like(pair_norms)
         if self.form == "norm":
-            scale = 1 / pair_norms.clamp(min=1e-30)
-        elif self.max_grad_norm is not None:
-            scale = (self.max_grad_norm / pair_norms.clamp(min=1e-30)).clamp(max=1.0)
-        return grad_z * scale.view(shape).to(grad_z.dtype)
+            scale = 1 / sq_norms.sqrt().clamp(min=1e-30)
+        else:
+            scale = self._clamp_factor(sq_norms)
+            if scale is None:
+                return grad_z
+        return grad_z * torch.cat([scale, scale]).view(shape).to(grad_z.dtype)

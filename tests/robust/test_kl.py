@@ -118,3 +118,24 @@ def test_distributed_weighted_gradient_equals_full_batch(normalize):
     KLReweighter(tau=tau, normalize=normalize)(PairBatch(losses=_per_pair_losses(model, x))).loss.backward()
     for got, want in zip(distributed, [p.grad for p in model.parameters()], strict=True):
         torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tau", [1e-4, 1e-2, 1.0])
+def test_weights_are_a_finite_distribution_at_extreme_tau_and_losses(dtype, tau):
+    """τ down to 1e-4, losses up to 1e4, in the dtypes training runs in: ℓ/τ reaches 1e8, far past exp's range."""
+    values = [1e4, 3.0, 9999.0, 0.0, 1e4, 0.5]
+    losses = torch.tensor(values, dtype=dtype, requires_grad=True)
+    out = KLReweighter(tau=tau)(PairBatch(losses=losses))
+    (weights,) = torch.autograd.grad(out.loss, losses)  # d(Σ w·ℓ)/dℓ = w: the weights themselves
+    assert torch.isfinite(weights).all() and (weights >= 0).all()
+    assert weights.double().sum().item() == pytest.approx(1.0, abs=1e-2 if dtype == torch.bfloat16 else 1e-6)
+    if tau <= 1e-2:  # the worst case puts (almost) all mass on the largest loss(es), as the dtype rounds them
+        top = losses.detach() == losses.detach().max()
+        assert weights[top].double().sum().item() == pytest.approx(1.0, abs=1e-2)
+    assert all(torch.isfinite(v) for v in out.metrics.values())
+
+    clamped = KLReweighter(tau=tau, normalize=False, clamp_max=10.0)(PairBatch(losses=losses))
+    (raw,) = torch.autograd.grad(clamped.loss, losses)
+    assert torch.isfinite(raw).all() and (raw * len(values) <= 10.0 * 1.01).all()
+    assert all(torch.isfinite(v) for v in clamped.metrics.values())

@@ -9,7 +9,7 @@ from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.tokenize import tokenize_pair
 from rdpo_lightning.data.tokenizer import load_tokenizer
 from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.robust import WassersteinPenalty
+from rdpo_lightning.robust import PairBatch, WassersteinPenalty
 from rdpo_lightning.robust.base import math_attention
 from rdpo_lightning.robust.wasserstein import pair_gradient_sq_norms
 
@@ -132,3 +132,79 @@ def test_zero_rho_is_plain_dpo(batch):
 def test_bad_hyper_parameters_rejected(kwargs, key):
     with pytest.raises(ValueError, match=key):
         WassersteinPenalty(**kwargs)
+
+
+# --- the clamp (max_grad_norm) and overflow ----------------------------------------------------------------------
+
+
+def independent_clamped_gradient(module: RobustDPO, batch: dict, max_norm: float) -> tuple[torch.Tensor, list[float]]:
+    """J = mean_i ℓ_i + ρ·mean_i s_i‖∇_z ℓ_i‖², s_i = min(1, M/‖∇_z ℓ_i‖) a constant, one forward per pair."""
+    half = batch["input_ids"].shape[0] // 2
+    reference = module.reference_logps(batch)
+    terms, norms = [], []
+    with math_attention():
+        for i in range(half):
+            rows = {k: v[[i, half + i]] for k, v in batch.items() if k != "groups"}
+            ref_i = type(reference)(reference.chosen[[i]], reference.rejected[[i]])
+            pairs, _ = module.policy_forward(rows, ref_i, True)
+            (g,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings, create_graph=True)
+            sq = g.pow(2).sum()
+            norms.append(sq.item() ** 0.5)
+            terms.append(pairs.losses.sum() + RHO * min(1.0, max_norm / norms[-1]) * sq)
+        objective = torch.stack(terms).mean()
+        flat = torch.cat([g.flatten() for g in torch.autograd.grad(objective, list(module.policy.parameters()))])
+    return flat, norms
+
+
+@pytest.mark.parametrize("mode", ["exact", "finite_difference"])
+def test_clamped_penalty_matches_independent_gradient(batch, mode):
+    batch, vocab = batch
+    module = make_module(vocab, WassersteinPenalty(rho=RHO))
+    _, norms = independent_clamped_gradient(module, batch, float("inf"))
+    max_norm = sorted(norms)[len(norms) // 2]  # the median pair: some pairs clamped, some not
+    assert min(norms) < max_norm < max(norms)
+    want, _ = independent_clamped_gradient(module, batch, max_norm)
+    epsilon = 1e-6 if mode == "finite_difference" else None
+    module.robust = WassersteinPenalty(rho=RHO, mode=mode, epsilon=epsilon, max_grad_norm=max_norm)
+    module.policy.zero_grad()
+    got = run_exact(module, batch) if mode == "exact" else run_manual(module, batch)
+    assert (got - want).norm() / want.norm() < (1e-9 if mode == "exact" else 1e-5)
+
+
+def overflowing_pairs() -> PairBatch:
+    """float32 losses whose input gradient has ‖g‖² ≈ 1e62: past float32's 3.4e38, fine in float64."""
+    z = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    w = torch.randn(5, generator=torch.Generator().manual_seed(1))
+    rows = 1e30 * torch.tanh(z @ w).sum(1)
+    return PairBatch(losses=rows[:2] + rows[2:], embeddings=z)
+
+
+def test_overflowing_gradient_norms_stay_finite_with_a_clamp():
+    pairs = overflowing_pairs()
+    sq = pair_gradient_sq_norms(torch.autograd.grad(pairs.losses.sum(), pairs.embeddings, retain_graph=True)[0])
+    assert sq.dtype == torch.float64 and torch.isfinite(sq).all() and sq.min() > 1e50
+
+    clamped = WassersteinPenalty(rho=0.1, mode="exact", max_grad_norm=1.0)(pairs)
+    assert torch.isfinite(clamped.loss) and torch.isfinite(clamped.metrics["penalty"])
+    (grad,) = torch.autograd.grad(clamped.loss, pairs.embeddings, retain_graph=True)
+    assert torch.isfinite(grad).all()
+    # the clamped penalty is ρ·mean M·‖g_i‖
+    assert clamped.metrics["penalty"].item() == pytest.approx(0.1 * sq.sqrt().mean().item(), rel=1e-5)
+
+    unclamped = WassersteinPenalty(rho=0.1, mode="exact")(pairs)
+    assert not torch.isfinite(unclamped.loss)  # left for the module's on_nonfinite guard
+
+    g = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings)[0]
+    direction = WassersteinPenalty(rho=0.1, max_grad_norm=2.0)._direction(g, sq)
+    per_pair = pair_gradient_sq_norms(direction).sqrt()
+    assert torch.isfinite(direction).all()
+    torch.testing.assert_close(per_pair, torch.full_like(per_pair, 2.0), rtol=1e-5, atol=0)
+
+
+def test_exactly_zero_gradient_pair_gives_a_finite_clamped_gradient():
+    z = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    rows = torch.tanh(z.sum((1, 2)))
+    losses = torch.stack([rows[0] + rows[2], rows[1].detach() * 0 + rows[3].detach()])  # pair 1: no dependence on z
+    out = WassersteinPenalty(rho=0.1, mode="exact", max_grad_norm=1e-3)(PairBatch(losses=losses, embeddings=z))
+    (grad,) = torch.autograd.grad(out.loss, z)
+    assert torch.isfinite(grad).all()
