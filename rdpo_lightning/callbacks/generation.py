@@ -155,10 +155,20 @@ class GenerationEvaluation:
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> GenerationResult:
         """Generate, score and average across ranks. Every rank must call this (it is a collective)."""
-        tokenizer = trainer.datamodule.tokenizer
+        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(
+                "generation needs the DataModule's tokenizer (trainer.datamodule.tokenizer) to decode with"
+            )
         mixtures = self.resolve_mixtures(trainer)
         reward = self.resolve_reward(trainer).to(pl_module.device)
         attributes = list(reward.attributes)
+        world = getattr(trainer.datamodule, "world", None)
+        if self.mixtures is None and world is not None and tuple(world.attributes) != tuple(attributes):
+            raise ValueError(
+                f"the DataModule's mixtures weigh the attributes {list(world.attributes)} but the reward function "
+                f"scores {attributes}: choose generation.reward labels in that order, or give generation.mixtures"
+            )
         for mixture in mixtures:
             if len(mixture.weights) != len(attributes):
                 raise ValueError(
