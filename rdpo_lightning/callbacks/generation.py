@@ -189,12 +189,7 @@ class GenerationEvaluation:
         policy = pl_module.policy
         device = pl_module.device
         samples: list[tuple[str, str]] = []
-        fork_devices = (
-            [device.index if device.index is not None else torch.cuda.current_device()]
-            if (device.type == "cuda")
-            else []
-        )
-        with torch.random.fork_rng(devices=fork_devices):
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
             torch.manual_seed(self.seed + rank)
             for start in range(0, per_rank, self.batch_size):
                 rows = [prompts[i] for i in mine[start : start + self.batch_size]]
@@ -234,3 +229,10 @@ class GenerationEvaluation:
         if not self.include_prompt:
             return completions, completions
         return tokenizer.batch_decode(output, skip_special_tokens=True), completions
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose RNG state sampling must not disturb (none off CUDA)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
