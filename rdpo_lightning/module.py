@@ -237,13 +237,19 @@ class RobustDPO(L.LightningModule):
             self.log(f"train/robust/{name}", value, batch_size=pairs.losses.shape[0], sync_dist=True)
         return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Logs the TRL metric set of the in-distribution set (dataloader 0) under ``val/``, and returns the
+        per-pair losses and implicit rewards of every set, from which
+        :class:`~rdpo_lightning.callbacks.WorstCaseEvaluation` accumulates exact per-mixture metrics."""
         reference = self.reference_logps(batch)
         pairs, policy = self.policy_forward(batch, reference)
-        prefixes = [f"val/{self._val_name(dataloader_idx)}"]
         if dataloader_idx == 0:
-            prefixes.insert(0, "val")
-        self._log_pairs("val", pairs.losses, policy, reference, prefixes)
+            self._log_pairs("val", pairs.losses, policy, reference, ["val"])
+        return {
+            "losses": pairs.losses.detach(),
+            "chosen_rewards": self.beta * (policy.chosen - reference.chosen).detach(),
+            "rejected_rewards": self.beta * (policy.rejected - reference.rejected).detach(),
+        }
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         reference = self.reference_logps(batch)

@@ -74,3 +74,16 @@ def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer
     directory = tmp_path_factory.mktemp("chat_tokenizer")
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """Another 2-layer GPT-2 like ``tiny_model_dir`` but initialised with another seed: a reference that differs
+    from the policy, so validation losses and implicit rewards are not all log 2 and 0 before any training."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    directory = tmp_path_factory.mktemp("tiny_gpt2_reference")
+    GPT2LMHeadModel(GPT2Config.from_pretrained(tiny_model_dir)).save_pretrained(directory)
+    return directory
