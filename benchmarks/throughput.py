@@ -1,0 +1,622 @@
+"""Throughput of one training step: our DPO / KLDPO / WDPO (Lightning) against TRL's ``DPOTrainer``.
+
+Every configuration trains the same GPT-2-style model (saved once with ``save_pretrained`` and loaded by both sides
+with ``from_pretrained``) on the same preference pairs, tokenised by the same word-level tokenizer (saved and loaded
+with ``AutoTokenizer``), with the same batch size, sequence length, optimizer (``torch.optim.AdamW``, same lr, no
+weight decay), gradient clipping (norm 1.0) and number of steps. Every sequence is exactly ``--seq-len`` tokens long
+(fixed-length prompts and responses), so neither side pads or truncates; the tokens each step actually processed are
+counted (attention-mask sums) and reported, and the token ids both sides built are compared by digest.
+
+Timing: ours through a real ``lightning.Trainer`` with :class:`RobustDPO` and a real :class:`PreferenceDataModule`
+(callback ``on_train_batch_start`` → ``on_train_batch_end``); TRL through ``DPOTrainer.train()`` (``TrainerCallback``
+``on_step_begin`` → ``on_step_end``). Both windows hold forward, backward, clipping and the optimizer step, and leave
+out data loading. The first ``--warmup`` steps are dropped; the table shows the median of the remaining ``--steps``.
+
+Memory: each configuration runs in its own fresh process (forked from a forkserver that has only *imported* the
+libraries, so no process inherits another's allocations). After imports the process resets its peak-RSS counter
+(``/proc/self/clear_refs`` ← 5) and records its RSS; at the end it reads the peak (``VmHWM``). "Peak RSS growth" is
+the difference: everything the run allocated (datasets, policy, reference, optimizer state, activations).
+
+    python benchmarks/throughput.py                 # default size (GPT-2, 4 layers, d=256, seq 128, batch 8)
+    python benchmarks/throughput.py --tiny          # seconds; what the test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+THREADS = 2
+BETA = 0.1
+PRELOAD = [
+    "torch",
+    "numpy",
+    "datasets",
+    "lightning.pytorch",
+    "transformers",
+    "transformers.models.gpt2.modeling_gpt2",
+    "rdpo_lightning.module",
+    "rdpo_lightning.data.datamodule",
+]
+TRL_PRELOAD = ["trl", "trl.trainer.dpo_trainer"]
+
+
+# --- what is measured --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """The workload every configuration runs."""
+
+    steps: int = 10
+    warmup: int = 3
+    batch_size: int = 8
+    seq_len: int = 128
+    layers: int = 4
+    hidden: int = 256
+    lr: float = 1e-4
+    seed: int = 0
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.hidden // 64)
+
+    @property
+    def total_steps(self) -> int:
+        return self.warmup + self.steps
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row of the table. ``robust`` builds our strategy (None: a TRL row); ``pair`` names the TRL row it is
+    compared with like for like."""
+
+    name: str
+    framework: str
+    reference: str
+    precision: str
+    robust: Callable[[], Any] | None = None
+    precompute: bool = False
+    trl_defaults: bool = False
+    pair: str | None = None
+
+
+def _no_robust():
+    from rdpo_lightning.robust import NoRobust
+
+    return NoRobust()
+
+
+def _kl():
+    from rdpo_lightning.robust import KLReweighter
+
+    return KLReweighter(tau=1.0)
+
+
+def _wasserstein(mode: str) -> Callable[[], Any]:
+    def build():
+        from rdpo_lightning.robust import WassersteinPenalty
+
+        return WassersteinPenalty(rho=0.01, mode=mode)
+
+    return build
+
+
+FP32 = "fp32"
+CONFIGS: dict[str, Config] = {
+    c.name: c
+    for c in (
+        Config("dpo", "ours", "online", FP32, _no_robust, pair="trl"),
+        Config("dpo-precomputed", "ours", "precomputed", FP32, _no_robust, precompute=True, pair="trl-precomputed"),
+        Config("kldpo", "ours", "online", FP32, _kl),
+        Config("wdpo-finite_difference", "ours", "online", FP32, _wasserstein("finite_difference")),
+        Config("wdpo-exact", "ours", "online", FP32, _wasserstein("exact")),
+        Config("trl", "trl", "online", FP32),
+        Config("trl-precomputed", "trl", "precomputed", FP32, precompute=True),
+        Config("trl-defaults", "trl", "online", "bf16 autocast + grad. ckpt.", trl_defaults=True),
+    )
+}
+ALIASES = {"wdpo-fd": "wdpo-finite_difference", "wdpo": "wdpo-finite_difference"}
+
+
+# --- shared inputs: tokenizer, model weights, pairs ----------------------------------------------------------------
+def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
+    """Write the tokenizer, the initial model and the pairs every configuration loads."""
+    import datasets
+    import numpy as np
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rdpo_lightning.data import AttributeWorld
+    from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
+
+    if settings.seq_len < 4:
+        raise ValueError(f"--seq-len must be >= 4, got {settings.seq_len}")
+    prompt_words = max(1, settings.seq_len // 4)
+    response_words = settings.seq_len - prompt_words - 1  # + <eos>
+    world = AttributeWorld(prompt_words=prompt_words, response_words=response_words)
+    tokenizer_dir = save_word_tokenizer(world.vocabulary(), workdir / "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    torch.manual_seed(settings.seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_layer=settings.layers,
+        n_embd=settings.hidden,
+        n_head=settings.heads,
+        n_positions=settings.seq_len,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model_dir = workdir / "model"
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    # Which response is "chosen" does not change the cost of a step; the world's rewards are not needed here.
+    rng = np.random.default_rng(settings.seed)
+    n = settings.total_steps * settings.batch_size
+    prompts = world.sample_prompts(n, rng)
+    first, second = world.sample_responses(n, rng), world.sample_responses(n, rng)
+    # Leading space: TRL tokenises prompt + completion as one string; the word-level tokenizer splits on whitespace.
+    pairs = datasets.Dataset.from_dict(
+        {"prompt": prompts, "chosen": [" " + t for t in first], "rejected": [" " + t for t in second]}
+    )
+    pairs_dir = workdir / "pairs"
+    pairs.save_to_disk(pairs_dir)
+    length = len(tokenizer(prompts[0] + pairs[0]["chosen"])["input_ids"]) + 1
+    if length != settings.seq_len:
+        raise RuntimeError(f"built sequences of {length} tokens, expected --seq-len={settings.seq_len}")
+    return {
+        "tokenizer": str(tokenizer_dir),
+        "model": str(model_dir),
+        "pairs": str(pairs_dir),
+        "work": str(workdir),
+        "vocab": str(len(tokenizer)),
+    }
+
+
+def token_digest(rows) -> str:
+    """sha1 of every prompt+chosen and prompt+rejected id sequence, in dataset order."""
+    digest = hashlib.sha1()
+    for row in rows:
+        for key in ("chosen_ids", "rejected_ids"):
+            digest.update(json.dumps(list(row["prompt_ids"]) + list(row[key])).encode())
+    return digest.hexdigest()
+
+
+# --- memory --------------------------------------------------------------------------------------------------------
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's peak RSS (VmHWM) to its current RSS; return that RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return _proc_status_kib("VmRSS")
+
+
+def peak_rss() -> int:
+    return _proc_status_kib("VmHWM")
+
+
+# --- our side: Lightning ---------------------------------------------------------------------------------------------
+def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    import functools
+
+    import datasets
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from rdpo_lightning.data.collate import PairCollator
+    from rdpo_lightning.data.datamodule import PreferenceDataModule
+    from rdpo_lightning.data.tokenizer import load_tokenizer
+    from rdpo_lightning.module import RobustDPO
+
+    class FixedPairsDataModule(PreferenceDataModule):
+        """The benchmark's pairs through the package's own tokenisation, collator and loaders."""
+
+        def build_tokenizer(self):
+            return load_tokenizer(paths["tokenizer"])
+
+        def build_splits(self):
+            train = datasets.load_from_disk(paths["pairs"])
+            return train, {"train": train.select(range(settings.batch_size))}
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.tokens: list[int] = []
+            self._start = 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.tokens.append(int(batch["attention_mask"].sum()))
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.times.append(time.perf_counter() - self._start)
+
+    L.seed_everything(settings.seed, verbose=False)
+    datamodule = FixedPairsDataModule(batch_size=settings.batch_size, max_length=settings.seq_len)
+    module = RobustDPO(
+        model=paths["model"],
+        beta=BETA,
+        robust=config.robust(),
+        optimizer=functools.partial(torch.optim.AdamW, lr=settings.lr, weight_decay=0.0),
+        gradient_clip_val=1.0,
+    )
+    if config.precompute:
+        # As TRL's precompute_ref_log_probs: one no-grad pass of the reference over the training set before training,
+        # the results carried by the batches (PairCollator passes them through), and the reference not kept.
+        datamodule.setup("fit")
+        module.configure_model()
+        loader = DataLoader(
+            datamodule.train_dataset,
+            batch_size=settings.batch_size,
+            collate_fn=PairCollator(datamodule.tokenizer.pad_token_id),
+        )
+        chosen, rejected = [], []
+        for batch in loader:
+            reference = module.reference_logps(batch)
+            chosen += reference.chosen.tolist()
+            rejected += reference.rejected.tolist()
+        train = datamodule.train_dataset.add_column("reference_chosen_logps", chosen)
+        datamodule.train_dataset = train.add_column("reference_rejected_logps", rejected)
+        module.reference = None
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=settings.total_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return {"times": timer.times, "tokens": timer.tokens, "digest": token_digest(datamodule.train_dataset)}
+
+
+# --- TRL's side ------------------------------------------------------------------------------------------------------
+def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    import datasets
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.tokens: list[int] = []
+            self.trainer: DPOTrainer | None = None
+            self._start = 0.0
+            self._seen = 0
+
+        def on_step_begin(self, args, state, control, **kwargs) -> None:
+            self._seen = self.trainer._total_train_tokens
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs) -> None:
+            self.times.append(time.perf_counter() - self._start)
+            self.tokens.append(int(self.trainer._total_train_tokens - self._seen))
+
+    common = {
+        "output_dir": str(Path(paths["work"]) / f"trl-{config.name}"),
+        "per_device_train_batch_size": settings.batch_size,
+        "max_length": settings.seq_len,
+        "max_steps": settings.total_steps,
+        "learning_rate": settings.lr,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "beta": BETA,
+        "seed": settings.seed,
+        "report_to": [],
+        "save_strategy": "no",
+        "disable_tqdm": True,
+    }
+    if config.trl_defaults:  # what a CPU user gets: bf16 autocast, gradient checkpointing, fused AdamW
+        args = DPOConfig(**common, use_cpu=True)  # (on a machine without GPU, TRL refuses to start without use_cpu)
+    else:
+        args = DPOConfig(
+            **common,
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            dataloader_num_workers=0,
+            logging_strategy="no",
+            optim="adamw_torch",  # torch.optim.AdamW with its defaults, as ours
+            lr_scheduler_type="constant",
+            precompute_ref_log_probs=config.precompute,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
+    timer = StepTimer()
+    trainer = DPOTrainer(
+        model=paths["model"],
+        args=args,
+        train_dataset=datasets.load_from_disk(paths["pairs"]),
+        processing_class=tokenizer,
+        callbacks=[timer],
+    )
+    timer.trainer = trainer
+    trainer.train()
+    setup = {
+        "bf16": bool(trainer.args.bf16),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "optim": str(trainer.args.optim),
+    }
+    return {"times": timer.times, "tokens": timer.tokens, "digest": token_digest(trainer.train_dataset), "trl": setup}
+
+
+RUNNERS = {"ours": run_ours, "trl": run_trl}
+
+
+def worker(name: str, settings: Settings, paths: dict[str, str], result_path: str) -> None:
+    """One configuration in a fresh process: threads, peak-RSS reset, run, write JSON."""
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(THREADS)
+    os.environ["TQDM_DISABLE"] = "1"
+    warnings.filterwarnings("ignore")
+    for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    config = CONFIGS[name]
+    baseline = reset_peak_rss()
+    load_before = os.getloadavg()[0]
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the table
+        result = RUNNERS[config.framework](config, settings, paths)
+    result.update(
+        peak_rss_kib=peak_rss(),
+        baseline_rss_kib=baseline,
+        threads=torch.get_num_threads(),
+        load=[load_before, os.getloadavg()[0]],
+    )
+    Path(result_path).write_text(json.dumps(result))
+
+
+def run_configs(names: list[str], settings: Settings, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+    context = multiprocessing.get_context("forkserver")
+    trl = any(CONFIGS[n].framework == "trl" for n in names)
+    context.set_forkserver_preload(PRELOAD + (TRL_PRELOAD if trl else []))
+    results = {}
+    for name in names:
+        result_path = Path(paths["work"]) / f"result-{name}.json"
+        process = context.Process(target=worker, args=(name, settings, paths, str(result_path)), name=name)
+        start = time.perf_counter()
+        process.start()
+        process.join()
+        if process.exitcode != 0 or not result_path.exists():
+            raise RuntimeError(f"configuration {name!r} failed (exit code {process.exitcode}); see its traceback above")
+        results[name] = json.loads(result_path.read_text())
+        results[name]["wall_s"] = time.perf_counter() - start
+        print(f"  {name}: done in {results[name]['wall_s']:.1f} s", file=sys.stderr, flush=True)
+    return results
+
+
+# --- the table -------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    config: Config
+    median_s: float
+    min_s: float
+    max_s: float
+    tokens_per_step: float
+    tokens_per_s: float
+    peak_growth_mib: float
+    peak_mib: float
+
+
+def summarise(name: str, result: dict[str, Any], settings: Settings) -> Row:
+    times = result["times"][settings.warmup :]
+    tokens = result["tokens"][settings.warmup :]
+    if len(times) != settings.steps:
+        raise RuntimeError(f"{name}: timed {len(result['times'])} steps, expected {settings.total_steps}")
+    median = statistics.median(times)
+    per_step = statistics.mean(tokens)
+    return Row(
+        config=CONFIGS[name],
+        median_s=median,
+        min_s=min(times),
+        max_s=max(times),
+        tokens_per_step=per_step,
+        tokens_per_s=per_step / median,
+        peak_growth_mib=(result["peak_rss_kib"] - result["baseline_rss_kib"]) / 1024,
+        peak_mib=result["peak_rss_kib"] / 1024,
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    numerator: str
+    denominator: str
+    metric: str  # a Row attribute
+    bound: float
+    at_least: bool
+
+    def measure(self, rows: dict[str, Row]) -> tuple[float, bool] | None:
+        if self.numerator not in rows or self.denominator not in rows:
+            return None
+        ratio = getattr(rows[self.numerator], self.metric) / getattr(rows[self.denominator], self.metric)
+        return ratio, (ratio >= self.bound if self.at_least else ratio <= self.bound)
+
+
+TARGETS = (
+    Target("DPO tokens/s ÷ TRL (online reference)", "dpo", "trl", "tokens_per_s", 1.3, True),
+    Target("DPO tokens/s ÷ TRL (precomputed reference)", "dpo-precomputed", "trl-precomputed", "tokens_per_s", 1.3, True),
+    Target("KLDPO step ÷ DPO step", "kldpo", "dpo", "median_s", 1.05, False),
+    Target("WDPO finite_difference step ÷ DPO step", "wdpo-finite_difference", "dpo", "median_s", 2.1, False),
+    Target("WDPO exact step ÷ DPO step", "wdpo-exact", "dpo", "median_s", 3.0, False),
+    Target("DPO peak RSS growth ÷ TRL (online reference)", "dpo", "trl", "peak_growth_mib", 1.0, False),
+    Target("DPO peak RSS growth ÷ TRL (precomputed)", "dpo-precomputed", "trl-precomputed", "peak_growth_mib", 1.0, False),
+)  # fmt: skip
+DEFAULTS_PAIRING = ("dpo", "trl-defaults")  # our defaults against TRL's: reported, no target
+
+
+def _ratio(rows: dict[str, Row], a: str, b: str, metric: str) -> str:
+    if a not in rows or b not in rows:
+        return "—"
+    return f"{getattr(rows[a], metric) / getattr(rows[b], metric):.2f}×"
+
+
+def render(rows: dict[str, Row], settings: Settings, header: str) -> str:
+    lines = [header, ""]
+    lines.append(
+        "| config | framework | reference | precision | median step (s) | min–max (s) | tokens/step | tokens/s "
+        "| peak RSS growth (MiB) | step ÷ our DPO | tokens/s ÷ TRL (like for like) |"
+    )
+    lines.append("|" + "---|" * 11)
+    for name, row in rows.items():
+        c = row.config
+        pair = c.pair if c.pair else ("trl" if c.framework == "ours" else None)
+        vs_trl = _ratio(rows, name, pair, "tokens_per_s") if pair else "—"
+        lines.append(
+            f"| {name} | {c.framework} | {c.reference} | {c.precision} | {row.median_s:.4f} "
+            f"| {row.min_s:.4f}–{row.max_s:.4f} | {row.tokens_per_step:.0f} | {row.tokens_per_s:,.0f} "
+            f"| {row.peak_growth_mib:.0f} | {_ratio(rows, name, 'dpo', 'median_s')} | {vs_trl} |"
+        )
+    lines += ["", "| target | measured | bound | met |", "|---|---|---|---|"]
+    for target in TARGETS:
+        measured = target.measure(rows)
+        if measured is None:
+            continue
+        ratio, met = measured
+        bound = ("≥ " if target.at_least else "≤ ") + f"{target.bound:g}×"
+        lines.append(f"| {target.what} | {ratio:.2f}× | {bound} | {'yes' if met else '**no**'} |")
+    ours, theirs = DEFAULTS_PAIRING
+    if ours in rows and theirs in rows:
+        lines.append(
+            f"| our defaults ÷ TRL's defaults, tokens/s (no target) | {_ratio(rows, ours, theirs, 'tokens_per_s')} "
+            "| — | — |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    defaults = Settings()
+    parser.add_argument("--steps", type=int, default=None, help=f"timed steps (default {defaults.steps})")
+    parser.add_argument("--warmup", type=int, default=None, help=f"untimed first steps (default {defaults.warmup})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"pairs per step (default {defaults.batch_size})")
+    parser.add_argument("--seq-len", type=int, default=None, help=f"tokens per sequence (default {defaults.seq_len})")
+    parser.add_argument("--layers", type=int, default=None, help=f"GPT-2 layers (default {defaults.layers})")
+    parser.add_argument("--hidden", type=int, default=None, help=f"GPT-2 width (default {defaults.hidden})")
+    parser.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate (default {defaults.lr})")
+    parser.add_argument(
+        "--methods",
+        default=",".join(CONFIGS),
+        help=f"comma-separated configurations, of: {', '.join(CONFIGS)} (wdpo-fd = wdpo-finite_difference)",
+    )
+    parser.add_argument("--skip-trl", action="store_true", help="leave out TRL's rows (e.g. trl not installed)")
+    parser.add_argument("--tiny", action="store_true", help="a size that runs in seconds (smoke test)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) to this file")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    base = Settings(steps=2, warmup=1, batch_size=2, seq_len=16, layers=1, hidden=32) if args.tiny else Settings()
+    given = {
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "layers": args.layers,
+        "hidden": args.hidden,
+        "lr": args.lr,
+    }
+    settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    if settings.steps < 1 or settings.warmup < 0 or settings.batch_size < 1 or settings.layers < 1:
+        raise SystemExit("--steps, --batch-size and --layers must be >= 1 and --warmup >= 0")
+    if settings.hidden % settings.heads:
+        raise SystemExit(f"--hidden must be a multiple of 64 (one head per 64), or < 64; got {settings.hidden}")
+    return settings
+
+
+def chosen_configs(args: argparse.Namespace) -> list[str]:
+    names = []
+    for raw in args.methods.split(","):
+        name = ALIASES.get(raw.strip(), raw.strip())
+        if not name:
+            continue
+        if name not in CONFIGS:
+            raise SystemExit(f"--methods: unknown configuration {raw!r}; choose from {', '.join(CONFIGS)}")
+        if args.skip_trl and CONFIGS[name].framework == "trl":
+            continue
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    settings = settings_from(args)
+    names = chosen_configs(args)
+    import torch
+    import transformers
+
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    if any(CONFIGS[n].framework == "trl" for n in names):
+        import trl
+
+        versions += f", trl {trl.__version__}"
+    import lightning
+
+    versions += f", lightning {lightning.__version__}"
+    with tempfile.TemporaryDirectory(prefix="rdpo-throughput-") as tmp:
+        paths = prepare(Path(tmp), settings)
+        results = run_configs(names, settings, paths)
+    digests = {name: r["digest"] for name, r in results.items()}
+    if len(set(digests.values())) > 1:
+        raise RuntimeError(f"the configurations trained on different token ids: {digests}")
+    rows = {name: summarise(name, results[name], settings) for name in names}
+    for name, result in results.items():
+        if "trl" in result:
+            print(f"  {name}: TRL ran with {result['trl']}", file=sys.stderr)
+    loads = [v for r in results.values() for v in r["load"]]
+    header = (
+        f"GPT-2 ({settings.layers} layers, d={settings.hidden}, {settings.heads} heads), vocabulary "
+        f"{paths['vocab']}; batch {settings.batch_size} pairs (= {2 * settings.batch_size} sequences) × "
+        f"{settings.seq_len} tokens; AdamW lr {settings.lr:g}; median of {settings.steps} steps after "
+        f"{settings.warmup} warm-up; {THREADS} torch threads; {versions}; 1-min load average "
+        f"{min(loads):.1f}–{max(loads):.1f} during the runs."
+    )
+    table = render(rows, settings, header)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    for name, row in rows.items():
+        if not (math.isfinite(row.median_s) and row.median_s > 0):
+            raise RuntimeError(f"{name}: step time {row.median_s} is not a finite positive number")
+    return table
+
+
+if __name__ == "__main__":
+    main()
