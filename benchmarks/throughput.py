@@ -10,12 +10,18 @@ counted (attention-mask sums) and reported, and the token ids both sides built a
 Timing: ours through a real ``lightning.Trainer`` with :class:`RobustDPO` and a real :class:`PreferenceDataModule`
 (callback ``on_train_batch_start`` → ``on_train_batch_end``); TRL through ``DPOTrainer.train()`` (``TrainerCallback``
 ``on_step_begin`` → ``on_step_end``). Both windows hold forward, backward, clipping and the optimizer step, and leave
-out data loading. The first ``--warmup`` steps are dropped; the table shows the median of the remaining ``--steps``.
+out data loading. The first ``--warmup`` steps are dropped; a row's step time is the median of the remaining
+``--steps`` (with ``--repeats`` > 1, the median of each repeat's median; repeats run the configurations interleaved).
 
 Memory: each configuration runs in its own fresh process (forked from a forkserver that has only *imported* the
 libraries, so no process inherits another's allocations). After imports the process resets its peak-RSS counter
-(``/proc/self/clear_refs`` ← 5) and records its RSS; at the end it reads the peak (``VmHWM``). "Peak RSS growth" is
-the difference: everything the run allocated (datasets, policy, reference, optimizer state, activations).
+(``/proc/self/clear_refs`` ← 5) and records its RSS; at the end it reads the peak (``VmHWM``). The difference is
+"peak RSS growth": everything the run allocated (datasets, policy, reference, optimizer state, activations) *plus*
+whatever freed memory glibc's allocator kept instead of returning it. Because that second part depends on the order
+of allocations as much as on what is alive, every configuration also runs a short second time (3 steps) with
+``mallopt(M_MMAP_THRESHOLD, 64 KiB)``, which gives every block above 64 KiB its own mapping, returned to the kernel
+when freed: there, peak RSS growth tracks the peak of *live* memory ("live peak"). Minor page faults per step show
+the other side of the same coin: memory returned to the kernel is faulted in again (and zeroed) on the next step.
 
     python benchmarks/throughput.py                 # default size (GPT-2, 4 layers, d=256, seq 128, batch 8)
     python benchmarks/throughput.py --tiny          # seconds; what the test runs
@@ -25,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -42,6 +51,8 @@ from typing import Any
 
 THREADS = 2
 BETA = 0.1
+LIVE_MMAP_THRESHOLD = 64 * 1024
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 PRELOAD = [
     "torch",
     "numpy",
@@ -81,16 +92,27 @@ class Settings:
 @dataclass(frozen=True)
 class Config:
     """One row of the table. ``robust`` builds our strategy (None: a TRL row); ``pair`` names the TRL row it is
-    compared with like for like."""
+    compared with like for like; ``bf16``: bf16 autocast (Lightning ``bf16-mixed``, TRL ``bf16=True``)."""
 
     name: str
     framework: str
-    reference: str
-    precision: str
+    reference: str = "online"
+    bf16: bool = False
     robust: Callable[[], Any] | None = None
-    precompute: bool = False
     trl_defaults: bool = False
     pair: str | None = None
+
+    @property
+    def precompute(self) -> bool:
+        return self.reference == "precomputed"
+
+    @property
+    def precision(self) -> str:
+        if self.trl_defaults:
+            return "TRL defaults (bf16 autocast, grad. ckpt., fused AdamW)"
+        if not self.bf16:
+            return "fp32"
+        return "bf16-mixed" if self.framework == "ours" else "bf16 autocast"
 
 
 def _no_robust():
@@ -114,18 +136,19 @@ def _wasserstein(mode: str) -> Callable[[], Any]:
     return build
 
 
-FP32 = "fp32"
 CONFIGS: dict[str, Config] = {
     c.name: c
     for c in (
-        Config("dpo", "ours", "online", FP32, _no_robust, pair="trl"),
-        Config("dpo-precomputed", "ours", "precomputed", FP32, _no_robust, precompute=True, pair="trl-precomputed"),
-        Config("kldpo", "ours", "online", FP32, _kl),
-        Config("wdpo-finite_difference", "ours", "online", FP32, _wasserstein("finite_difference")),
-        Config("wdpo-exact", "ours", "online", FP32, _wasserstein("exact")),
-        Config("trl", "trl", "online", FP32),
-        Config("trl-precomputed", "trl", "precomputed", FP32, precompute=True),
-        Config("trl-defaults", "trl", "online", "bf16 autocast + grad. ckpt.", trl_defaults=True),
+        Config("dpo", "ours", robust=_no_robust, pair="trl"),
+        Config("dpo-precomputed", "ours", "precomputed", robust=_no_robust, pair="trl-precomputed"),
+        Config("dpo-bf16", "ours", bf16=True, robust=_no_robust, pair="trl-bf16"),
+        Config("kldpo", "ours", robust=_kl, pair="trl"),
+        Config("wdpo-finite_difference", "ours", robust=_wasserstein("finite_difference"), pair="trl"),
+        Config("wdpo-exact", "ours", robust=_wasserstein("exact"), pair="trl"),
+        Config("trl", "trl"),
+        Config("trl-precomputed", "trl", "precomputed"),
+        Config("trl-bf16", "trl", bf16=True),
+        Config("trl-defaults", "trl", bf16=True, trl_defaults=True),
     )
 }
 ALIASES = {"wdpo-fd": "wdpo-finite_difference", "wdpo": "wdpo-finite_difference"}
@@ -142,8 +165,6 @@ def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
     from rdpo_lightning.data import AttributeWorld
     from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 
-    if settings.seq_len < 4:
-        raise ValueError(f"--seq-len must be >= 4, got {settings.seq_len}")
     prompt_words = max(1, settings.seq_len // 4)
     response_words = settings.seq_len - prompt_words - 1  # + <eos>
     world = AttributeWorld(prompt_words=prompt_words, response_words=response_words)
@@ -197,7 +218,30 @@ def token_digest(rows) -> str:
     return digest.hexdigest()
 
 
-# --- memory --------------------------------------------------------------------------------------------------------
+# --- per-step clock and memory ---------------------------------------------------------------------------------------
+class StepClock:
+    """Wall time, tokens and minor page faults of each step, from the frameworks' own step-boundary callbacks."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+        self.faults: list[int] = []
+        self._start = 0.0
+        self._faults = 0
+
+    def start(self) -> None:
+        self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self._start = time.perf_counter()
+
+    def stop(self, tokens: int) -> None:
+        self.times.append(time.perf_counter() - self._start)
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults)
+        self.tokens.append(tokens)
+
+    def result(self) -> dict[str, list]:
+        return {"times": self.times, "tokens": self.tokens, "faults": self.faults}
+
+
 def _proc_status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -215,6 +259,12 @@ def reset_peak_rss() -> int:
 
 def peak_rss() -> int:
     return _proc_status_kib("VmHWM")
+
+
+def return_freed_blocks_to_kernel() -> None:
+    """glibc: every allocation above 64 KiB gets its own mapping, unmapped when freed (no dynamic threshold)."""
+    if ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, LIVE_MMAP_THRESHOLD) != 1:
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: the live-memory measurement needs glibc")
 
 
 # --- our side: Lightning ---------------------------------------------------------------------------------------------
@@ -241,18 +291,15 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
             train = datasets.load_from_disk(paths["pairs"])
             return train, {"train": train.select(range(settings.batch_size))}
 
-    class StepTimer(L.Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.tokens: list[int] = []
-            self._start = 0.0
+    clock = StepClock()
 
+    class StepTimer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.tokens.append(int(batch["attention_mask"].sum()))
-            self._start = time.perf_counter()
+            self.tokens = int(batch["attention_mask"].sum())
+            clock.start()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.times.append(time.perf_counter() - self._start)
+            clock.stop(self.tokens)
 
     L.seed_everything(settings.seed, verbose=False)
     datamodule = FixedPairsDataModule(batch_size=settings.batch_size, max_length=settings.seq_len)
@@ -281,11 +328,10 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
         train = datamodule.train_dataset.add_column("reference_chosen_logps", chosen)
         datamodule.train_dataset = train.add_column("reference_rejected_logps", rejected)
         module.reference = None
-    timer = StepTimer()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        precision="32-true",
+        precision="bf16-mixed" if config.bf16 else "32-true",
         max_steps=settings.total_steps,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -293,10 +339,10 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=[StepTimer()],
     )
     trainer.fit(module, datamodule=datamodule)
-    return {"times": timer.times, "tokens": timer.tokens, "digest": token_digest(datamodule.train_dataset)}
+    return {**clock.result(), "digest": token_digest(datamodule.train_dataset)}
 
 
 # --- TRL's side ------------------------------------------------------------------------------------------------------
@@ -305,21 +351,17 @@ def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[s
     from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    clock = StepClock()
+
     class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.tokens: list[int] = []
-            self.trainer: DPOTrainer | None = None
-            self._start = 0.0
-            self._seen = 0
+        trainer: DPOTrainer
 
         def on_step_begin(self, args, state, control, **kwargs) -> None:
-            self._seen = self.trainer._total_train_tokens
-            self._start = time.perf_counter()
+            self.seen = self.trainer._total_train_tokens  # TRL's own count: attention-mask sums
+            clock.start()
 
         def on_step_end(self, args, state, control, **kwargs) -> None:
-            self.times.append(time.perf_counter() - self._start)
-            self.tokens.append(int(self.trainer._total_train_tokens - self._seen))
+            clock.stop(int(self.trainer._total_train_tokens - self.seen))
 
     common = {
         "output_dir": str(Path(paths["work"]) / f"trl-{config.name}"),
@@ -334,14 +376,14 @@ def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[s
         "report_to": [],
         "save_strategy": "no",
         "disable_tqdm": True,
+        "use_cpu": True,  # on a machine without GPU, TRL refuses to start without it
     }
-    if config.trl_defaults:  # what a CPU user gets: bf16 autocast, gradient checkpointing, fused AdamW
-        args = DPOConfig(**common, use_cpu=True)  # (on a machine without GPU, TRL refuses to start without use_cpu)
+    if config.trl_defaults:  # everything else as a CPU user gets it: bf16 autocast, gradient checkpointing, fused AdamW
+        args = DPOConfig(**common)
     else:
         args = DPOConfig(
             **common,
-            use_cpu=True,
-            bf16=False,
+            bf16=config.bf16,
             gradient_checkpointing=False,
             dataloader_num_workers=0,
             logging_strategy="no",
@@ -349,45 +391,46 @@ def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[s
             lr_scheduler_type="constant",
             precompute_ref_log_probs=config.precompute,
         )
-    tokenizer = AutoTokenizer.from_pretrained(paths["tokenizer"])
     timer = StepTimer()
     trainer = DPOTrainer(
         model=paths["model"],
         args=args,
         train_dataset=datasets.load_from_disk(paths["pairs"]),
-        processing_class=tokenizer,
+        processing_class=AutoTokenizer.from_pretrained(paths["tokenizer"]),
         callbacks=[timer],
     )
     timer.trainer = trainer
     trainer.train()
-    setup = {
+    ran_with = {
         "bf16": bool(trainer.args.bf16),
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
-        "optim": str(trainer.args.optim),
+        "optim": str(trainer.args.optim.value),
+        "precompute_ref_log_probs": bool(trainer.args.precompute_ref_log_probs),
     }
-    return {"times": timer.times, "tokens": timer.tokens, "digest": token_digest(trainer.train_dataset), "trl": setup}
+    return {**clock.result(), "digest": token_digest(trainer.train_dataset), "trl": ran_with}
 
 
 RUNNERS = {"ours": run_ours, "trl": run_trl}
 
 
-def worker(name: str, settings: Settings, paths: dict[str, str], result_path: str) -> None:
-    """One configuration in a fresh process: threads, peak-RSS reset, run, write JSON."""
+def worker(name: str, settings: Settings, paths: dict[str, str], result_path: str, live_memory: bool) -> None:
+    """One configuration in a fresh process: threads, allocator mode, peak-RSS reset, run, write JSON."""
     import logging
     import warnings
 
+    import datasets
     import torch
+    import transformers
 
     torch.set_num_threads(THREADS)
     os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore")
     for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl"):
         logging.getLogger(logger).setLevel(logging.ERROR)
-    import datasets
-    import transformers
-
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+    if live_memory:
+        return_freed_blocks_to_kernel()
     config = CONFIGS[name]
     baseline = reset_peak_rss()
     load_before = os.getloadavg()[0]
@@ -402,23 +445,35 @@ def worker(name: str, settings: Settings, paths: dict[str, str], result_path: st
     Path(result_path).write_text(json.dumps(result))
 
 
-def run_configs(names: list[str], settings: Settings, paths: dict[str, str]) -> dict[str, dict[str, Any]]:
+def run_one(context, name: str, settings: Settings, paths: dict[str, str], live_memory: bool) -> dict[str, Any]:
+    result_path = Path(paths["work"]) / f"result-{name}-{'live' if live_memory else 'timed'}.json"
+    result_path.unlink(missing_ok=True)
+    process = context.Process(target=worker, args=(name, settings, paths, str(result_path), live_memory), name=name)
+    start = time.perf_counter()
+    process.start()
+    process.join()
+    if process.exitcode != 0 or not result_path.exists():
+        raise RuntimeError(f"configuration {name!r} failed (exit code {process.exitcode}); see its traceback above")
+    result = json.loads(result_path.read_text())
+    kind = "live-memory run" if live_memory else "timed run"
+    print(f"  {name}: {kind} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def run_configs(
+    names: list[str], settings: Settings, paths: dict[str, str], repeats: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """``repeats`` interleaved timed runs of every configuration, then one short live-memory run of each."""
     context = multiprocessing.get_context("forkserver")
     trl = any(CONFIGS[n].framework == "trl" for n in names)
     context.set_forkserver_preload(PRELOAD + (TRL_PRELOAD if trl else []))
-    results = {}
-    for name in names:
-        result_path = Path(paths["work"]) / f"result-{name}.json"
-        process = context.Process(target=worker, args=(name, settings, paths, str(result_path)), name=name)
-        start = time.perf_counter()
-        process.start()
-        process.join()
-        if process.exitcode != 0 or not result_path.exists():
-            raise RuntimeError(f"configuration {name!r} failed (exit code {process.exitcode}); see its traceback above")
-        results[name] = json.loads(result_path.read_text())
-        results[name]["wall_s"] = time.perf_counter() - start
-        print(f"  {name}: done in {results[name]['wall_s']:.1f} s", file=sys.stderr, flush=True)
-    return results
+    timed: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            timed[name].append(run_one(context, name, settings, paths, live_memory=False))
+    short = dataclasses.replace(settings, warmup=1, steps=2)
+    live = {name: run_one(context, name, short, paths, live_memory=True) for name in names}
+    return timed, live
 
 
 # --- the table -------------------------------------------------------------------------------------------------------
@@ -430,96 +485,116 @@ class Row:
     max_s: float
     tokens_per_step: float
     tokens_per_s: float
+    faults_per_step: float
     peak_growth_mib: float
-    peak_mib: float
+    live_peak_mib: float
 
 
-def summarise(name: str, result: dict[str, Any], settings: Settings) -> Row:
-    times = result["times"][settings.warmup :]
-    tokens = result["tokens"][settings.warmup :]
-    if len(times) != settings.steps:
-        raise RuntimeError(f"{name}: timed {len(result['times'])} steps, expected {settings.total_steps}")
-    median = statistics.median(times)
+def summarise(name: str, runs: list[dict[str, Any]], live: dict[str, Any], settings: Settings) -> Row:
+    medians, all_times, tokens, faults = [], [], [], []
+    for result in runs:
+        if len(result["times"]) != settings.total_steps:
+            raise RuntimeError(f"{name}: timed {len(result['times'])} steps, expected {settings.total_steps}")
+        times = result["times"][settings.warmup :]
+        medians.append(statistics.median(times))
+        all_times += times
+        tokens += result["tokens"][settings.warmup :]
+        faults += result["faults"][settings.warmup :]
+    median = statistics.median(medians)
     per_step = statistics.mean(tokens)
+    growth = statistics.median((r["peak_rss_kib"] - r["baseline_rss_kib"]) / 1024 for r in runs)
     return Row(
         config=CONFIGS[name],
         median_s=median,
-        min_s=min(times),
-        max_s=max(times),
+        min_s=min(all_times),
+        max_s=max(all_times),
         tokens_per_step=per_step,
         tokens_per_s=per_step / median,
-        peak_growth_mib=(result["peak_rss_kib"] - result["baseline_rss_kib"]) / 1024,
-        peak_mib=result["peak_rss_kib"] / 1024,
+        faults_per_step=statistics.median(faults),
+        peak_growth_mib=growth,
+        live_peak_mib=(live["peak_rss_kib"] - live["baseline_rss_kib"]) / 1024,
     )
 
 
 @dataclass(frozen=True)
 class Target:
+    """``numerator``'s ``metric`` ÷ ``denominator``'s, against ``bound`` (None: reported, no target)."""
+
     what: str
     numerator: str
     denominator: str
     metric: str  # a Row attribute
-    bound: float
-    at_least: bool
+    bound: float | None = None
+    at_least: bool = False
 
-    def measure(self, rows: dict[str, Row]) -> tuple[float, bool] | None:
+    def measure(self, rows: dict[str, Row]) -> tuple[float, bool | None] | None:
         if self.numerator not in rows or self.denominator not in rows:
             return None
         ratio = getattr(rows[self.numerator], self.metric) / getattr(rows[self.denominator], self.metric)
+        if self.bound is None:
+            return ratio, None
         return ratio, (ratio >= self.bound if self.at_least else ratio <= self.bound)
 
 
+def _pairing_targets(label: str, ours: str, trl: str) -> list[Target]:
+    return [
+        Target(f"DPO tokens/s ÷ TRL ({label})", ours, trl, "tokens_per_s", 1.3, at_least=True),
+        Target(f"DPO peak RSS growth ÷ TRL ({label})", ours, trl, "peak_growth_mib", 1.0),
+        Target(f"DPO live peak ÷ TRL ({label})", ours, trl, "live_peak_mib", 1.0),
+    ]
+
+
 TARGETS = (
-    Target("DPO tokens/s ÷ TRL (online reference)", "dpo", "trl", "tokens_per_s", 1.3, True),
-    Target("DPO tokens/s ÷ TRL (precomputed reference)", "dpo-precomputed", "trl-precomputed", "tokens_per_s", 1.3, True),
-    Target("KLDPO step ÷ DPO step", "kldpo", "dpo", "median_s", 1.05, False),
-    Target("WDPO finite_difference step ÷ DPO step", "wdpo-finite_difference", "dpo", "median_s", 2.1, False),
-    Target("WDPO exact step ÷ DPO step", "wdpo-exact", "dpo", "median_s", 3.0, False),
-    Target("DPO peak RSS growth ÷ TRL (online reference)", "dpo", "trl", "peak_growth_mib", 1.0, False),
-    Target("DPO peak RSS growth ÷ TRL (precomputed)", "dpo-precomputed", "trl-precomputed", "peak_growth_mib", 1.0, False),
-)  # fmt: skip
-DEFAULTS_PAIRING = ("dpo", "trl-defaults")  # our defaults against TRL's: reported, no target
+    *_pairing_targets("fp32, online reference", "dpo", "trl"),
+    *_pairing_targets("fp32, precomputed reference", "dpo-precomputed", "trl-precomputed"),
+    *_pairing_targets("bf16 autocast, online reference", "dpo-bf16", "trl-bf16"),
+    Target("KLDPO step ÷ DPO step", "kldpo", "dpo", "median_s", 1.05),
+    Target("WDPO finite_difference step ÷ DPO step", "wdpo-finite_difference", "dpo", "median_s", 2.1),
+    Target("WDPO exact step ÷ DPO step", "wdpo-exact", "dpo", "median_s", 3.0),
+    Target("our default (fp32) ÷ TRL's defaults, tokens/s", "dpo", "trl-defaults", "tokens_per_s"),
+    Target("our default (fp32) ÷ TRL's defaults, peak RSS growth", "dpo", "trl-defaults", "peak_growth_mib"),
+    Target("our bf16-mixed ÷ TRL's defaults, tokens/s", "dpo-bf16", "trl-defaults", "tokens_per_s"),
+    Target("our bf16-mixed ÷ TRL's defaults, peak RSS growth", "dpo-bf16", "trl-defaults", "peak_growth_mib"),
+)
 
 
-def _ratio(rows: dict[str, Row], a: str, b: str, metric: str) -> str:
+def _ratio(rows: dict[str, Row], a: str | None, b: str | None, metric: str) -> str:
     if a not in rows or b not in rows:
         return "—"
     return f"{getattr(rows[a], metric) / getattr(rows[b], metric):.2f}×"
 
 
-def render(rows: dict[str, Row], settings: Settings, header: str) -> str:
+def render(rows: dict[str, Row], header: str) -> str:
     lines = [header, ""]
     lines.append(
         "| config | framework | reference | precision | median step (s) | min–max (s) | tokens/step | tokens/s "
-        "| peak RSS growth (MiB) | step ÷ our DPO | tokens/s ÷ TRL (like for like) |"
+        "| minor faults/step | peak RSS growth (MiB) | live peak (MiB) | step ÷ our DPO "
+        "| tokens/s ÷ TRL (like for like) |"
     )
-    lines.append("|" + "---|" * 11)
+    lines.append("|" + "---|" * 13)
     for name, row in rows.items():
         c = row.config
-        pair = c.pair if c.pair else ("trl" if c.framework == "ours" else None)
-        vs_trl = _ratio(rows, name, pair, "tokens_per_s") if pair else "—"
         lines.append(
             f"| {name} | {c.framework} | {c.reference} | {c.precision} | {row.median_s:.4f} "
             f"| {row.min_s:.4f}–{row.max_s:.4f} | {row.tokens_per_step:.0f} | {row.tokens_per_s:,.0f} "
-            f"| {row.peak_growth_mib:.0f} | {_ratio(rows, name, 'dpo', 'median_s')} | {vs_trl} |"
+            f"| {row.faults_per_step:,.0f} | {row.peak_growth_mib:.0f} | {row.live_peak_mib:.0f} "
+            f"| {_ratio(rows, name, 'dpo', 'median_s')} | {_ratio(rows, name, c.pair, 'tokens_per_s')} |"
         )
-    lines += ["", "| target | measured | bound | met |", "|---|---|---|---|"]
+    lines += ["", "| comparison | measured | target | met |", "|---|---|---|---|"]
     for target in TARGETS:
         measured = target.measure(rows)
         if measured is None:
             continue
         ratio, met = measured
+        if met is None:
+            lines.append(f"| {target.what} | {ratio:.2f}× | (reported) | — |")
+            continue
         bound = ("≥ " if target.at_least else "≤ ") + f"{target.bound:g}×"
         lines.append(f"| {target.what} | {ratio:.2f}× | {bound} | {'yes' if met else '**no**'} |")
-    ours, theirs = DEFAULTS_PAIRING
-    if ours in rows and theirs in rows:
-        lines.append(
-            f"| our defaults ÷ TRL's defaults, tokens/s (no target) | {_ratio(rows, ours, theirs, 'tokens_per_s')} "
-            "| — | — |"
-        )
     return "\n".join(lines)
 
 
+# --- command line ----------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = Settings()
@@ -530,6 +605,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=None, help=f"GPT-2 layers (default {defaults.layers})")
     parser.add_argument("--hidden", type=int, default=None, help=f"GPT-2 width (default {defaults.hidden})")
     parser.add_argument("--lr", type=float, default=None, help=f"AdamW learning rate (default {defaults.lr})")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved timed runs per configuration (default 1)")
     parser.add_argument(
         "--methods",
         default=",".join(CONFIGS),
@@ -553,10 +629,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "lr": args.lr,
     }
     settings = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    if settings.steps < 1 or settings.warmup < 0 or settings.batch_size < 1 or settings.layers < 1:
-        raise SystemExit("--steps, --batch-size and --layers must be >= 1 and --warmup >= 0")
+    if min(settings.steps, settings.batch_size, settings.layers, args.repeats) < 1 or settings.warmup < 0:
+        raise SystemExit("--steps, --batch-size, --layers and --repeats must be >= 1, and --warmup >= 0")
+    if settings.seq_len < 4:
+        raise SystemExit(f"--seq-len must be >= 4, got {settings.seq_len}")
     if settings.hidden % settings.heads:
-        raise SystemExit(f"--hidden must be a multiple of 64 (one head per 64), or < 64; got {settings.hidden}")
+        raise SystemExit(f"--hidden must be below 64 or a multiple of 64 (one head per 64), got {settings.hidden}")
     return settings
 
 
@@ -568,53 +646,62 @@ def chosen_configs(args: argparse.Namespace) -> list[str]:
             continue
         if name not in CONFIGS:
             raise SystemExit(f"--methods: unknown configuration {raw!r}; choose from {', '.join(CONFIGS)}")
-        if args.skip_trl and CONFIGS[name].framework == "trl":
-            continue
-        names.append(name)
+        if not (args.skip_trl and CONFIGS[name].framework == "trl"):
+            names.append(name)
+    if not names:
+        raise SystemExit("--methods left no configuration to run")
     return list(dict.fromkeys(names))
+
+
+def versions(names: list[str]) -> str:
+    import lightning
+    import torch
+    import transformers
+
+    parts = [
+        f"torch {torch.__version__}",
+        f"lightning {lightning.__version__}",
+        f"transformers {transformers.__version__}",
+    ]
+    if any(CONFIGS[n].framework == "trl" for n in names):
+        import trl
+
+        parts.append(f"trl {trl.__version__}")
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     settings = settings_from(args)
     names = chosen_configs(args)
-    import torch
-    import transformers
-
-    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
-    if any(CONFIGS[n].framework == "trl" for n in names):
-        import trl
-
-        versions += f", trl {trl.__version__}"
-    import lightning
-
-    versions += f", lightning {lightning.__version__}"
     with tempfile.TemporaryDirectory(prefix="rdpo-throughput-") as tmp:
         paths = prepare(Path(tmp), settings)
-        results = run_configs(names, settings, paths)
-    digests = {name: r["digest"] for name, r in results.items()}
+        timed, live = run_configs(names, settings, paths, args.repeats)
+    digests = {f"{name}#{i}": r["digest"] for name, runs in timed.items() for i, r in enumerate(runs)}
+    digests.update({f"{name}#live": r["digest"] for name, r in live.items()})
     if len(set(digests.values())) > 1:
         raise RuntimeError(f"the configurations trained on different token ids: {digests}")
-    rows = {name: summarise(name, results[name], settings) for name in names}
-    for name, result in results.items():
-        if "trl" in result:
-            print(f"  {name}: TRL ran with {result['trl']}", file=sys.stderr)
-    loads = [v for r in results.values() for v in r["load"]]
+    for name, runs in timed.items():
+        if "trl" in runs[0]:
+            print(f"  {name}: TRL ran with {runs[0]['trl']}", file=sys.stderr)
+    rows = {name: summarise(name, timed[name], live[name], settings) for name in names}
+    for name, row in rows.items():
+        if not (math.isfinite(row.median_s) and row.median_s > 0):
+            raise RuntimeError(f"{name}: step time {row.median_s} is not a finite positive number")
+    loads = [v for runs in timed.values() for r in runs for v in r["load"]]
     header = (
-        f"GPT-2 ({settings.layers} layers, d={settings.hidden}, {settings.heads} heads), vocabulary "
-        f"{paths['vocab']}; batch {settings.batch_size} pairs (= {2 * settings.batch_size} sequences) × "
-        f"{settings.seq_len} tokens; AdamW lr {settings.lr:g}; median of {settings.steps} steps after "
-        f"{settings.warmup} warm-up; {THREADS} torch threads; {versions}; 1-min load average "
-        f"{min(loads):.1f}–{max(loads):.1f} during the runs."
+        f"GPT-2 ({settings.layers} layers, d={settings.hidden}, {settings.heads} heads, vocabulary {paths['vocab']}); "
+        f"batch {settings.batch_size} pairs (= {2 * settings.batch_size} sequences) × {settings.seq_len} tokens; "
+        f"AdamW lr {settings.lr:g}; median of {settings.steps} steps after {settings.warmup} warm-up"
+        f"{f', median over {args.repeats} interleaved repeats' if args.repeats > 1 else ''}; "
+        f"{THREADS} torch threads; {os.cpu_count()}-CPU {platform.machine()}; {versions(names)}; "
+        f"1-min load average {min(loads):.1f}–{max(loads):.1f} during the timed runs."
     )
-    table = render(rows, settings, header)
+    table = render(rows, header)
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
-    for name, row in rows.items():
-        if not (math.isfinite(row.median_s) and row.median_s > 0):
-            raise RuntimeError(f"{name}: step time {row.median_s} is not a finite positive number")
     return table
 
 
