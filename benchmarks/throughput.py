@@ -633,7 +633,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise SystemExit("--steps, --batch-size, --layers and --repeats must be >= 1, and --warmup >= 0")
     if settings.seq_len < 4:
         raise SystemExit(f"--seq-len must be >= 4, got {settings.seq_len}")
-    if settings.hidden % settings.heads:
+    if settings.hidden < 1 or (settings.hidden >= 64 and settings.hidden % 64):
         raise SystemExit(f"--hidden must be below 64 or a multiple of 64 (one head per 64), got {settings.hidden}")
     return settings
 
