@@ -682,6 +682,8 @@ def main(argv: list[str] | None = None) -> str:
     if len(set(digests.values())) > 1:
         raise RuntimeError(f"the configurations trained on different token ids: {digests}")
     for name, runs in timed.items():
+        medians = ", ".join(f"{statistics.median(r['times'][settings.warmup :]):.4f}" for r in runs)
+        print(f"  {name}: median step of each repeat (s): {medians}", file=sys.stderr)
         if "trl" in runs[0]:
             print(f"  {name}: TRL ran with {runs[0]['trl']}", file=sys.stderr)
     rows = {name: summarise(name, timed[name], live[name], settings) for name in names}
