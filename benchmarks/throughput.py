@@ -149,6 +149,8 @@ CONFIGS: dict[str, Config] = {
         Config("trl-precomputed", "trl", "precomputed"),
         Config("trl-bf16", "trl", bf16=True),
         Config("trl-defaults", "trl", bf16=True, trl_defaults=True),
+        Config("torch-loop", "torch"),
+        Config("torch-loop-precomputed", "torch", "precomputed"),
     )
 }
 ALIASES = {"wdpo-fd": "wdpo-finite_difference", "wdpo": "wdpo-finite_difference"}
@@ -410,7 +412,59 @@ def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[s
     return {**clock.result(), "digest": token_digest(trainer.train_dataset), "trl": ran_with}
 
 
-RUNNERS = {"ours": run_ours, "trl": run_trl}
+# --- the floor: a plain PyTorch loop, no framework ------------------------------------------------------------------
+def run_torch_loop(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    """The same DPO step written out by hand: what a framework's step can at best cost on this model and batch."""
+    import datasets
+    import torch
+    import torch.nn.functional as F
+
+    from rdpo_lightning.data.collate import PairCollator
+    from rdpo_lightning.data.tokenize import tokenize_pair
+    from rdpo_lightning.data.tokenizer import load_tokenizer
+    from rdpo_lightning.logprobs import sequence_logprobs
+    from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm
+
+    torch.manual_seed(settings.seed)
+    tokenizer = load_tokenizer(paths["tokenizer"])
+    rows = [tokenize_pair(pair, tokenizer, settings.seq_len) for pair in datasets.load_from_disk(paths["pairs"])]
+    collate = PairCollator(tokenizer.pad_token_id)
+    size = settings.batch_size
+    batches = [collate(rows[i : i + size]) for i in range(0, len(rows), size)][: settings.total_steps]
+    policy = load_causal_lm(paths["model"])
+    disable_dropout(policy)
+    policy.train()
+    reference = frozen_copy(policy)
+
+    def logps(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return sequence_logprobs(logits, batch["labels"])
+
+    if config.precompute:
+        with torch.no_grad():
+            for batch in batches:
+                batch["reference_logps"] = logps(reference, batch)
+        reference = None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=0.0)
+    clock = StepClock()
+    for batch in batches:
+        clock.start()
+        if config.precompute:
+            reference_logps = batch["reference_logps"]
+        else:
+            with torch.no_grad():
+                reference_logps = logps(reference, batch)
+        ratios = logps(policy, batch) - reference_logps
+        loss = -F.logsigmoid(BETA * (ratios[:size] - ratios[size:])).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.stop(int(batch["attention_mask"].sum()))
+    return {**clock.result(), "digest": token_digest(rows)}
+
+
+RUNNERS = {"ours": run_ours, "trl": run_trl, "torch": run_torch_loop}
 
 
 def worker(name: str, settings: Settings, paths: dict[str, str], result_path: str, live_memory: bool) -> None:
@@ -551,6 +605,10 @@ TARGETS = (
     Target("KLDPO step ÷ DPO step", "kldpo", "dpo", "median_s", 1.05),
     Target("WDPO finite_difference step ÷ DPO step", "wdpo-finite_difference", "dpo", "median_s", 2.1),
     Target("WDPO exact step ÷ DPO step", "wdpo-exact", "dpo", "median_s", 3.0),
+    Target("DPO step ÷ plain PyTorch loop (fp32, online reference)", "dpo", "torch-loop", "median_s"),
+    Target(
+        "DPO step ÷ plain PyTorch loop (fp32, precomputed)", "dpo-precomputed", "torch-loop-precomputed", "median_s"
+    ),
     Target("our default (fp32) ÷ TRL's defaults, tokens/s", "dpo", "trl-defaults", "tokens_per_s"),
     Target("our default (fp32) ÷ TRL's defaults, peak RSS growth", "dpo", "trl-defaults", "peak_growth_mib"),
     Target("our bf16-mixed ÷ TRL's defaults, tokens/s", "dpo-bf16", "trl-defaults", "tokens_per_s"),
