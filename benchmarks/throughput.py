@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -708,6 +709,8 @@ def chosen_configs(args: argparse.Namespace) -> list[str]:
             names.append(name)
     if not names:
         raise SystemExit("--methods left no configuration to run")
+    if any(CONFIGS[n].framework == "trl" for n in names) and importlib.util.find_spec("trl") is None:
+        raise SystemExit("trl is not installed (pip install -e '.[bench]'); or leave TRL's rows out with --skip-trl")
     return list(dict.fromkeys(names))
 
 
