@@ -1,7 +1,9 @@
 """Batching tokenised pairs into the one concatenated (2B, T) forward the module runs.
 
 Rows 0..B−1 hold prompt+chosen, rows B..2B−1 prompt+rejected, right-padded; ``labels`` repeat the ids with the
-prompt and the padding set to −100 so only response tokens are scored.
+prompt and the padding set to −100 so only response tokens are scored. Precomputed reference log-probs
+(``reference_chosen_logps`` / ``reference_rejected_logps`` columns) pass through as (B,) float tensors, and the module
+then skips the reference forward.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 import torch
 
 from rdpo_lightning.logprobs import IGNORE_INDEX
+
+REFERENCE_COLUMNS = ("reference_chosen_logps", "reference_rejected_logps")
 
 
 class PairCollator:
@@ -41,4 +45,7 @@ class PairCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if "group" in examples[0]:
             batch["groups"] = torch.tensor([int(ex["group"]) for ex in examples], dtype=torch.long)
+        for key in REFERENCE_COLUMNS:
+            if key in examples[0]:
+                batch[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
         return batch

@@ -1,0 +1,58 @@
+"""PairCollator: padding, labels, and precomputed reference log-probs passed through to the module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rdpo_lightning.data.collate import PairCollator
+from rdpo_lightning.logprobs import IGNORE_INDEX
+
+EXAMPLES = [
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 2], "rejected_ids": [8, 9, 2]},
+    {"prompt_ids": [10], "chosen_ids": [11, 12, 2], "rejected_ids": [2]},
+]
+
+
+def test_rows_padding_and_labels() -> None:
+    batch = PairCollator(pad_token_id=0)(EXAMPLES)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 2, 0], [10, 11, 12, 2, 0], [5, 6, 8, 9, 2], [10, 2, 0, 0, 0]]
+    assert batch["attention_mask"].sum(1).tolist() == [4, 4, 5, 2]
+    assert batch["labels"][0].tolist() == [IGNORE_INDEX, IGNORE_INDEX, 7, 2, IGNORE_INDEX]
+    assert "reference_chosen_logps" not in batch
+
+
+def test_reference_logps_pass_through() -> None:
+    examples = [
+        dict(ex, reference_chosen_logps=-1.5 - i, reference_rejected_logps=-2.5 - i) for i, ex in enumerate(EXAMPLES)
+    ]
+    batch = PairCollator(pad_token_id=0)(examples)
+    assert batch["reference_chosen_logps"].dtype == torch.float32
+    assert batch["reference_chosen_logps"].tolist() == [-1.5, -2.5]
+    assert batch["reference_rejected_logps"].tolist() == [-2.5, -3.5]
+
+
+def test_precomputed_reference_gives_the_online_losses(tiny_model_dir) -> None:
+    """Reference log-probs computed once and carried by the batch reproduce the losses of the online reference."""
+    from rdpo_lightning.module import RobustDPO
+
+    torch.manual_seed(0)
+    module = RobustDPO(model=str(tiny_model_dir))
+    module.configure_model()
+    with torch.no_grad():  # move the policy away from the reference, so a wrong reference would show
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    online = PairCollator(pad_token_id=0)(EXAMPLES)
+    reference = module.reference_logps(online)
+    examples = [
+        dict(ex, reference_chosen_logps=float(c), reference_rejected_logps=float(r))
+        for ex, c, r in zip(EXAMPLES, reference.chosen, reference.rejected, strict=True)
+    ]
+    precomputed = PairCollator(pad_token_id=0)(examples)
+    module.reference = None  # the precomputed path must not need it
+    pairs_online, _ = module.policy_forward(online, reference)
+    pairs_precomputed, _ = module.policy_forward(precomputed, module.reference_logps(precomputed))
+    torch.testing.assert_close(pairs_precomputed.losses, pairs_online.losses)
+    assert pairs_online.losses.abs().sum() > 0
+    with pytest.raises(TypeError):  # and without the columns the (dropped) reference is really needed
+        module.reference_logps(online)
