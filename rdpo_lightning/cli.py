@@ -82,5 +82,10 @@ def main(args: list[str] | None = None) -> RDPOCLI:
         raise SystemExit(1) from error
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``rdpo`` console script: exit status 0 on success (``main`` returns the CLI object for Python callers)."""
     main()
+
+
+if __name__ == "__main__":
+    run()

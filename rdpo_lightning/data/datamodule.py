@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
-from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, check_lengths
 from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler
+from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, check_lengths
 
 log = logging.getLogger(__name__)
 
