@@ -14,11 +14,15 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from rdpo_lightning.logprobs import sequence_logprobs
+from rdpo_lightning.data.collate import PairCollator
+from rdpo_lightning.distributed import apply_activation_checkpointing, clip_grad_norm, is_sharded, prepare_models
+from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_logprobs
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
 from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm
+from rdpo_lightning.reference_cache import ReferenceCache, ReferencePrecomputation, weights_digest
 from rdpo_lightning.robust import NoRobust, PairBatch, RobustLoss
 from rdpo_lightning.robust.base import check_non_negative, check_positive
 
@@ -59,6 +63,14 @@ class RobustDPO(L.LightningModule):
         disable_policy_dropout: zero dropout in the policy (the reference never has dropout).
         logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once).
         torch_dtype, attn_implementation: passed to ``from_pretrained`` / ``from_config``.
+        precompute_reference: compute the reference log-probs of every training and validation pair once before
+            fitting (cached on disk, see :mod:`rdpo_lightning.reference_cache`) and keep no reference model during
+            training; False: a frozen reference model stays resident (sharded like the policy under FSDP).
+        reference_cache_dir: where the cached reference log-probs live (default ``$RDPO_CACHE/reference_logps``).
+        activation_checkpointing: recompute each transformer block's activations in backward (non-reentrant).
+        accumulate_grad_batches: gradient accumulation for robust strategies that drive their own backward passes
+            (manual optimisation: ``WassersteinPenalty`` in ``finite_difference`` mode); the others use
+            ``trainer.accumulate_grad_batches``.
     """
 
     def __init__(
@@ -74,9 +86,13 @@ class RobustDPO(L.LightningModule):
         min_lr_ratio: float = 0.1,
         gradient_clip_val: float | None = 1.0,
         disable_policy_dropout: bool = True,
-        logprob_chunk_rows: int | None = None,
+        logprob_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
         torch_dtype: str | None = None,
         attn_implementation: str | None = None,
+        precompute_reference: bool = True,
+        reference_cache_dir: str | None = None,
+        activation_checkpointing: bool = False,
+        accumulate_grad_batches: int = 1,
     ) -> None:
         super().__init__()
         if (model is None) == (model_config is None):
@@ -87,6 +103,8 @@ class RobustDPO(L.LightningModule):
             raise ValueError(f"model.min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
         if gradient_clip_val is not None:
             check_positive("model.gradient_clip_val", gradient_clip_val)
+        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
+            raise ValueError(f"model.accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}")
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer"])
         self.model_name = model
         self.model_config = model_config
@@ -102,17 +120,37 @@ class RobustDPO(L.LightningModule):
         self.logprob_chunk_rows = logprob_chunk_rows
         self.torch_dtype = torch_dtype
         self.attn_implementation = attn_implementation
+        self.precompute_reference = precompute_reference
+        self.reference_cache_dir = reference_cache_dir
+        self.activation_checkpointing = activation_checkpointing
+        self.accumulate_grad_batches = accumulate_grad_batches
         self.automatic_optimization = self.robust.automatic_optimization
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
+        self._reference_precomputation: ReferencePrecomputation | None = None
+        self._logps_dtype = torch.float32
 
     # --- models ------------------------------------------------------------------------------------------------
     def _tokenizer(self) -> Any:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(datamodule, "tokenizer", None)
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before any model is built, what the chosen Trainer strategy cannot run."""
+        strategy = self.trainer.strategy
+        refusal = self.robust.sharding_refusal() if is_sharded(strategy) else None
+        if refusal is not None:
+            raise ValueError(f"{refusal} (strategy: {type(strategy).__name__})")
+        if self.accumulate_grad_batches > 1 and self.automatic_optimization:
+            raise ValueError(
+                f"model.accumulate_grad_batches={self.accumulate_grad_batches} is for robust strategies with manual"
+                f" optimisation (WassersteinPenalty finite_difference); {type(self.robust).__name__} runs under"
+                " automatic optimisation: set trainer.accumulate_grad_batches instead"
+            )
+
     def configure_model(self) -> None:
-        """Build the policy and reference lazily, once the DataModule's tokenizer exists (and inside FSDP)."""
+        """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
+        tokenizer exists; then checkpoint and shard them as the Trainer's strategy wants."""
         if self.policy is not None:
             return
         policy = load_causal_lm(
@@ -120,11 +158,73 @@ class RobustDPO(L.LightningModule):
         )
         if self.disable_policy_dropout:
             disable_dropout(policy)
-        if self.reference_name is None:
-            reference = frozen_copy(policy)
+        self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
+        reference = (
+            None if self.reference_name is None else load_causal_lm(self.reference_name, None, None, self.torch_dtype)
+        )
+        self._reference_precomputation = self._plan_reference_precomputation(policy if reference is None else reference)
+        precomputation = self._reference_precomputation
+        if precomputation is None:
+            reference = frozen_copy(policy if reference is None else reference)
+        elif reference is not None and precomputation.needs_model:
+            reference = frozen_copy(reference)
         else:
-            reference = frozen_copy(load_causal_lm(self.reference_name, None, None, self.torch_dtype))
+            reference = None  # cached, or computed by the initial policy itself in on_fit_start
+        if self.activation_checkpointing:
+            apply_activation_checkpointing(policy)
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        prepare_models(strategy, [policy, reference])
         self.policy, self.reference = policy, reference
+
+    def _plan_reference_precomputation(self, reference: torch.nn.Module) -> ReferencePrecomputation | None:
+        """Precompute only while fitting, from a DataModule of ``datasets`` splits, from the initial weights."""
+        if not self.precompute_reference or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return None
+        if self.trainer.ckpt_path is not None and self.reference_name is None:
+            return None  # resuming: the policy will not hold its initial weights when precomputation would run
+        settings = {
+            "precision": str(self.trainer.precision),
+            "torch_dtype": self.torch_dtype,
+            "attn_implementation": self.attn_implementation,
+        }
+        digest = self.trainer.strategy.broadcast(weights_digest(reference), src=0)
+        return ReferencePrecomputation.plan(self.trainer, digest, settings, ReferenceCache(self.reference_cache_dir))
+
+    def on_fit_start(self) -> None:
+        """Equip the training and validation sets with reference log-probs, then drop the reference model."""
+        precomputation, self._reference_precomputation = self._reference_precomputation, None
+        if precomputation is None:
+            return
+        datamodule = precomputation.datamodule
+        was_training = self.training
+        self.eval()
+        try:
+            precomputation.run(
+                self.trainer,
+                self.reference if self.reference is not None else self.policy,
+                forward=self._reference_forward,
+                length_normalized=self.pair_loss.length_normalized,
+                collate=PairCollator(
+                    datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None)
+                ),
+                batch_size=getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8),
+                gather=lambda t: self.all_gather(t),
+            )
+        finally:
+            self.train(was_training)
+        self.reference = None
+
+    def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Logits of ``model`` routed through the strategy's wrapper (FSDP1 only unshards inside its root forward)."""
+        strategy = self.trainer.strategy
+        with strategy.precision_plugin.forward_context():
+            if strategy.model is not None and strategy.model is not self:
+                return strategy._forward_redirection(strategy.model, self, "_model_logits", model, batch)
+            return self._model_logits(model, batch)
+
+    @staticmethod
+    def _model_logits(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
     def train(self, mode: bool = True) -> RobustDPO:
         """Keep the reference in eval mode whatever Lightning toggles."""
@@ -145,7 +245,14 @@ class RobustDPO(L.LightningModule):
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps:
         if "reference_chosen_logps" in batch:
-            return PairLogps(batch["reference_chosen_logps"], batch["reference_rejected_logps"])
+            chosen, rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
+            return PairLogps(chosen.to(self._logps_dtype), rejected.to(self._logps_dtype))
+        if self.reference is None:
+            raise RuntimeError(
+                "this batch carries no precomputed reference log-probs and no reference model is resident: they are"
+                " precomputed only for the training and validation sets of fit; set model.precompute_reference: false"
+                " to keep the reference model for other stages"
+            )
         return self._logps(self.reference, batch)
 
     def policy_forward(
@@ -158,12 +265,14 @@ class RobustDPO(L.LightningModule):
         def hook(_module, _inputs, output):
             if shift is not None:
                 output = output + shift.to(output.dtype)
-            if not output.requires_grad:
-                output = output.detach().requires_grad_()
-            captured.append(output)
+            if capture:
+                if not output.requires_grad:
+                    output = output.detach().requires_grad_()
+                captured.append(output)
             return output
 
-        handle = self.policy.get_input_embeddings().register_forward_hook(hook) if capture else None
+        hooked = capture or shift is not None
+        handle = self.policy.get_input_embeddings().register_forward_hook(hook) if hooked else None
         try:
             with self.robust.forward_context():
                 policy = self._logps(self.policy, batch)
@@ -202,16 +311,18 @@ class RobustDPO(L.LightningModule):
                 policies.append(policy)
                 return pairs
 
+            # manual gradient accumulation: each micro-batch's objective counts 1/accumulate of the step
+            accumulate = self.accumulate_grad_batches
             optimizer = self.optimizers()
-            optimizer.zero_grad()
-            pairs, result = self.robust.manual_step(forward, self.manual_backward)
+            if batch_idx % accumulate == 0:
+                optimizer.zero_grad()
+            pairs, result = self.robust.manual_step(forward, lambda loss: self.manual_backward(loss / accumulate))
             policy = policies[0]
-            if self.gradient_clip_val is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-            optimizer.step()
-            scheduler = self.lr_schedulers()
-            if scheduler is not None:
-                scheduler.step()
+            if (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch:
+                optimizer.step()  # clipping happens in on_before_optimizer_step, after any loss-scale unscaling
+                scheduler = self.lr_schedulers()
+                if scheduler is not None:
+                    scheduler.step()
             loss = None
         self._log_pairs("train", pairs.losses, policy, reference, prefixes=["train"])
         self.log("train/loss", result.loss.detach(), batch_size=pairs.losses.shape[0], sync_dist=True, prog_bar=True)
@@ -272,7 +383,10 @@ class RobustDPO(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.accumulate_grad_batches > 1 and total != self.trainer.max_steps:
+            total = math.ceil(total / self.accumulate_grad_batches)  # Lightning counts manual micro-batches
+        total = max(1, total)
         schedule = warmup_cosine(self.warmup_steps, total, self.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -280,6 +394,20 @@ class RobustDPO(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
     ) -> None:
+        """Automatic optimisation: Lightning calls this after unscaling; clip the global norm over all shards."""
         value = gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val
-        if value is not None:
+        if value is None:
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm)
+            return
+        clip_grad_norm(self.trainer.strategy, self._clipped_parameters(optimizer), value)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Manual optimisation: Lightning skips ``configure_gradient_clipping``, so clip here (also after unscaling)."""
+        if not self.automatic_optimization and self.gradient_clip_val is not None:
+            clip_grad_norm(self.trainer.strategy, self._clipped_parameters(optimizer), self.gradient_clip_val)
+
+    @staticmethod
+    def _clipped_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

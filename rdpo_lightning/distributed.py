@@ -1,0 +1,159 @@
+"""Scaling out: find a model's transformer blocks, then shard (FSDP1 / FSDP2) and checkpoint by block.
+
+The module calls :func:`prepare_models` from ``configure_model`` with whatever strategy the Trainer runs; this file is
+the one place that knows how each Lightning strategy wants a model prepared:
+
+* ``FSDPStrategy`` (FSDP1, ``strategy: fsdp``): the strategy wraps the model *after* ``configure_model``; unless the
+  user gave an ``auto_wrap_policy``, we set one that wraps every transformer block and each whole language model
+  (policy, reference) as its own FSDP unit. The block class is found from the model (``_no_split_modules``), never
+  hard-coded.
+* ``ModelParallelStrategy`` (FSDP2; :class:`FSDP2Strategy` sizes it for pure data parallelism): ``fully_shard`` on
+  each block, then on each whole model, over the data-parallel mesh, here in ``configure_model``.
+* anything else (DDP, single device): nothing to shard.
+
+Activation checkpointing (non-reentrant, so ``autograd.grad`` keeps working for WDPO) wraps the same blocks under
+every strategy.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
+from torch import nn
+
+
+def transformer_block_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
+    """The classes of ``model``'s repeated transformer blocks.
+
+    Hugging Face models name them in ``_no_split_modules`` (``GPT2Block``, ``LlamaDecoderLayer``, ...). Failing that,
+    the class repeated in the longest ``nn.ModuleList`` is taken.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    found = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not found:
+        lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+        if lists:
+            longest = max(lists, key=len)
+            kinds = {type(m) for m in longest}
+            if len(kinds) == 1:
+                found = kinds
+    if not found:
+        raise ValueError(
+            f"cannot find the transformer blocks of {type(model).__name__}: it declares no _no_split_modules and has no"
+            " nn.ModuleList of identical layers; give the strategy an explicit auto_wrap_policy"
+        )
+    return tuple(sorted(found, key=lambda cls: cls.__name__))
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The outermost block instances of ``model``, in module order."""
+    classes = transformer_block_classes(model)
+    blocks: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, classes) and not any(module in b.modules() for b in blocks):
+            blocks.append(module)
+    return blocks
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward (non-reentrant: ``autograd.grad`` and double backward work)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        checkpoint_wrapper,
+    )
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing as apply,
+    )
+
+    classes = transformer_block_classes(model)
+    wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    apply(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda module: isinstance(module, classes))
+
+
+def is_sharded(strategy: Strategy | None) -> bool:
+    """Whether the strategy shards parameters (FSDP1 or FSDP2), which rules out double backward."""
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def prepare_models(strategy: Strategy | None, models: Iterable[nn.Module]) -> None:
+    """Shard ``models`` (policy, and the reference when one is resident) the way ``strategy`` expects."""
+    models = [m for m in models if m is not None]
+    for kind, prepare in _PREPARERS:
+        if isinstance(strategy, kind):
+            prepare(strategy, models)
+            return
+
+
+def _fsdp1_auto_wrap(strategy: FSDPStrategy, models: list[nn.Module]) -> None:
+    """FSDP1 wraps after ``configure_model``: give it a block-level policy unless the user chose one."""
+    if "auto_wrap_policy" in strategy.kwargs:
+        return
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    classes: set[type[nn.Module]] = set()
+    for model in models:
+        classes.update(transformer_block_classes(model))
+        classes.add(type(model))
+    strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
+
+
+def _fsdp2_fully_shard(strategy: ModelParallelStrategy, models: list[nn.Module]) -> None:
+    """FSDP2: ``fully_shard`` bottom-up, each block then each whole model, over the data-parallel mesh."""
+    from torch.distributed.fsdp import fully_shard
+
+    if strategy.device_mesh["tensor_parallel"].size() != 1:
+        raise ValueError(
+            "ModelParallelStrategy with tensor_parallel_size > 1 is not supported by RobustDPO: use FSDP2Strategy"
+            " (or ModelParallelStrategy with tensor_parallel_size: 1) for fully sharded data parallelism"
+        )
+    mesh = strategy.device_mesh["data_parallel"]
+    for model in models:
+        for block in transformer_blocks(model):
+            fully_shard(_checkpoint_wrapper_of(model, block), mesh=mesh)
+        fully_shard(model, mesh=mesh)
+
+
+def _checkpoint_wrapper_of(model: nn.Module, block: nn.Module) -> nn.Module:
+    """The activation-checkpoint wrapper around ``block`` if there is one (shard the wrapper, as torchtitan does)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    for module in model.modules():
+        if isinstance(module, CheckpointWrapper) and module._checkpoint_wrapped_module is block:
+            return module
+    return block
+
+
+_PREPARERS = ((FSDPStrategy, _fsdp1_auto_wrap), (ModelParallelStrategy, _fsdp2_fully_shard))
+
+
+def clip_grad_norm(strategy: Strategy | None, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm over all ranks' shards.
+
+    FSDP1 keeps flat shards, so only the root FSDP module can compute the global norm (Lightning's FSDP precision
+    plugin refuses norm clipping for that reason). FSDP2 gradients are DTensors, whose norm
+    ``torch.nn.utils.clip_grad_norm_`` reduces across the mesh; DDP gradients are already identical on every rank.
+    """
+    if isinstance(strategy, FSDPStrategy):
+        return strategy.model.clip_grad_norm_(max_norm)
+    return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 (``fully_shard``) over every process: ``ModelParallelStrategy`` sized for pure data parallelism.
+
+    ``ModelParallelStrategy`` defaults to data-parallel across nodes and tensor-parallel within a node; RobustDPO
+    shards by data parallelism only, so here ``data_parallel_size`` defaults to the world size (num_nodes × devices)
+    and ``tensor_parallel_size`` to 1. Runs on CPU (gloo) as well as GPU (nccl).
+    """
+
+    def __init__(self, data_parallel_size: int | str = "auto", tensor_parallel_size: int = 1, **kwargs: Any) -> None:
+        super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size, **kwargs)
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes // int(self._tensor_parallel_size)
+        super().setup_environment()
