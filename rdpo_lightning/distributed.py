@@ -17,6 +17,7 @@ every strategy.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable
 from typing import Any
@@ -60,7 +61,11 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each block's activations in backward (non-reentrant: ``autograd.grad`` and double backward work)."""
+    """Recompute each block's activations in backward (non-reentrant: ``autograd.grad`` and double backward work).
+
+    The recomputation runs with the attention kernels of the original forward: exact WDPO forces the math SDPA path
+    (flash kernels have no double backward), and a recompute that silently picked another kernel would break it.
+    """
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         CheckpointImpl,
         checkpoint_wrapper,
@@ -70,8 +75,35 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     )
 
     classes = transformer_block_classes(model)
-    wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    wrapper = functools.partial(
+        checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT, context_fn=_same_attention_kernels
+    )
     apply(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda module: isinstance(module, classes))
+
+
+def _same_attention_kernels() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """(forward context, recompute context) for ``torch.utils.checkpoint``: recompute with today's SDPA backends."""
+    from torch.nn.attention import _cur_sdpa_kernel_backends
+
+    return contextlib.nullcontext(), _AttentionKernels(_cur_sdpa_kernel_backends())
+
+
+class _AttentionKernels:
+    """Re-enterable ``sdpa_kernel(backends)``: a block may be recomputed twice (autograd.grad, then backward)."""
+
+    def __init__(self, backends: list) -> None:
+        self.backends = backends
+        self._active: list[contextlib.AbstractContextManager] = []
+
+    def __enter__(self) -> None:
+        from torch.nn.attention import sdpa_kernel
+
+        context = sdpa_kernel(self.backends)
+        context.__enter__()
+        self._active.append(context)
+
+    def __exit__(self, *exc: object) -> None:
+        self._active.pop().__exit__(*exc)
 
 
 def is_sharded(strategy: Strategy | None) -> bool:

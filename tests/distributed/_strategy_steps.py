@@ -38,7 +38,9 @@ def strategy_of(name: str):
     return {"ddp": "ddp", "fsdp2": FSDP2Strategy(), "single": "auto"}[name]
 
 
-def run_case(case: str, model_dir: str, reference_dir: str, cache_dir: str) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+def run_case(
+    case: str, model_dir: str, reference_dir: str, cache_dir: str
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """Fit one step; return (full policy parameters, None) or (None, refusal message)."""
     strategy_name, spec = case.split(":")
     robust_name, *flags = spec.split("+")
