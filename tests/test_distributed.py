@@ -167,3 +167,12 @@ def test_bf16_mixed_step_with_every_robust_strategy(tiny_model_dir, robust):
     assert trainer.global_step == 2
     assert all(torch.isfinite(p).all() for p in module.policy.parameters())
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_activation_checkpointing_leaves_the_exact_wdpo_step_unchanged(tiny_model_dir):
+    exact = functools.partial(WassersteinPenalty, rho=0.05, mode="exact")
+    plain, _ = one_step(tiny_model_dir, exact(), batch_size=4)
+    checkpointed, _ = one_step(tiny_model_dir, exact(), batch_size=4, activation_checkpointing=True)
+    named = dict(plain.policy.named_parameters())
+    for name, param in checkpointed.policy.named_parameters():
+        torch.testing.assert_close(param, named[name.replace("_checkpoint_wrapped_module.", "")], rtol=0, atol=1e-12)

@@ -4,6 +4,7 @@ Run as a script (Lightning re-executes it for rank 1):
 ``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
 with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac]``. For each case rank 0 writes ``OUT_DIR/<case>.pt`` with the
 policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the message of a refused configuration.
+Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
 The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
 """
 
@@ -94,7 +95,7 @@ def main() -> None:
     model_dir, reference_dir, out_dir, *cases = sys.argv[1:]
     out = Path(out_dir)
     for case in cases:
-        params, refusal = run_case(case, model_dir, reference_dir, str(out / "cache"))
+        params, refusal = run_case(case, model_dir, reference_dir, str(out / f"cache-{case.split(':')[0]}"))
         if int(os.environ.get("LOCAL_RANK", "0")) != 0:
             continue
         if refusal is not None:

@@ -118,10 +118,11 @@ def test_exact_wasserstein_is_refused_under_fsdp2(distributed_runs):
     assert "double backward" in message and "finite_difference" in message and "FSDP2Strategy" in message
 
 
-def test_reference_logps_precomputed_once_across_ranks_then_reused(distributed_runs):
-    """The first case computes the reference log-probs (sharded over both ranks); every later case loads them."""
+def test_reference_logps_precomputed_once_per_strategy_then_reused(distributed_runs):
+    """Each strategy's first case computes the reference log-probs (rows sharded over both ranks, through the FSDP2
+    policy or the DDP wrapper); every later case loads them. The updates above show the values are right."""
     _, log = distributed_runs
     computed = log.count("reference log-probs of split 'train' (8 rows): computed and saved")
     loaded = log.count("reference log-probs of split 'train' (8 rows): loaded from cache")
-    assert computed == 1
-    assert loaded == len(DISTRIBUTED_CASES) - 2  # all but the first and the refused one
+    assert computed == 2
+    assert loaded == len(DISTRIBUTED_CASES) - 3  # all but each strategy's first and the refused one
