@@ -162,6 +162,17 @@ def _checkpoint_wrapper_of(model: nn.Module, block: nn.Module) -> nn.Module:
 _PREPARERS = ((FSDPStrategy, _fsdp1_auto_wrap), (ModelParallelStrategy, _fsdp2_fully_shard))
 
 
+def reshard(model: nn.Module) -> None:
+    """Free FSDP2's unsharded parameters: a root module keeps them after a forward without backward (e.g. the
+    reference log-prob pass), which would otherwise hold a full copy of the root's parameters until training's first
+    backward. A no-op for other models."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def clip_grad_norm(strategy: Strategy | None, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Clip the global gradient norm over all ranks' shards.
 

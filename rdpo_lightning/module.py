@@ -18,11 +18,23 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from rdpo_lightning.data.collate import PairCollator
-from rdpo_lightning.distributed import apply_activation_checkpointing, clip_grad_norm, is_sharded, prepare_models
+from rdpo_lightning.distributed import (
+    apply_activation_checkpointing,
+    clip_grad_norm,
+    is_sharded,
+    prepare_models,
+    reshard,
+)
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_logprobs
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
 from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm
-from rdpo_lightning.reference_cache import ReferenceCache, ReferencePrecomputation, weights_digest
+from rdpo_lightning.reference_cache import (
+    ReferenceCache,
+    ReferenceLogps,
+    ReferencePrecomputation,
+    compute_reference_logps,
+    weights_digest,
+)
 from rdpo_lightning.robust import NoRobust, PairBatch, RobustLoss
 from rdpo_lightning.robust.base import check_non_negative, check_positive
 
@@ -162,14 +174,15 @@ class RobustDPO(L.LightningModule):
         reference = (
             None if self.reference_name is None else load_causal_lm(self.reference_name, None, None, self.torch_dtype)
         )
-        self._reference_precomputation = self._plan_reference_precomputation(policy if reference is None else reference)
-        precomputation = self._reference_precomputation
-        if precomputation is None:
-            reference = frozen_copy(policy if reference is None else reference)
-        elif reference is not None and precomputation.needs_model:
-            reference = frozen_copy(reference)
+        precomputation = self._plan_reference_precomputation(policy if reference is None else reference)
+        if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
+            precomputation.run(self.trainer, self.pair_loss.length_normalized)
+            reference = None
+        elif precomputation is not None and self._may_compute_reference_later():
+            self._reference_precomputation = precomputation
+            reference = None if reference is None else frozen_copy(reference)  # None: the initial policy computes
         else:
-            reference = None  # cached, or computed by the initial policy itself in on_fit_start
+            reference = frozen_copy(policy if reference is None else reference)  # resident reference model
         if self.activation_checkpointing:
             apply_activation_checkpointing(policy)
         strategy = self.trainer.strategy if self._trainer is not None else None
@@ -177,11 +190,10 @@ class RobustDPO(L.LightningModule):
         self.policy, self.reference = policy, reference
 
     def _plan_reference_precomputation(self, reference: torch.nn.Module) -> ReferencePrecomputation | None:
-        """Precompute only while fitting, from a DataModule of ``datasets`` splits, from the initial weights."""
-        if not self.precompute_reference or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+        """Which splits of the DataModule are cached, for the reference's *initial* weights (before any checkpoint is
+        restored); None when precomputation is off or the DataModule holds no ``datasets`` splits."""
+        if not self.precompute_reference or self._trainer is None:
             return None
-        if self.trainer.ckpt_path is not None and self.reference_name is None:
-            return None  # resuming: the policy will not hold its initial weights when precomputation would run
         settings = {
             "precision": str(self.trainer.precision),
             "torch_dtype": self.torch_dtype,
@@ -190,29 +202,70 @@ class RobustDPO(L.LightningModule):
         digest = self.trainer.strategy.broadcast(weights_digest(reference), src=0)
         return ReferencePrecomputation.plan(self.trainer, digest, settings, ReferenceCache(self.reference_cache_dir))
 
+    def _may_compute_reference_later(self) -> bool:
+        """Missing log-probs are computed only while fitting, and, when the initial policy is the reference, only
+        if no checkpoint will overwrite its weights first (resuming); otherwise a resident reference model is used."""
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return False
+        return self.reference_name is not None or self.trainer.ckpt_path is None
+
     def on_fit_start(self) -> None:
-        """Equip the training and validation sets with reference log-probs, then drop the reference model."""
+        self._equip_reference_logps()  # normally done already, in configure_optimizers
+
+    def _equip_reference_logps(self) -> None:
+        """Compute the missing reference log-probs, attach them to the data sets, then drop the reference model.
+
+        Runs once the models sit on their devices (wrapped and sharded) and before anything builds a training
+        DataLoader: ``configure_optimizers`` is the first hook after the strategy's setup, and its
+        ``estimated_stepping_batches`` already builds the loader from ``datamodule.train_dataset``.
+        """
         precomputation, self._reference_precomputation = self._reference_precomputation, None
         if precomputation is None:
             return
         datamodule = precomputation.datamodule
+        strategy = self.trainer.strategy
+        model = self.reference if self.reference is not None else self.policy
+        collate = PairCollator(datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None))
+        batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)
+
+        def compute(dataset) -> ReferenceLogps:
+            return compute_reference_logps(
+                model, dataset, collate, batch_size, strategy.root_device, strategy.global_rank, strategy.world_size,
+                gather=self.all_gather, forward=self._reference_forward,
+            )  # fmt: skip
+
         was_training = self.training
         self.eval()
         try:
-            precomputation.run(
-                self.trainer,
-                self.reference if self.reference is not None else self.policy,
-                forward=self._reference_forward,
-                length_normalized=self.pair_loss.length_normalized,
-                collate=PairCollator(
-                    datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None)
-                ),
-                batch_size=getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8),
-                gather=lambda t: self.all_gather(t),
-            )
+            precomputation.run(self.trainer, self.pair_loss.length_normalized, compute)
         finally:
             self.train(was_training)
         self.reference = None
+        reshard(self.policy)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Reconcile the reference weights of a checkpoint with this run's reference (single-file checkpoints).
+
+        A run with precomputed reference log-probs holds no reference model, so its checkpoints carry no
+        ``reference.*`` weights, while a later stage may need a resident one (and the other way round). The resident
+        reference is then the one this run built from ``model`` / ``reference`` (for a randomly initialised
+        ``model_config`` that is the initial policy only under the same seed).
+        """
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        saved = [key for key in state if key.startswith("reference.")]
+        if self.reference is None:
+            for key in saved:
+                del state[key]
+        elif not saved:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(
+                "the checkpoint holds no reference weights (they were precomputed): using the reference built from"
+                " the configuration"
+            )
+            state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
 
     def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
         """Logits of ``model`` routed through the strategy's wrapper (FSDP1 only unshards inside its root forward)."""
@@ -381,6 +434,7 @@ class RobustDPO(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
+        self._equip_reference_logps()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         total = int(self.trainer.estimated_stepping_batches)

@@ -237,17 +237,8 @@ class ReferencePrecomputation:
         """Whether some split is not cached, so a reference model must compute it."""
         return any(split.cached is None for split in self.splits)
 
-    def run(
-        self,
-        trainer,
-        model: nn.Module | None,
-        forward: Callable[[nn.Module, dict[str, Tensor]], Tensor],
-        length_normalized: bool,
-        collate: Callable[[list[dict]], dict[str, Tensor]],
-        batch_size: int,
-        gather: Callable[[Tensor], Tensor],
-    ) -> None:
-        """Attach cached splits; compute (every rank its shard), save (rank 0) and attach the others."""
+    def run(self, trainer, length_normalized: bool, compute: Callable[[object], ReferenceLogps] | None = None) -> None:
+        """Attach cached splits; ``compute(dataset)`` the others (every rank its shard), save them (rank 0), attach."""
         from lightning.pytorch.utilities import rank_zero_info
 
         strategy = trainer.strategy
@@ -255,27 +246,15 @@ class ReferencePrecomputation:
             dataset = self._dataset(split.name)
             if split.cached is not None:
                 logps = split.cached
-                rank_zero_info(
-                    f"reference log-probs of split {split.name!r} ({split.rows} rows): loaded from cache "
-                    f"{self.cache.path(split.key)}"
-                )
+                where = f"loaded from cache {self.cache.path(split.key)}"
+            elif compute is None:
+                raise RuntimeError(f"reference log-probs of split {split.name!r} are not cached and cannot be computed")
             else:
-                if model is None:
-                    raise RuntimeError(
-                        f"reference log-probs of split {split.name!r} are not cached and no model is set"
-                    )
-                base = without_reference(dataset)
-                logps = compute_reference_logps(
-                    model, base, collate, batch_size, strategy.root_device, strategy.global_rank,
-                    strategy.world_size, gather, forward,
-                )  # fmt: skip
-                if strategy.global_rank == 0:
-                    path = self.cache.save(split.key, logps)
-                    rank_zero_info(
-                        f"reference log-probs of split {split.name!r} ({split.rows} rows): computed and saved to "
-                        f"cache {path}"
-                    )
+                logps = compute(without_reference(dataset))
+                where = "computed and saved to cache "
+                where += str(self.cache.save(split.key, logps)) if strategy.global_rank == 0 else "(by rank 0)"
                 strategy.barrier()
+            rank_zero_info(f"reference log-probs of split {split.name!r} ({split.rows} rows): {where}")
             self._set_dataset(split.name, attach(dataset, logps, length_normalized))
 
     def _dataset(self, name: str):

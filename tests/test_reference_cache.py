@@ -171,3 +171,35 @@ def test_shards_cover_every_row_once_in_order(rows, world):
     assert len({len(s) for s in per_rank}) == 1  # every rank runs as many forwards (FSDP needs it)
     gathered = torch.tensor(per_rank).unsqueeze(-1)  # (W, per_rank, 1): each row's own index as its "result"
     assert unshard(gathered, rows).squeeze(-1).tolist() == list(range(rows))
+
+
+def validate(model_dir, cache_dir, checkpoint):
+    L.seed_everything(0, verbose=False)
+    module = RobustDPO(model=str(model_dir), torch_dtype="float64", reference_cache_dir=str(cache_dir))
+    data = AttributeWorldDataModule(
+        num_train=12, num_val=4, val_alphas=[1.0], batch_size=4, max_length=24, tokenizer_dir=str(model_dir)
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=data, ckpt_path=str(checkpoint), verbose=False)
+    return module, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_validate_a_checkpoint_of_a_cached_run_with_and_without_the_cache(tmp_path, tiny_model_dir, lightning_messages):
+    """A checkpoint saved without reference weights validates from the cache (no reference model) or, with the cache
+    gone, with a resident reference rebuilt from ``model``: the same validation loss either way."""
+    module, _ = fit(tiny_model_dir, tmp_path / "cache", max_steps=2)
+    checkpoint = tmp_path / "run.ckpt"
+    module.trainer.save_checkpoint(checkpoint)
+    assert not any(key.startswith("reference.") for key in torch.load(checkpoint, weights_only=False)["state_dict"])
+
+    lightning_messages.clear()
+    cached, with_cache = validate(tiny_model_dir, tmp_path / "cache", checkpoint)
+    assert cached.reference is None
+    assert set(outcome(lightning_messages).values()) == {"loaded"}
+
+    lightning_messages.clear()
+    resident, without_cache = validate(tiny_model_dir, tmp_path / "empty", checkpoint)  # a miss outside fit
+    assert resident.reference is not None
+    assert outcome(lightning_messages) == {}
+    assert with_cache["val/loss"] == pytest.approx(without_cache["val/loss"], abs=1e-9)
+    assert with_cache["val/loss"] != pytest.approx(0.6931, abs=1e-3)  # the trained policy, not the initial one
