@@ -3,10 +3,13 @@
 The module calls :func:`prepare_models` from ``configure_model`` with whatever strategy the Trainer runs; this file is
 the one place that knows how each Lightning strategy wants a model prepared:
 
-* ``FSDPStrategy`` (FSDP1, ``strategy: fsdp``): the strategy wraps the model *after* ``configure_model``; unless the
-  user gave an ``auto_wrap_policy``, we set one that wraps every transformer block and each whole language model
-  (policy, reference) as its own FSDP unit. The block class is found from the model (``_no_split_modules``), never
-  hard-coded.
+* ``FSDPStrategy`` (FSDP1, ``strategy: fsdp``): each language model (policy, reference) is wrapped in
+  ``configure_model`` (inside the strategy's ``enable_wrap`` context, so with its sharding, precision and device
+  settings) as its *own root* FSDP module, with an auto-wrap policy that makes every transformer block a nested unit
+  (unless the user gave ``auto_wrap_policy``). The block class is found from the model (``_no_split_modules``), never
+  hard-coded. Own roots, rather than one root around the LightningModule, because the robust strategies run forwards
+  and backwards *inside* ``training_step`` (WDPO's z-gradient pass, manual optimisation): FSDP1 finalises gradients
+  only in a callback its root queues when a backward reaches the root's outputs, which the policy's outputs then are.
 * ``ModelParallelStrategy`` (FSDP2; :class:`FSDP2Strategy` sizes it for pure data parallelism): ``fully_shard`` on
   each block, then on each whole model, over the data-parallel mesh, here in ``configure_model``.
 * anything else (DDP, single device): nothing to shard.
@@ -111,29 +114,32 @@ def is_sharded(strategy: Strategy | None) -> bool:
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
-def prepare_models(strategy: Strategy | None, models: Iterable[nn.Module]) -> None:
-    """Shard ``models`` (policy, and the reference when one is resident) the way ``strategy`` expects."""
-    models = [m for m in models if m is not None]
+def prepare_models(strategy: Strategy | None, models: list[nn.Module | None]) -> list[nn.Module | None]:
+    """Shard ``models`` (policy, and the reference when one is resident) the way ``strategy`` expects; returns them
+    in the same order (FSDP1 returns wrappers, FSDP2 the same modules, now sharded; None stays None)."""
+    present = [m for m in models if m is not None]
     for kind, prepare in _PREPARERS:
         if isinstance(strategy, kind):
-            prepare(strategy, models)
-            return
+            prepared = iter(prepare(strategy, present))
+            return [None if m is None else next(prepared) for m in models]
+    return list(models)
 
 
-def _fsdp1_auto_wrap(strategy: FSDPStrategy, models: list[nn.Module]) -> None:
-    """FSDP1 wraps after ``configure_model``: give it a block-level policy unless the user chose one."""
-    if "auto_wrap_policy" in strategy.kwargs:
-        return
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+def _fsdp1_wrap(strategy: FSDPStrategy, models: list[nn.Module]) -> list[nn.Module]:
+    """FSDP1: each model its own root, its blocks nested units (the strategy's ``enable_wrap`` context is active in
+    ``configure_model``, so ``wrap`` applies the strategy's sharding, precision and device settings)."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy, wrap
 
-    classes: set[type[nn.Module]] = set()
+    wrapped = []
     for model in models:
-        classes.update(transformer_block_classes(model))
-        classes.add(type(model))
-    strategy.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(classes)
+        overrides = {}
+        if "auto_wrap_policy" not in strategy.kwargs:
+            overrides["auto_wrap_policy"] = ModuleWrapPolicy(set(transformer_block_classes(model)))
+        wrapped.append(wrap(model, **overrides))
+    return wrapped
 
 
-def _fsdp2_fully_shard(strategy: ModelParallelStrategy, models: list[nn.Module]) -> None:
+def _fsdp2_fully_shard(strategy: ModelParallelStrategy, models: list[nn.Module]) -> list[nn.Module]:
     """FSDP2: ``fully_shard`` bottom-up, each block then each whole model, over the data-parallel mesh."""
     from torch.distributed.fsdp import fully_shard
 
@@ -147,6 +153,7 @@ def _fsdp2_fully_shard(strategy: ModelParallelStrategy, models: list[nn.Module])
         for block in transformer_blocks(model):
             fully_shard(_checkpoint_wrapper_of(model, block), mesh=mesh)
         fully_shard(model, mesh=mesh)
+    return models
 
 
 def _checkpoint_wrapper_of(model: nn.Module, block: nn.Module) -> nn.Module:
@@ -159,7 +166,7 @@ def _checkpoint_wrapper_of(model: nn.Module, block: nn.Module) -> nn.Module:
     return block
 
 
-_PREPARERS = ((FSDPStrategy, _fsdp1_auto_wrap), (ModelParallelStrategy, _fsdp2_fully_shard))
+_PREPARERS = ((FSDPStrategy, _fsdp1_wrap), (ModelParallelStrategy, _fsdp2_fully_shard))
 
 
 def reshard(model: nn.Module) -> None:
@@ -173,15 +180,17 @@ def reshard(model: nn.Module) -> None:
             module.reshard()
 
 
-def clip_grad_norm(strategy: Strategy | None, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Clip the global gradient norm over all ranks' shards.
+def clip_grad_norm(model: nn.Module, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm of ``model``'s ``parameters`` over all ranks' shards.
 
-    FSDP1 keeps flat shards, so only the root FSDP module can compute the global norm (Lightning's FSDP precision
-    plugin refuses norm clipping for that reason). FSDP2 gradients are DTensors, whose norm
-    ``torch.nn.utils.clip_grad_norm_`` reduces across the mesh; DDP gradients are already identical on every rank.
+    FSDP1 keeps flat shards, so only its root module can compute the global norm (Lightning's FSDP precision plugin
+    refuses norm clipping for that reason). FSDP2 gradients are DTensors, whose norm ``torch.nn.utils.clip_grad_norm_``
+    reduces across the mesh; DDP gradients are already identical on every rank.
     """
-    if isinstance(strategy, FSDPStrategy):
-        return strategy.model.clip_grad_norm_(max_norm)
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        return model.clip_grad_norm_(max_norm)
     return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
 
 

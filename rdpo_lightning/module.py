@@ -186,13 +186,15 @@ class RobustDPO(L.LightningModule):
         if self.activation_checkpointing:
             apply_activation_checkpointing(policy)
         strategy = self.trainer.strategy if self._trainer is not None else None
-        prepare_models(strategy, [policy, reference])
-        self.policy, self.reference = policy, reference
+        self.policy, self.reference = prepare_models(strategy, [policy, reference])
 
     def _plan_reference_precomputation(self, reference: torch.nn.Module) -> ReferencePrecomputation | None:
-        """Which splits of the DataModule are cached, for the reference's *initial* weights (before any checkpoint is
-        restored); None when precomputation is off or the DataModule holds no ``datasets`` splits."""
+        """Which splits of the DataModule (training and validation sets) are cached, for the reference's *initial*
+        weights (before any checkpoint is restored); None when precomputation is off, the stage reads other splits
+        (test, predict), or the DataModule holds no ``datasets`` splits."""
         if not self.precompute_reference or self._trainer is None:
+            return None
+        if self.trainer.state.fn not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
             return None
         settings = {
             "precision": str(self.trainer.precision),
@@ -268,7 +270,8 @@ class RobustDPO(L.LightningModule):
             state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
 
     def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Logits of ``model`` routed through the strategy's wrapper (FSDP1 only unshards inside its root forward)."""
+        """Logits of ``model``, routed through the strategy's wrapper of the LightningModule when there is one (DDP),
+        as Lightning routes ``validation_step``."""
         strategy = self.trainer.strategy
         with strategy.precision_plugin.forward_context():
             if strategy.model is not None and strategy.model is not self:
@@ -303,8 +306,8 @@ class RobustDPO(L.LightningModule):
         if self.reference is None:
             raise RuntimeError(
                 "this batch carries no precomputed reference log-probs and no reference model is resident: they are"
-                " precomputed only for the training and validation sets of fit; set model.precompute_reference: false"
-                " to keep the reference model for other stages"
+                " precomputed for the DataModule's train_dataset and val_datasets only; set"
+                " model.precompute_reference: false to keep a reference model resident"
             )
         return self._logps(self.reference, batch)
 
@@ -455,12 +458,12 @@ class RobustDPO(L.LightningModule):
         if gradient_clip_algorithm not in (None, "norm"):
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm)
             return
-        clip_grad_norm(self.trainer.strategy, self._clipped_parameters(optimizer), value)
+        clip_grad_norm(self.policy, self._clipped_parameters(optimizer), value)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Manual optimisation: Lightning skips ``configure_gradient_clipping``, so clip here (also after unscaling)."""
         if not self.automatic_optimization and self.gradient_clip_val is not None:
-            clip_grad_norm(self.trainer.strategy, self._clipped_parameters(optimizer), self.gradient_clip_val)
+            clip_grad_norm(self.policy, self._clipped_parameters(optimizer), self.gradient_clip_val)
 
     @staticmethod
     def _clipped_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:

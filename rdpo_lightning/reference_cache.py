@@ -211,12 +211,13 @@ class ReferencePrecomputation:
     def plan(
         cls, trainer, reference_digest: str, settings: dict[str, str | None], cache: ReferenceCache
     ) -> ReferencePrecomputation | None:
-        """None when the DataModule does not hold map-style ``datasets`` splits (then a resident reference is used)."""
+        """None when the DataModule holds no tokenizer and map-style ``datasets`` splits (then a resident reference is
+        used)."""
         datamodule = getattr(trainer, "datamodule", None)
         train = getattr(datamodule, "train_dataset", None)
         vals = getattr(datamodule, "val_datasets", None) or {}
         named = [("train", train), *((f"val/{name}", ds) for name, ds in vals.items())]
-        if any(fingerprint_of(ds) is None for _, ds in named):
+        if getattr(datamodule, "tokenizer", None) is None or any(fingerprint_of(ds) is None for _, ds in named):
             return None
         splits = [SplitPlan(name, cls._split_key(ds, reference_digest, settings, cache), len(ds)) for name, ds in named]
         strategy = trainer.strategy

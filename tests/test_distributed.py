@@ -54,20 +54,40 @@ def test_blocks_fall_back_to_the_longest_module_list_and_fail_clearly_without_on
         transformer_block_classes(nn.Linear(2, 2))
 
 
-def test_fsdp1_gets_a_block_and_model_auto_wrap_policy_unless_the_user_set_one():
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+class RecordingWrapper(nn.Module):
+    """Stands in for FSDP1's wrapper class (FSDP1 cannot be constructed without a GPU): records what it was given."""
+
+    def __init__(self, module: nn.Module, **kwargs) -> None:
+        super().__init__()
+        self.module, self.kwargs = module, kwargs
+
+
+def test_fsdp1_wraps_each_model_as_its_own_root_with_a_block_auto_wrap_policy():
+    """Inside the strategy's enable_wrap context (active in configure_model), as Lightning sets it up."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy, enable_wrap
 
     policy, reference = tiny_llama(), tiny_llama()
     strategy = FSDPStrategy()
-    prepare_models(strategy, [policy, reference])
-    wrap = strategy.kwargs["auto_wrap_policy"]
+    with enable_wrap(wrapper_cls=RecordingWrapper, **strategy.kwargs):
+        wrapped_policy, none, wrapped_reference = prepare_models(strategy, [policy, None, reference])
+    assert none is None
+    assert wrapped_policy.module is policy and wrapped_reference.module is reference
+    wrap = wrapped_policy.kwargs["auto_wrap_policy"]
     assert isinstance(wrap, ModuleWrapPolicy)
-    assert {c.__name__ for c in wrap._module_classes} == {"LlamaDecoderLayer", "LlamaForCausalLM"}
+    assert {c.__name__ for c in wrap._module_classes} == {"LlamaDecoderLayer"}
+    assert wrapped_policy.kwargs["use_orig_params"] is True  # the strategy's own settings reach the wrapper
 
     chosen = ModuleWrapPolicy({nn.Linear})
     user = FSDPStrategy(auto_wrap_policy=chosen)
-    prepare_models(user, [policy])
-    assert user.kwargs["auto_wrap_policy"] is chosen
+    with enable_wrap(wrapper_cls=RecordingWrapper, **user.kwargs):
+        (wrapped,) = prepare_models(user, [tiny_gpt2()])
+    assert wrapped.kwargs["auto_wrap_policy"] is chosen
+
+
+def test_models_pass_through_unsharded_strategies():
+    model = tiny_gpt2()
+    assert prepare_models(DDPStrategy(), [model, None]) == [model, None]
+    assert prepare_models(None, [model]) == [model]
 
 
 def test_only_fsdp_counts_as_sharded_and_exact_wdpo_is_refused_there():
