@@ -14,14 +14,30 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.sampler import load_pending_loader_states
+from rdpo_lightning.distributed import (
+    apply_activation_checkpointing,
+    clip_grad_norm,
+    is_sharded,
+    prepare_models,
+    reshard,
+)
 from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
-from rdpo_lightning.logprobs import sequence_logprobs
+from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_logprobs
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
 from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm, resolve_dtype
+from rdpo_lightning.reference_cache import (
+    ReferenceCache,
+    ReferenceLogps,
+    ReferencePrecomputation,
+    compute_reference_logps,
+    weights_digest,
+)
 from rdpo_lightning.reproducibility import seed_training_batch
 from rdpo_lightning.robust import NoRobust, PairBatch, RobustLoss
 from rdpo_lightning.robust.base import check_choice, check_non_negative, check_positive
@@ -65,6 +81,14 @@ class RobustDPO(L.LightningModule):
         torch_dtype, attn_implementation: passed to ``from_pretrained`` / ``from_config``.
         on_nonfinite: a NaN/inf loss or gradient ``stop``s the fit with a checkpoint of the last good state, or the
             step is ``skip``ped with a warning (see :mod:`rdpo_lightning.guards`).
+        precompute_reference: compute the reference log-probs of every training and validation pair once before
+            fitting (cached on disk, see :mod:`rdpo_lightning.reference_cache`) and keep no reference model during
+            training; False: a frozen reference model stays resident (sharded like the policy under FSDP).
+        reference_cache_dir: where the cached reference log-probs live (default ``$RDPO_CACHE/reference_logps``).
+        activation_checkpointing: recompute each transformer block's activations in backward (non-reentrant).
+        accumulate_grad_batches: gradient accumulation for robust strategies that drive their own backward passes
+            (manual optimisation: ``WassersteinPenalty`` in ``finite_difference`` mode); the others use
+            ``trainer.accumulate_grad_batches``.
     """
 
     def __init__(
@@ -80,10 +104,14 @@ class RobustDPO(L.LightningModule):
         min_lr_ratio: float = 0.1,
         gradient_clip_val: float | None = 1.0,
         disable_policy_dropout: bool = True,
-        logprob_chunk_rows: int | None = None,
+        logprob_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
         torch_dtype: str | None = None,
         attn_implementation: str | None = None,
         on_nonfinite: str = "stop",
+        precompute_reference: bool = True,
+        reference_cache_dir: str | None = None,
+        activation_checkpointing: bool = False,
+        accumulate_grad_batches: int = 1,
     ) -> None:
         super().__init__()
         if (model is None) == (model_config is None):
@@ -101,6 +129,8 @@ class RobustDPO(L.LightningModule):
         resolve_dtype(torch_dtype)
         check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
+        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
+            raise ValueError(f"model.accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}")
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer"])
         self.model_name = model
         self.model_config = model_config
@@ -116,17 +146,37 @@ class RobustDPO(L.LightningModule):
         self.logprob_chunk_rows = logprob_chunk_rows
         self.torch_dtype = torch_dtype
         self.attn_implementation = attn_implementation
+        self.precompute_reference = precompute_reference
+        self.reference_cache_dir = reference_cache_dir
+        self.activation_checkpointing = activation_checkpointing
+        self.accumulate_grad_batches = accumulate_grad_batches
         self.automatic_optimization = self.robust.automatic_optimization
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
+        self._reference_precomputation: ReferencePrecomputation | None = None
+        self._logps_dtype = torch.float32
 
     # --- models ------------------------------------------------------------------------------------------------
     def _tokenizer(self) -> Any:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(datamodule, "tokenizer", None)
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before any model is built, what the chosen Trainer strategy cannot run."""
+        strategy = self.trainer.strategy
+        refusal = self.robust.sharding_refusal() if is_sharded(strategy) else None
+        if refusal is not None:
+            raise ValueError(f"{refusal} (strategy: {type(strategy).__name__})")
+        if self.accumulate_grad_batches > 1 and self.automatic_optimization:
+            raise ValueError(
+                f"model.accumulate_grad_batches={self.accumulate_grad_batches} is for robust strategies with manual"
+                f" optimisation (WassersteinPenalty finite_difference); {type(self.robust).__name__} runs under"
+                " automatic optimisation: set trainer.accumulate_grad_batches instead"
+            )
+
     def configure_model(self) -> None:
-        """Build the policy and reference lazily, once the DataModule's tokenizer exists (and inside FSDP)."""
+        """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
+        tokenizer exists; then checkpoint and shard them as the Trainer's strategy wants."""
         if self.policy is not None:
             return
         policy = load_causal_lm(
@@ -134,11 +184,117 @@ class RobustDPO(L.LightningModule):
         )
         if self.disable_policy_dropout:
             disable_dropout(policy)
-        if self.reference_name is None:
-            reference = frozen_copy(policy)
+        self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
+        reference = (
+            None if self.reference_name is None else load_causal_lm(self.reference_name, None, None, self.torch_dtype)
+        )
+        precomputation = self._plan_reference_precomputation(policy if reference is None else reference)
+        if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
+            precomputation.run(self.trainer, self.pair_loss.length_normalized)
+            reference = None
+        elif precomputation is not None and self._may_compute_reference_later():
+            self._reference_precomputation = precomputation
+            reference = None if reference is None else frozen_copy(reference)  # None: the initial policy computes
         else:
-            reference = frozen_copy(load_causal_lm(self.reference_name, None, None, self.torch_dtype))
-        self.policy, self.reference = policy, reference
+            reference = frozen_copy(policy if reference is None else reference)  # resident reference model
+        if self.activation_checkpointing:
+            apply_activation_checkpointing(policy)
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        self.policy, self.reference = prepare_models(strategy, [policy, reference])
+
+    def _plan_reference_precomputation(self, reference: torch.nn.Module) -> ReferencePrecomputation | None:
+        """Which splits of the DataModule (training and validation sets) are cached, for the reference's *initial*
+        weights (before any checkpoint is restored); None when precomputation is off, the stage reads other splits
+        (test, predict), or the DataModule holds no ``datasets`` splits."""
+        if not self.precompute_reference or self._trainer is None:
+            return None
+        if self.trainer.state.fn not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
+            return None
+        settings = {
+            "precision": str(self.trainer.precision),
+            "torch_dtype": self.torch_dtype,
+            "attn_implementation": self.attn_implementation,
+        }
+        digest = self.trainer.strategy.broadcast(weights_digest(reference), src=0)
+        return ReferencePrecomputation.plan(self.trainer, digest, settings, ReferenceCache(self.reference_cache_dir))
+
+    def _may_compute_reference_later(self) -> bool:
+        """Missing log-probs are computed only while fitting, and, when the initial policy is the reference, only
+        if no checkpoint will overwrite its weights first (resuming); otherwise a resident reference model is used."""
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return False
+        return self.reference_name is not None or self.trainer.ckpt_path is None
+
+    def on_fit_start(self) -> None:
+        self._equip_reference_logps()  # normally done already, in configure_optimizers
+
+    def _equip_reference_logps(self) -> None:
+        """Compute the missing reference log-probs, attach them to the data sets, then drop the reference model.
+
+        Runs once the models sit on their devices (wrapped and sharded) and before anything builds a training
+        DataLoader: ``configure_optimizers`` is the first hook after the strategy's setup, and its
+        ``estimated_stepping_batches`` already builds the loader from ``datamodule.train_dataset``.
+        """
+        precomputation, self._reference_precomputation = self._reference_precomputation, None
+        if precomputation is None:
+            return
+        datamodule = precomputation.datamodule
+        strategy = self.trainer.strategy
+        model = self.reference if self.reference is not None else self.policy
+        collate = PairCollator(datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None))
+        batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)
+
+        def compute(dataset) -> ReferenceLogps:
+            return compute_reference_logps(
+                model, dataset, collate, batch_size, strategy.root_device, strategy.global_rank, strategy.world_size,
+                gather=self.all_gather, forward=self._reference_forward,
+            )  # fmt: skip
+
+        was_training = self.training
+        self.eval()
+        try:
+            precomputation.run(self.trainer, self.pair_loss.length_normalized, compute)
+        finally:
+            self.train(was_training)
+        self.reference = None
+        reshard(self.policy)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Reconcile the reference weights of a checkpoint with this run's reference (single-file checkpoints).
+
+        A run with precomputed reference log-probs holds no reference model, so its checkpoints carry no
+        ``reference.*`` weights, while a later stage may need a resident one (and the other way round). The resident
+        reference is then the one this run built from ``model`` / ``reference`` (for a randomly initialised
+        ``model_config`` that is the initial policy only under the same seed).
+        """
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        saved = [key for key in state if key.startswith("reference.")]
+        if self.reference is None:
+            for key in saved:
+                del state[key]
+        elif not saved:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(
+                "the checkpoint holds no reference weights (they were precomputed): using the reference built from"
+                " the configuration"
+            )
+            state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
+
+    def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Logits of ``model``, routed through the strategy's wrapper of the LightningModule when there is one (DDP),
+        as Lightning routes ``validation_step``."""
+        strategy = self.trainer.strategy
+        with strategy.precision_plugin.forward_context():
+            if strategy.model is not None and strategy.model is not self:
+                return strategy._forward_redirection(strategy.model, self, "_model_logits", model, batch)
+            return self._model_logits(model, batch)
+
+    @staticmethod
+    def _model_logits(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
     def train(self, mode: bool = True) -> RobustDPO:
         """Keep the reference in eval mode whatever Lightning toggles."""
@@ -159,7 +315,14 @@ class RobustDPO(L.LightningModule):
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps:
         if "reference_chosen_logps" in batch:
-            return PairLogps(batch["reference_chosen_logps"], batch["reference_rejected_logps"])
+            chosen, rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
+            return PairLogps(chosen.to(self._logps_dtype), rejected.to(self._logps_dtype))
+        if self.reference is None:
+            raise RuntimeError(
+                "this batch carries no precomputed reference log-probs and no reference model is resident: they are"
+                " precomputed for the DataModule's train_dataset and val_datasets only; set"
+                " model.precompute_reference: false to keep a reference model resident"
+            )
         return self._logps(self.reference, batch)
 
     def policy_forward(
@@ -219,17 +382,19 @@ class RobustDPO(L.LightningModule):
                 policies.append(policy)
                 return pairs
 
+            # manual gradient accumulation: each micro-batch's objective counts 1/accumulate of the step
+            accumulate = self.accumulate_grad_batches
             optimizer = self.optimizers()
-            optimizer.zero_grad()
-            pairs, result = self.robust.manual_step(forward, self.manual_backward)
+            if batch_idx % accumulate == 0:
+                optimizer.zero_grad()
+            pairs, result = self.robust.manual_step(forward, lambda loss: self.manual_backward(loss / accumulate))
             self.nonfinite.observe_loss(result.loss)
             policy = policies[0]
-            if self.gradient_clip_val is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
-            optimizer.step()
-            scheduler = self.lr_schedulers()
-            if scheduler is not None:
-                scheduler.step()
+            if (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch:
+                optimizer.step()  # clipping happens in on_before_optimizer_step, after any loss-scale unscaling
+                scheduler = self.lr_schedulers()
+                if scheduler is not None:
+                    scheduler.step()
             loss = None
         self._log_pairs("train", pairs.losses, policy, reference, prefixes=["train"])
         self.log("train/loss", result.loss.detach(), batch_size=pairs.losses.shape[0], sync_dist=True, prog_bar=True)
@@ -299,17 +464,18 @@ class RobustDPO(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_training_batch(self.trainer, batch_idx)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.nonfinite.before_optimizer_step(self, optimizer)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         refuse_nonfinite_checkpoint(checkpoint)
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
+        self._equip_reference_logps()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.accumulate_grad_batches > 1 and total != self.trainer.max_steps:
+            total = math.ceil(total / self.accumulate_grad_batches)  # Lightning counts manual micro-batches
+        total = max(1, total)
         schedule = warmup_cosine(self.warmup_steps, total, self.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -317,6 +483,22 @@ class RobustDPO(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
     ) -> None:
+        """Automatic optimisation: Lightning calls this after unscaling; clip the global norm over all shards."""
         value = gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val
-        if value is not None:
+        if value is None:
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
             self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm)
+            return
+        clip_grad_norm(self.policy, self._clipped_parameters(optimizer), value)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Guard against non-finite losses/gradients; under manual optimisation Lightning skips
+        ``configure_gradient_clipping``, so clip here too (after any loss-scale unscaling)."""
+        self.nonfinite.before_optimizer_step(self, optimizer)
+        if not self.automatic_optimization and self.gradient_clip_val is not None:
+            clip_grad_norm(self.policy, self._clipped_parameters(optimizer), self.gradient_clip_val)
+
+    @staticmethod
+    def _clipped_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -15,6 +15,10 @@ import torch
 
 from rdpo_lightning.logprobs import IGNORE_INDEX
 
+<<<<<<< HEAD
+=======
+#: precomputed reference log-probs (see ``rdpo_lightning.reference_cache``), passed through when a dataset has them
+>>>>>>> issue5
 REFERENCE_COLUMNS = ("reference_chosen_logps", "reference_rejected_logps")
 
 
@@ -43,6 +47,9 @@ class PairCollator:
             attention_mask[i, : len(row)] = 1
             labels[i, plen : len(row)] = ids[plen:]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        for column in REFERENCE_COLUMNS:
+            if column in examples[0]:
+                batch[column] = torch.tensor([float(ex[column]) for ex in examples], dtype=torch.float64)
         if "group" in examples[0]:
             batch["groups"] = torch.tensor([int(ex["group"]) for ex in examples], dtype=torch.long)
         for key in REFERENCE_COLUMNS:

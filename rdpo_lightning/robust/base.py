@@ -70,6 +70,10 @@ class RobustLoss(nn.Module):
         """Run forward(s) and backward(s) for one step; ``forward(shift)`` adds ``shift`` to z before the model."""
         raise NotImplementedError(f"{type(self).__name__} uses automatic optimisation")
 
+    def sharding_refusal(self) -> str | None:
+        """Why this strategy, as configured, cannot run with sharded parameters (FSDP), or None if it can."""
+        return None
+
 
 def check_positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

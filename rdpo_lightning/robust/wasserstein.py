@@ -95,6 +95,17 @@ class WassersteinPenalty(RobustLoss):
     def forward_context(self) -> contextlib.AbstractContextManager:
         return math_attention() if self.mode == "exact" else contextlib.nullcontext()
 
+    def sharding_refusal(self) -> str | None:
+        if self.mode != "exact" or self.rho == 0:
+            return None
+        return (
+            "model.robust.mode='exact' cannot run under FSDP (FSDPStrategy / ModelParallelStrategy): the exact penalty"
+            " differentiates through autograd.grad(create_graph=True) (double backward), which sharded parameters do"
+            " not support: it crashes ('setStorage ... out of bounds') or silently drops the gradients of nested units."
+            " Use mode: finite_difference (same objective, two ordinary backward passes, no double backward), or keep"
+            " mode: exact with strategy: ddp."
+        )
+
     def _clamp_factor(self, sq_norms: Tensor) -> Tensor | None:
         """s_i = min(1, M/‖g_i‖), detached; None when there is no clamp (or the form needs none)."""
         if self.max_grad_norm is None or self.form != "squared":

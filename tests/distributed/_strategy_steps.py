@@ -1,0 +1,108 @@
+"""One SGD step (lr=1, float64) per case under DDP / FSDP2 on 2 gloo CPU processes, or on one process.
+
+Run as a script (Lightning re-executes it for rank 1):
+``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
+with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac]``. For each case rank 0 writes ``OUT_DIR/<case>.pt`` with the
+policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the message of a refused configuration.
+Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
+The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import datasets
+import lightning as L
+import torch
+
+from rdpo_lightning.data import AttributeWorldDataModule
+from rdpo_lightning.distributed import FSDP2Strategy
+from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
+
+ROBUST = {
+    "none": NoRobust,
+    "kl": functools.partial(KLReweighter, tau=0.5),
+    "wdpo_fd": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference"),
+    "wdpo_fd_eps": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference", epsilon=1e-3),
+    "wdpo_exact": functools.partial(WassersteinPenalty, rho=0.05, mode="exact"),
+}
+GLOBAL_BATCH = 8
+WORLD = 2
+
+
+def strategy_of(name: str):
+    return {"ddp": "ddp", "fsdp2": FSDP2Strategy(), "single": "auto"}[name]
+
+
+def run_case(
+    case: str, model_dir: str, reference_dir: str, cache_dir: str
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """Fit one step; return (full policy parameters, None) or (None, refusal message)."""
+    strategy_name, spec = case.split(":")
+    robust_name, *flags = spec.split("+")
+    single = strategy_name == "single"
+    L.seed_everything(0, verbose=False)
+    module = RobustDPO(
+        model=model_dir,
+        reference=reference_dir,  # unlike the initial policy, so pair losses (and KL weights) differ at step 0
+        beta=0.1,
+        robust=ROBUST[robust_name](),
+        optimizer=functools.partial(torch.optim.SGD, lr=1.0),
+        min_lr_ratio=1.0,
+        gradient_clip_val=0.05 if "clip" in flags else None,
+        torch_dtype="float64",
+        activation_checkpointing="ac" in flags,
+        reference_cache_dir=cache_dir,
+    )
+    data = AttributeWorldDataModule(
+        num_train=GLOBAL_BATCH,
+        num_val=2,
+        val_alphas=[],
+        batch_size=GLOBAL_BATCH if single else GLOBAL_BATCH // WORLD,
+        max_length=24,
+        tokenizer_dir=model_dir,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1 if single else WORLD,
+        strategy=strategy_of(strategy_name),
+        max_steps=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    try:
+        trainer.fit(module, datamodule=data)
+    except ValueError as error:
+        return None, str(error)
+    params = {}
+    for name, param in module.policy.named_parameters():
+        full = param.full_tensor() if hasattr(param, "full_tensor") else param  # FSDP2 DTensor shards: collective
+        params[name.replace("_checkpoint_wrapped_module.", "")] = full.detach().cpu().clone()
+    return params, None
+
+
+def main() -> None:
+    datasets.disable_progress_bars()
+    model_dir, reference_dir, out_dir, *cases = sys.argv[1:]
+    out = Path(out_dir)
+    for case in cases:
+        params, refusal = run_case(case, model_dir, reference_dir, str(out / f"cache-{case.split(':')[0]}"))
+        if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+            continue
+        if refusal is not None:
+            (out / f"{case}.err").write_text(refusal)
+        else:
+            torch.save(params, out / f"{case}.pt")
+
+
+if __name__ == "__main__":
+    main()
