@@ -15,10 +15,7 @@ import torch
 
 from rdpo_lightning.logprobs import IGNORE_INDEX
 
-<<<<<<< HEAD
-=======
 #: precomputed reference log-probs (see ``rdpo_lightning.reference_cache``), passed through when a dataset has them
->>>>>>> issue5
 REFERENCE_COLUMNS = ("reference_chosen_logps", "reference_rejected_logps")
 
 
