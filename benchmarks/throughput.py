@@ -292,7 +292,7 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
 
         def build_splits(self):
             train = datasets.load_from_disk(paths["pairs"])
-            return train, {"train": train.select(range(settings.batch_size))}
+            return train, {"held_out": train.select(range(settings.batch_size))}
 
     clock = StepClock()
 
