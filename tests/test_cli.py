@@ -58,7 +58,7 @@ def test_fit_then_validate(tmp_path: Path, strategy: str):
     assert cli.trainer.global_step == 3
     tags = scalar_tags(tmp_path)
     expected = {"train/loss", *(f"train/{t}" for t in PAIR_TAGS), *(f"val/{t}" for t in [*PAIR_TAGS, "loss"])}
-    expected |= {f"val/alpha=1.00/{t}" for t in ("loss", "rewards/accuracies")}
+    expected |= {f"val/alpha=1.00/{t}" for t in ("loss", "accuracy")} | {"val/worst_case/loss"}
     expected |= set(STRATEGY_TAGS[strategy])
     assert expected <= tags, sorted(expected - tags)
 

@@ -76,16 +76,24 @@ BAD = [
     (["--data.init_args.val_batch_size=0"], "data", "data.val_batch_size must be >= 1 or null, got 0"),
     (["--data.init_args.num_workers=-1"], "data", "data.num_workers must be >= 0, got -1"),
     (["--data.init_args.pad_to_multiple_of=0"], "data", "data.pad_to_multiple_of must be >= 1 or null, got 0"),
-    (["--data.init_args.max_length=1"], "data", "max_length must be >= 2, got 1"),
-    (["--data.init_args.max_prompt_length=40"], "data", "max_prompt_length must lie in [1, max_length), got 40"),
-    (["--data.init_args.train_alpha=1.5"], "data", "data.train_alpha must lie in [0, 1], got 1.5"),
-    (["--data.init_args.val_alphas=[0.5,-0.1]"], "data", "data.val_alphas[1] must lie in [0, 1], got -0.1"),
-    (["--data.init_args.mixture_kind=harmonic"], "data", "data.mixture_kind must be one of 'convex', 'geometric'"),
+    (["--data.init_args.max_length=1"], "data", "data.max_length must be >= 2, got 1"),
+    (["--data.init_args.max_prompt_length=40"], "data", "data.max_prompt_length must lie in [1, max_length), got 40"),
+    (["--data.init_args.train_alpha=1.5"], "data", "data.train_alpha: alpha must lie in [0, 1], got 1.5"),
+    (["--data.init_args.val_alphas=[0.5,-0.1]"], "data", "data.val_alphas[1]: alpha must lie in [0, 1], got -0.1"),
+    (
+        ["--data.init_args.mixture_kind=harmonic"],
+        "data",
+        "data.mixture_kind must be one of ('convex', 'geometric'), got 'harmonic'",
+    ),
     (["--data.init_args.label_temperature=0"], "data", "data.label_temperature must be > 0 (or null"),
-    (["--data.init_args.num_train=0"], "data", "num_train and num_val must be >= 1, got 0 and 256"),
+    (["--data.init_args.num_train=0"], "data", "data.num_train and data.num_val must be >= 1, got 0 and 256"),
     (["--data.init_args.seed=-1"], "data", "data.seed must be >= 0, got -1"),
-    (["--data.init_args.attribute_b=anger"], "data", "attribute_a and attribute_b must differ, both are 'anger'"),
-    (["--data.init_args.attribute_a=envy"], "data", "unknown attribute 'envy'"),
+    (
+        ["--data.init_args.attribute_b=anger"],
+        "data",
+        "data.attribute_a and data.attribute_b must differ, both are 'anger'",
+    ),
+    (["--data.init_args.attribute_a=envy"], "data", "data.attribute_a: unknown attribute 'envy'"),
 ]
 
 

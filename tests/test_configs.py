@@ -30,7 +30,6 @@ def run_args(root: Path) -> list[str]:
         f"--trainer.default_root_dir={root}",
         f"--trainer.logger.init_args.save_dir={root}",
         "--trainer.enable_progress_bar=false",
-        "--trainer.enable_checkpointing=false",
         "--trainer.log_every_n_steps=1",
     ]
 
@@ -50,10 +49,11 @@ def test_quickstart_logs_one_validation_result_per_mixture(tmp_path):
     assert names == ["alpha=0.10", "alpha=0.00", "alpha=0.25", "alpha=0.50", "alpha=0.75", "alpha=1.00"]
     tags = scalar_tags(tmp_path)
     for name in names:
-        assert {f"val/{name}/loss", f"val/{name}/rewards/accuracies"} <= tags, name
+        assert {f"val/{name}/loss", f"val/{name}/accuracy"} <= tags, name
     assert not {t for t in tags if t.startswith("val/") and t.endswith("/loss")} - {
         *(f"val/{n}/loss" for n in names),
         "val/loss",
+        "val/worst_case/loss",
     }
 
 

@@ -109,6 +109,8 @@ class AttributeWorldDataModule(PreferenceDataModule):
         self.pairing = pairing
         self.num_train = num_train
         self.num_val = num_val
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"data.seed must be >= 0, got {seed}")
         self.seed = seed
         self.tokenizer_name = tokenizer
         self.tokenizer_dir = tokenizer_dir

@@ -99,6 +99,7 @@ def _ddp_worker(rank: int, world: int, port: int, x: torch.Tensor, tau: float, n
     out.loss.backward()
     if rank == 0:
         queue.put([p.grad.tolist() for p in model.parameters()])
+    dist.barrier()  # no rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 
