@@ -49,7 +49,4 @@ class PairCollator:
                 batch[column] = torch.tensor([float(ex[column]) for ex in examples], dtype=torch.float64)
         if "group" in examples[0]:
             batch["groups"] = torch.tensor([int(ex["group"]) for ex in examples], dtype=torch.long)
-        for key in REFERENCE_COLUMNS:
-            if key in examples[0]:
-                batch[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float32)
         return batch

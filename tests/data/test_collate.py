@@ -27,7 +27,7 @@ def test_reference_logps_pass_through() -> None:
         dict(ex, reference_chosen_logps=-1.5 - i, reference_rejected_logps=-2.5 - i) for i, ex in enumerate(EXAMPLES)
     ]
     batch = PairCollator(pad_token_id=0)(examples)
-    assert batch["reference_chosen_logps"].dtype == torch.float32
+    assert batch["reference_chosen_logps"].dtype == torch.float64  # lossless: the module casts to its own dtype
     assert batch["reference_chosen_logps"].tolist() == [-1.5, -2.5]
     assert batch["reference_rejected_logps"].tolist() == [-2.5, -3.5]
 
@@ -54,5 +54,5 @@ def test_precomputed_reference_gives_the_online_losses(tiny_model_dir) -> None:
     pairs_precomputed, _ = module.policy_forward(precomputed, module.reference_logps(precomputed))
     torch.testing.assert_close(pairs_precomputed.losses, pairs_online.losses)
     assert pairs_online.losses.abs().sum() > 0
-    with pytest.raises(TypeError):  # and without the columns the (dropped) reference is really needed
+    with pytest.raises(RuntimeError, match="no reference model is resident"):  # the dropped reference is needed
         module.reference_logps(online)

@@ -3,8 +3,6 @@ the whole batch, with a group present on only one rank."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -24,9 +22,9 @@ def strategies() -> dict[str, torch.nn.Module]:
     return {"dr_dpo": DrDPO(BETA_PRIME), "group_dro": GroupDRO(NUM_GROUPS, eta=ETA)}
 
 
-def _worker(rank: int, world: int, port: int, x: torch.Tensor, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, store: str, x: torch.Tensor, queue) -> None:
+    # a file rendezvous: no TCP port that a concurrent test could also pick
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
 
     def gather(t: torch.Tensor) -> torch.Tensor:
         parts = [torch.empty_like(t) for _ in range(world)]
@@ -46,14 +44,15 @@ def _worker(rank: int, world: int, port: int, x: torch.Tensor, queue) -> None:
         weights = strategy.group_weights.tolist() if isinstance(strategy, GroupDRO) else None
         results[name] = (out.loss.item(), [p.grad.tolist() for p in model.parameters()], weights)
     queue.put((rank, results))
+    dist.barrier()  # no rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 
-def test_distributed_equals_full_batch():
+def test_distributed_equals_full_batch(tmp_path):
     x = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     queue = mp.get_context("spawn").Queue()
-    port = 29500 + os.getpid() % 1000 + 31
-    mp.start_processes(_worker, args=(2, port, x, queue), nprocs=2, start_method="spawn")
+    store = str(tmp_path / "gloo_store")
+    mp.start_processes(_worker, args=(2, store, x, queue), nprocs=2, start_method="spawn")
     by_rank = dict(queue.get(timeout=120) for _ in range(2))
 
     for name, strategy in strategies().items():

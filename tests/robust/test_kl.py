@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -82,9 +81,9 @@ def _per_pair_losses(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softplus(-model(x).squeeze(-1))
 
 
-def _ddp_worker(rank: int, world: int, port: int, x: torch.Tensor, tau: float, normalize: bool, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank: int, world: int, store: str, x: torch.Tensor, tau: float, normalize: bool, queue) -> None:
+    # a file rendezvous: no TCP port that a concurrent test could also pick
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1).double())
 
@@ -104,14 +103,14 @@ def _ddp_worker(rank: int, world: int, port: int, x: torch.Tensor, tau: float, n
 
 
 @pytest.mark.parametrize("normalize", [True, False])
-def test_distributed_weighted_gradient_equals_full_batch(normalize):
+def test_distributed_weighted_gradient_equals_full_batch(normalize, tmp_path):
     """Two gloo ranks, DDP gradient averaging: the same gradient as one process on the whole batch."""
     tau = 0.5
     x = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = 29500 + os.getpid() % 1000 + (7 if normalize else 13)
-    mp.start_processes(_ddp_worker, args=(2, port, x, tau, normalize, queue), nprocs=2, start_method="spawn")
+    store = str(tmp_path / "gloo_store")
+    mp.start_processes(_ddp_worker, args=(2, store, x, tau, normalize, queue), nprocs=2, start_method="spawn")
     distributed = queue.get(timeout=60)
 
     torch.manual_seed(0)
