@@ -3,6 +3,8 @@ the whole batch, with a group present on only one rank."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -44,8 +46,14 @@ def _worker(rank: int, world: int, store: str, x: torch.Tensor, queue) -> None:
         weights = strategy.group_weights.tolist() if isinstance(strategy, GroupDRO) else None
         results[name] = (out.loss.item(), [p.grad.tolist() for p in model.parameters()], weights)
     queue.put((rank, results))
+    del model  # DDP's reducer goes before its process group (else a rank can abort at exit: "terminate called")
     dist.barrier()  # no rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
+    # skip C++ static destructors at interpreter exit: a gloo/DDP thread torn down there aborts a rank now and then
+    # ("terminate called without an active exception") after the result is already delivered
+    queue.close()
+    queue.join_thread()
+    os._exit(0)
 
 
 def test_distributed_equals_full_batch(tmp_path):
