@@ -244,10 +244,13 @@ class RobustDPO(L.LightningModule):
         collate = PairCollator(datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None))
         batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)
 
-        def compute(dataset) -> ReferenceLogps:
+        progress = self.trainer.progress_bar_callback is not None
+
+        def compute(dataset, name: str) -> ReferenceLogps:
             return compute_reference_logps(
                 model, dataset, collate, batch_size, strategy.root_device, strategy.global_rank, strategy.world_size,
-                gather=self.all_gather, forward=self._reference_forward,
+                gather=self.all_gather, forward=self._reference_forward, progress=progress,
+                description=f"reference log-probs {name}",
             )  # fmt: skip
 
         was_training = self.training

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from rdpo_lightning.data.collate import REFERENCE_COLUMNS
 from rdpo_lightning.logprobs import token_logprobs
@@ -138,18 +139,22 @@ def compute_reference_logps(
     gather: Callable[[Tensor], Tensor] | None = None,
     forward: Callable[[nn.Module, dict[str, Tensor]], Tensor] | None = None,
     chunk_rows: int | None = None,
+    progress: bool = False,
+    description: str = "reference log-probs",
 ) -> ReferenceLogps:
     """Sums and counts of response-token log-probs of every row of ``dataset`` under ``model``.
 
     ``forward(model, batch)`` returns the logits (default: ``model(input_ids, attention_mask).logits``); pass one that
     routes through the strategy's wrapper when the model is sharded. ``gather`` all-gathers a (per_rank, 4) tensor to
-    (W, per_rank, 4) across ranks.
+    (W, per_rank, 4) across ranks. ``progress`` shows a bar on rank 0 (a real model over a real data set takes
+    minutes here).
     """
     forward = forward or _plain_forward
     rows = len(dataset)
     indices = shard_indices(rows, rank, world_size)
     pieces = []
-    for start in range(0, len(indices), batch_size):
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc=description, unit="batch", disable=not progress or rank != 0, leave=False):
         batch = collate([dataset[i] for i in indices[start : start + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = forward(model, batch)
@@ -238,8 +243,11 @@ class ReferencePrecomputation:
         """Whether some split is not cached, so a reference model must compute it."""
         return any(split.cached is None for split in self.splits)
 
-    def run(self, trainer, length_normalized: bool, compute: Callable[[object], ReferenceLogps] | None = None) -> None:
-        """Attach cached splits; ``compute(dataset)`` the others (every rank its shard), save them (rank 0), attach."""
+    def run(
+        self, trainer, length_normalized: bool, compute: Callable[[object, str], ReferenceLogps] | None = None
+    ) -> None:
+        """Attach cached splits; ``compute(dataset, split_name)`` the others (every rank its shard), save them
+        (rank 0), attach."""
         from lightning.pytorch.utilities import rank_zero_info
 
         strategy = trainer.strategy
@@ -251,7 +259,7 @@ class ReferencePrecomputation:
             elif compute is None:
                 raise RuntimeError(f"reference log-probs of split {split.name!r} are not cached and cannot be computed")
             else:
-                logps = compute(without_reference(dataset))
+                logps = compute(without_reference(dataset), split.name)
                 where = "computed and saved to cache "
                 where += str(self.cache.save(split.key, logps)) if strategy.global_rank == 0 else "(by rank 0)"
                 strategy.barrier()
