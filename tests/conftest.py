@@ -87,3 +87,25 @@ def tiny_reference_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir:
     directory = tmp_path_factory.mktemp("tiny_gpt2_reference")
     GPT2LMHeadModel(GPT2Config.from_pretrained(tiny_model_dir)).save_pretrained(directory)
     return directory
+
+
+def read_scalars(root: Path) -> dict[str, dict[int, float]]:
+    """tag → {step: value} from every TensorBoard event file under ``root``."""
+    from collections import defaultdict
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for event_file in sorted(root.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                out[tag][event.step] = event.value
+    return dict(out)
+
+
+@pytest.fixture()
+def tensorboard_scalars():
+    """The reader of logged scalars, ``tensorboard_scalars(root)`` → {tag: {step: value}} (real event files)."""
+    return read_scalars

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rdpo_lightning.cli import main
 
@@ -42,21 +41,12 @@ def small_run_args(root: Path) -> list[str]:
     ]
 
 
-def scalar_tags(root: Path) -> set[str]:
-    tags: set[str] = set()
-    for event_file in root.rglob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(event_file))
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
-    return tags
-
-
 @pytest.mark.parametrize("strategy", ["none", "kl", "wasserstein"])
-def test_fit_then_validate(tmp_path: Path, strategy: str):
+def test_fit_then_validate(tmp_path: Path, strategy: str, tensorboard_scalars):
     base = ["-c", str(CONFIGS / "quickstart.yaml"), "-c", str(CONFIGS / "robust" / f"{strategy}.yaml")]
     cli = main(["fit", *base, *small_run_args(tmp_path)])
     assert cli.trainer.global_step == 3
-    tags = scalar_tags(tmp_path)
+    tags = set(tensorboard_scalars(tmp_path))
     expected = {"train/loss", *(f"train/{t}" for t in PAIR_TAGS), *(f"val/{t}" for t in [*PAIR_TAGS, "loss"])}
     expected |= {f"val/alpha=1.00/{t}" for t in ("loss", "accuracy")} | {"val/worst_case/loss"}
     expected |= set(STRATEGY_TAGS[strategy])

@@ -7,22 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rdpo_lightning.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EMOTIONS = ["sadness", "joy", "love", "anger", "fear"]
 WORDS = ["happy", "sunny", "gloomy", "rain", "river", "road", "letter", "garden", "night", "rage", "terror", "tears"]
-
-
-def scalar_tags(root: Path) -> set[str]:
-    tags: set[str] = set()
-    for event_file in root.rglob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(event_file))
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
-    return tags
 
 
 def run_args(root: Path) -> list[str]:
@@ -34,7 +24,7 @@ def run_args(root: Path) -> list[str]:
     ]
 
 
-def test_quickstart_logs_one_validation_result_per_mixture(tmp_path):
+def test_quickstart_logs_one_validation_result_per_mixture(tmp_path, tensorboard_scalars):
     args = [
         "--trainer.max_epochs=1",
         "--trainer.val_check_interval=1.0",
@@ -47,7 +37,7 @@ def test_quickstart_logs_one_validation_result_per_mixture(tmp_path):
     cli = main(["fit", "-c", str(CONFIGS / "quickstart.yaml"), *run_args(tmp_path), *args])
     names = cli.datamodule.val_names
     assert names == ["alpha=0.10", "alpha=0.00", "alpha=0.25", "alpha=0.50", "alpha=0.75", "alpha=1.00"]
-    tags = scalar_tags(tmp_path)
+    tags = set(tensorboard_scalars(tmp_path))
     for name in names:
         assert {f"val/{name}/loss", f"val/{name}/accuracy"} <= tags, name
     assert not {t for t in tags if t.startswith("val/") and t.endswith("/loss")} - {
@@ -87,7 +77,9 @@ def small_paper_args(root: Path, model: Path) -> list[str]:
     ]
 
 
-def test_emotion_gpt2_config_runs_on_the_world_and_on_scored_completions(tmp_path, tiny_model_dir, world_tokenizer_dir):
+def test_emotion_gpt2_config_runs_on_the_world_and_on_scored_completions(
+    tmp_path, tiny_model_dir, world_tokenizer_dir, tensorboard_scalars
+):
     config = ["-c", str(CONFIGS / "paper" / "emotion_gpt2.yaml")]
     overrides = [
         *small_paper_args(tmp_path / "world", tiny_model_dir),
@@ -114,7 +106,7 @@ def test_emotion_gpt2_config_runs_on_the_world_and_on_scored_completions(tmp_pat
     cli = main(["fit", *stacked, *overrides])
     assert type(cli.datamodule).__name__ == "ScoredCompletionsDataModule"
     assert cli.trainer.global_step == 2 and cli.datamodule.val_names[0] == "alpha=0.10"
-    assert "val/alpha=1.00/loss" in scalar_tags(tmp_path / "scored")
+    assert "val/alpha=1.00/loss" in tensorboard_scalars(tmp_path / "scored")
 
 
 def test_helpsteer_llama_config_loads_a_local_helpsteer_layout(tmp_path, tiny_model_dir, chat_tokenizer_dir):
@@ -147,7 +139,7 @@ def test_helpsteer_llama_config_loads_a_local_helpsteer_layout(tmp_path, tiny_mo
     assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == 5e-7
 
 
-def test_group_robust_configs_stack_on_the_quickstart(tmp_path):
+def test_group_robust_configs_stack_on_the_quickstart(tmp_path, tensorboard_scalars):
     args = [
         "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1",
@@ -167,6 +159,6 @@ def test_group_robust_configs_stack_on_the_quickstart(tmp_path):
         config = ["-c", str(CONFIGS / "quickstart.yaml"), "-c", str(CONFIGS / "robust" / f"{name}.yaml")]
         cli = main(["fit", *config, *run_args(root), *args])
         assert cli.trainer.global_step == 2
-        assert tags <= scalar_tags(root), name
+        assert tags <= set(tensorboard_scalars(root)), name
     assert set(cli.datamodule.train_dataset["group"]) == {0, 1}
     assert cli.model.robust.group_weights.tolist() != [0.5, 0.5]

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rdpo_lightning.cli import main
 
@@ -83,18 +81,6 @@ def fit_args(root: Path, strategy: str, callbacks: Path, seed: int = 0) -> list[
     ]
 
 
-def scalars(root: Path) -> dict[str, dict[int, float]]:
-    """tag → {step: value} from every TensorBoard event file under ``root``."""
-    out: dict[str, dict[int, float]] = defaultdict(dict)
-    for event_file in sorted(root.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(event_file))
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            for event in accumulator.Scalars(tag):
-                out[tag][event.step] = event.value
-    return dict(out)
-
-
 def assert_same_state(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
     different = [name for name in want if not torch.equal(got[name], want[name])]
@@ -113,7 +99,7 @@ def helpers_importable(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{TESTS}")
 
 
-def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_importable):
+def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_importable, tensorboard_scalars):
     saving = checkpoint_config(tmp_path / "checkpoints.yaml")
     killing = checkpoint_config(tmp_path / "checkpoints_and_kill.yaml", kill_after=KILL_AFTER)
     spec = [{"name": name, "argv": fit_args(tmp_path / name / "killed", name, killing)} for name in STRATEGIES]
@@ -157,7 +143,10 @@ def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_i
             assert float(at_kill["robust.running_loss"]) > 0 and int(at_kill["robust.updates"]) == KILL_AFTER
 
         # every scalar the resumed fit logged equals the uninterrupted fit's at the same step
-        want, got = scalars(tmp_path / name / "uninterrupted"), scalars(tmp_path / name / "resumed")
+        want, got = (
+            tensorboard_scalars(tmp_path / name / "uninterrupted"),
+            tensorboard_scalars(tmp_path / name / "resumed"),
+        )
         assert {"train/loss", "train/pair_loss", "val/loss"} <= got.keys()
         for tag, series in got.items():
             if tag == "hp_metric":  # TensorBoardLogger's placeholder, written at step 0 by every fit
@@ -167,13 +156,13 @@ def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_i
         assert len(got["train/loss"]) == MAX_STEPS - KILL_AFTER
 
 
-def test_same_seed_same_metrics_twice_and_another_seed_differs(tmp_path: Path, helpers_importable):
+def test_same_seed_same_metrics_twice_and_another_seed_differs(tmp_path: Path, helpers_importable, tensorboard_scalars):
     saving = checkpoint_config(tmp_path / "checkpoints.yaml")
     runs = {
         label: main(fit_args(tmp_path / label, "kl", saving, seed=seed))
         for label, seed in (("first", 0), ("second", 0), ("other_seed", 1))
     }
-    first, second, other = (scalars(tmp_path / label) for label in runs)
+    first, second, other = (tensorboard_scalars(tmp_path / label) for label in runs)
     assert first == second
     assert_same_state(runs["second"].model.state_dict(), runs["first"].model.state_dict())
     assert first["train/loss"] != other["train/loss"]
