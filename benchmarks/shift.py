@@ -97,6 +97,7 @@ class RunResult:
     loss: dict[str, float]
     reward: dict[str, float]
     margin: dict[str, float]
+    input_grad_sq: float
     fit_seconds: float
     eval_seconds: float
 
@@ -191,6 +192,22 @@ def evaluate(args: argparse.Namespace, module, datamodule, seed: int) -> dict[st
     return out
 
 
+def input_gradient_sq_norm(module, datamodule) -> float:
+    """Mean per-pair ‖∇_z ℓ‖² (z: input embeddings, chosen + rejected) over the first held-out batch at α₀: the
+    quantity WDPO penalises, measured the way the penalty measures it."""
+    import torch
+
+    from rdpo_lightning.robust.wasserstein import pair_gradient_sq_norms
+
+    batch = next(iter(datamodule.val_dataloader()[0]))
+    reference = module.reference_logps(batch)
+    with torch.enable_grad():
+        pairs, _ = module.policy_forward(batch, reference, capture=True)
+        (grad,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings)
+    module.policy.zero_grad(set_to_none=True)
+    return float(pair_gradient_sq_norms(grad).mean())
+
+
 def train_and_evaluate(args: argparse.Namespace, method: Method, seed: int, cache_dir: str) -> RunResult:
     import lightning as L
 
@@ -201,8 +218,14 @@ def train_and_evaluate(args: argparse.Namespace, method: Method, seed: int, cach
     quiet_trainer(max_epochs=args.epochs, limit_val_batches=0).fit(module, datamodule)
     fitted = time.perf_counter()
     metrics = evaluate(args, module, datamodule, seed)
+    grad_sq = input_gradient_sq_norm(module, datamodule)
     return RunResult(
-        method.name, seed, **metrics, fit_seconds=fitted - start, eval_seconds=time.perf_counter() - fitted
+        method.name,
+        seed,
+        **metrics,
+        input_grad_sq=grad_sq,
+        fit_seconds=fitted - start,
+        eval_seconds=time.perf_counter() - fitted,
     )
 
 
@@ -218,7 +241,15 @@ def evaluate_reference(args: argparse.Namespace, seed: int, cache_dir: str) -> R
     start = time.perf_counter()
     metrics = evaluate(args, module, datamodule, seed)
     metrics["accuracy"] = {a: math.nan for a in metrics["accuracy"]}  # π = π_ref: every margin is 0, a tie
-    return RunResult("reference policy", seed, **metrics, fit_seconds=0.0, eval_seconds=time.perf_counter() - start)
+    grad_sq = input_gradient_sq_norm(module, datamodule)
+    return RunResult(
+        "reference policy",
+        seed,
+        **metrics,
+        input_grad_sq=grad_sq,
+        fit_seconds=0.0,
+        eval_seconds=time.perf_counter() - start,
+    )
 
 
 def data_reference(args: argparse.Namespace, seed: int, cache_dir: str) -> DataReference:
@@ -260,12 +291,14 @@ def per_seed_worst(run: RunResult, metric: str) -> tuple[float, str]:
     return values[alpha], alpha
 
 
-def cell(values: list[float], digits: int = 3) -> str:
+def cell(values: list[float], digits: int = 3, fmt: str | None = None) -> str:
+    """``mean ± std`` of the non-NaN values, fixed-point with ``digits`` decimals (or in the format ``fmt``)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "—"
     mean, std = mean_std(finite)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    fmt = fmt or f".{digits}f"
+    return f"{mean:{fmt}} ± {std:{fmt}}"
 
 
 def per_alpha_table(
@@ -287,15 +320,18 @@ def worst_case_table(
     """One row per method. ``columns``: (metric, kind), kind ``at`` (value at α₀), ``worst`` (per-seed worst over
     α, mean ± std) or ``delta`` (that worst minus DPO's with the same seed); then where the worst cases lie."""
     dpo = {r.seed: r for r in results.get("DPO", [])}
-    titles = {"at": "{} at a0", "worst": "worst {}", "delta": "Δ vs DPO"}
-    header = f"{'method':<28}{'seeds':>6}" + "".join(f"{titles[k].format(m):>17}" for m, k in columns)
+    titles = {"at": "{} at a0", "worst": "worst {}", "delta": "Δ vs DPO", "value": "|grad_z loss|^2"}
+    width = {m: 21 if m == "input_grad_sq" else 17 for m, _ in columns}  # 21: room for "1.23e-04 ± 5.67e-05"
+    header = f"{'method':<28}{'seeds':>6}" + "".join(f"{titles[k].format(m):>{width[m]}}" for m, k in columns)
     header += "  worst at alpha"
     lines = [header, "-" * len(header)]
     for method in order:
         runs = results[method.name]
         row = f"{method.name:<28}{len(runs):>6}"
         for metric, kind in columns:
-            if kind == "at":
+            if kind == "value":
+                values = [getattr(r, metric) for r in runs]
+            elif kind == "at":
                 values = [getattr(r, metric)[train_key] for r in runs]
             elif kind == "worst":
                 values = [per_seed_worst(r, metric)[0] for r in runs]
@@ -303,7 +339,8 @@ def worst_case_table(
                 values = []
             else:
                 values = [per_seed_worst(r, metric)[0] - per_seed_worst(dpo[r.seed], metric)[0] for r in runs]
-            row += f"{cell(values):>17}"
+            text = cell(values, fmt=".2e") if metric == "input_grad_sq" else cell(values)
+            row += f"{text:>{width[metric]}}"
         worst_metrics = dict.fromkeys(m for m, k in columns if k == "worst")
         spots = [f"{m} " + ",".join(sorted({per_seed_worst(r, m)[1] for r in runs})) for m in worst_metrics]
         lines.append(row + "  " + "; ".join(spots))
@@ -362,6 +399,7 @@ def format_report(
         ("accuracy", "worst"),
         ("accuracy", "delta"),
         ("margin", "at"),
+        ("input_grad_sq", "value"),
         ("loss", "at"),
         ("loss", "worst"),
         ("loss", "delta"),
@@ -373,7 +411,9 @@ def format_report(
     definition = (
         "Worst case = per seed, the minimum over alpha of accuracy (reward) or the maximum of the loss; then mean ± "
         "std over seeds. 'at a0' = at the training alpha0. Δ vs DPO = per-seed difference to DPO with the same seed "
-        "(same data and initial weights)."
+        "(same data and initial weights).\n|grad_z loss|^2 = mean per-pair squared norm of the pair loss's gradient "
+        "with respect to the input embeddings (the quantity WDPO penalises), over the first 256 held-out pairs at "
+        f"alpha0; reference policy: {cell([r.input_grad_sq for r in references], fmt='.2e')}."
     )
     return "\n\n".join(
         [

@@ -37,6 +37,7 @@ def test_per_seed_worst_case_picks_the_worst_alpha_of_each_metric():
         loss={"0.00": 0.5, "0.50": 0.9, "1.00": 0.8},
         reward={"0.00": 0.3, "0.50": 0.2, "1.00": 0.1},
         margin={"0.00": 0.1, "0.50": 0.0, "1.00": -0.1},
+        input_grad_sq=1.0,
         fit_seconds=0.0,
         eval_seconds=0.0,
     )
@@ -97,6 +98,7 @@ def test_tiny_run_writes_table_plot_and_raw_results(tiny_run):
         assert all(0.0 <= v <= 1.0 for v in r["accuracy"].values())
         assert all(0.0 <= v <= 1.0 for v in r["reward"].values())
         assert all(math.isfinite(v) and v > 0 for v in r["loss"].values())
+        assert math.isfinite(r["input_grad_sq"]) and r["input_grad_sq"] > 0
     for d in raw["data"]:
         assert d["flips"]["0.10"] == 0.0  # alpha0 never disagrees with itself
         for key in ("oracle_train", "oracle_bayes", "flips"):
