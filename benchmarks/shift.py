@@ -430,6 +430,22 @@ def format_report(
 
 
 # --- the plot -----------------------------------------------------------------------------------------------------
+def sweep_colours(configurations: list[Method]) -> dict[Method, tuple]:
+    """DPO blue; each robust family in shades of its colour, darker for a larger hyperparameter."""
+    from matplotlib import colormaps
+
+    maps = {"KLDPO": colormaps["Oranges"], "WDPO": colormaps["Greens"]}
+    colours: dict[Method, tuple] = {}
+    for method in configurations:
+        if method.family not in maps:
+            colours[method] = colormaps["tab10"](0)
+    for family, cmap in maps.items():
+        members = sorted((m for m in configurations if m.family == family), key=lambda m: float(m.hparam.split("=")[1]))
+        for i, method in enumerate(members):
+            colours[method] = cmap(0.45 + 0.5 * i / max(1, len(members) - 1))
+    return colours
+
+
 def plot(args, main, sweep, results, references, data, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -462,18 +478,15 @@ def plot(args, main, sweep, results, references, data, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
         sweep_ax = axes[1, column]
-        palette = iter(
-            ["tab:blue", "#f5b041", "tab:orange", "#a04000", "#82e0aa", "tab:green", "#145a32", "tab:purple"]
-        )
-        for method in [main[0]] + sorted(main[1:] + sweep, key=lambda m: (m.family, m.name)):
-            band(sweep_ax, [getattr(r, metric) for r in results[method.name]], method.name, ".-", next(palette), False)
+        for method, colour in sweep_colours(main + sweep).items():
+            band(sweep_ax, [getattr(r, metric) for r in results[method.name]], method.name, ".-", colour, False)
         sweep_ax.set_title(f"{metric}: τ and ρ sweep (mean over seeds)")
         sweep_ax.set_xlabel("α")
         sweep_ax.axvline(args.train_alpha, color="tab:red", linewidth=0.8, linestyle="--")
         sweep_ax.grid(alpha=0.3)
         sweep_ax.legend(fontsize="x-small")
     figure.suptitle(f"Trained at α0 = {args.train_alpha:g} (red line) on the attribute world; final weights")
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=90)
 
 
 # --- command line -------------------------------------------------------------------------------------------------
@@ -513,6 +526,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="directory for shift.txt/.png/.json")
     p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (the table is always printed)")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-render the table and plot of a saved shift.json (no training; its own settings apply)",
+    )
     args = p.parse_args(argv)
     if args.tiny:
         args.seeds, args.sweep_seeds = 2, 1
@@ -546,13 +565,22 @@ def silence_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)`? is deprecated.*")
 
 
-def main(argv: list[str] | None = None) -> str:
-    args = parse_args(argv)
+@dataclass
+class Outcome:
+    """Everything one benchmark run measured."""
+
+    results: dict[str, list[RunResult]]
+    references: list[RunResult]
+    data: list[DataReference]
+    seconds: float
+
+
+def run_all(args: argparse.Namespace, main_methods: list[Method], sweep_methods: list[Method]) -> Outcome:
+    """The reference rows of every seed, then every (method, seed) run, with a progress line after each."""
     import torch
 
     torch.set_num_threads(args.threads)
     silence_libraries()
-    main_methods, sweep_methods = methods(args)
     plan = [(m, s) for s in range(args.seeds) for m in main_methods]
     plan += [(m, s) for s in range(args.sweep_seeds) for m in sweep_methods]
     total = len(plan) + args.seeds
@@ -581,21 +609,49 @@ def main(argv: list[str] | None = None) -> str:
                 f"{run.eval_seconds:.1f} s; worst accuracy {worst_acc:.3f} at alpha={at}; elapsed "
                 f"{elapsed / 60:.1f} min, ~{eta / 60:.1f} min left"
             )
-    seconds = time.perf_counter() - started
-    report = format_report(args, main_methods, sweep_methods, results, references, data, seconds)
+    return Outcome(results, references, data, time.perf_counter() - started)
+
+
+def load_outcome(path: Path, out: Path) -> tuple[argparse.Namespace, Outcome]:
+    """A saved ``shift.json``: the arguments it ran with (``out`` replaced) and what it measured."""
+    raw = json.loads(path.read_text())
+    args = argparse.Namespace(**{**raw["args"], "out": out, "quiet": False})
+    results: dict[str, list[RunResult]] = {}
+    for run in raw["runs"]:
+        results.setdefault(run["method"], []).append(RunResult(**run))
+    references = [RunResult(**r) for r in raw["reference_policy"]]
+    data = [DataReference(**d) for d in raw["data"]]
+    return args, Outcome(results, references, data, raw["wall_seconds"])
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    if args.from_json is not None:  # re-render a saved run: no training
+        quiet = args.quiet
+        args, outcome = load_outcome(args.from_json, args.out)
+        args.quiet = quiet
+        main_methods, sweep_methods = methods(args)
+    else:
+        main_methods, sweep_methods = methods(args)
+        outcome = run_all(args, main_methods, sweep_methods)
+    o = outcome
+    report = format_report(args, main_methods, sweep_methods, o.results, o.references, o.data, o.seconds)
     print(report, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "shift.txt").write_text(report + "\n")
-    plot(args, main_methods, sweep_methods, results, references, data, args.out / "shift.png")
+    plot(args, main_methods, sweep_methods, o.results, o.references, o.data, args.out / "shift.png")
     raw = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "wall_seconds": seconds,
-        "runs": [asdict(r) for runs in results.values() for r in runs],
-        "reference_policy": [asdict(r) for r in references],
-        "data": [asdict(d) for d in data],
+        "args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("from_json", "quiet")
+        },
+        "wall_seconds": o.seconds,
+        "runs": [asdict(r) for runs in o.results.values() for r in runs],
+        "reference_policy": [asdict(r) for r in o.references],
+        "data": [asdict(d) for d in o.data],
     }
     (args.out / "shift.json").write_text(json.dumps(raw, indent=1) + "\n")
-    progress(f"wrote {args.out / 'shift.txt'}, {args.out / 'shift.png'}, {args.out / 'shift.json'}")
+    if not args.quiet:
+        print(f"wrote {args.out / 'shift.txt'}, {args.out / 'shift.png'}, {args.out / 'shift.json'}", file=sys.stderr)
     return report
 
 

@@ -119,3 +119,14 @@ def test_table_worst_case_matches_the_raw_runs(tiny_run):
         cells = re.split(r"\s{2,}", line.strip())  # name, seeds, accuracy at alpha0, worst accuracy, ...
         assert cells[1] == str(len(worst))
         assert cells[3] == shift.cell(worst), (name, line)
+
+
+def test_saved_run_re_renders_to_the_same_table(tiny_run, tmp_path: Path):
+    run, out = tiny_run
+    report = shift.main(["--from-json", str(out / "shift.json"), "--out", str(tmp_path), "--quiet"])
+    assert report.strip() == run.stdout.strip()
+    assert (tmp_path / "shift.png").read_bytes().startswith(b"\x89PNG")
+    again, first = (json.loads((d / "shift.json").read_text()) for d in (tmp_path, out))
+    assert again["args"].pop("out") == str(tmp_path)
+    first["args"].pop("out")
+    assert again == first
