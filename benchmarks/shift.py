@@ -29,8 +29,8 @@ Worst case: for each seed, the minimum over α of that seed's accuracy (or rewar
 table gives the mean ± std of these per-seed worst cases over seeds, and the paired difference to DPO with the same
 seed.
 
-    PYTHONPATH=$PWD python benchmarks/shift.py                 # default size (see --help), ~10 min on 2 cores
-    PYTHONPATH=$PWD python benchmarks/shift.py --tiny          # smoke test, well under a minute
+    PYTHONPATH=$PWD python benchmarks/shift.py            # default size (see --help): 8.7 min, shared 2-core CPU
+    PYTHONPATH=$PWD python benchmarks/shift.py --tiny     # smoke test, about 10 s
 """
 
 from __future__ import annotations
@@ -322,12 +322,13 @@ def worst_case_table(
     dpo = {r.seed: r for r in results.get("DPO", [])}
     titles = {"at": "{} at a0", "worst": "worst {}", "delta": "Δ vs DPO", "value": "|grad_z loss|^2"}
     width = {m: 21 if m == "input_grad_sq" else 17 for m, _ in columns}  # 21: room for "1.23e-04 ± 5.67e-05"
-    header = f"{'method':<28}{'seeds':>6}" + "".join(f"{titles[k].format(m):>{width[m]}}" for m, k in columns)
+    name_width = max([28] + [len(m.name) + 2 for m in order])
+    header = f"{'method':<{name_width}}{'seeds':>6}" + "".join(f"{titles[k].format(m):>{width[m]}}" for m, k in columns)
     header += "  worst at alpha"
     lines = [header, "-" * len(header)]
     for method in order:
         runs = results[method.name]
-        row = f"{method.name:<28}{len(runs):>6}"
+        row = f"{method.name:<{name_width}}{len(runs):>6}"
         for metric, kind in columns:
             if kind == "value":
                 values = [getattr(r, metric) for r in runs]
