@@ -545,6 +545,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sweep_seeds = args.seeds
     if args.seeds < 1 or args.sweep_seeds < 1:
         p.error("--seeds and --sweep-seeds must be >= 1")
+    if args.sweep_seeds > args.seeds:
+        p.error("--sweep-seeds must be <= --seeds: every sweep run is compared with DPO's run of the same seed")
     if not all(0 <= a <= 1 for a in [*args.alphas, args.train_alpha]):
         p.error("alphas must lie in [0, 1]")
     return args
