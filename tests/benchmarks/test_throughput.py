@@ -32,13 +32,10 @@ def table_rows(text: str, first_cell: set[str]) -> dict[str, list[str]]:
     return rows
 
 
-def test_tiny_run_prints_a_row_per_configuration(tmp_path: Path) -> None:
-    pytest.importorskip("trl")
-    throughput = load_script()
-    out = tmp_path / "throughput.md"
+def run_tiny(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), RDPO_CACHE=str(tmp_path / "cache"))
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)],
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(tmp_path / "throughput.md"), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -46,6 +43,25 @@ def test_tiny_run_prints_a_row_per_configuration(tmp_path: Path) -> None:
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def test_tiny_run_without_trl_times_our_configurations(tmp_path: Path) -> None:
+    """Our side of the benchmark needs no TRL (the ``bench`` extra): it runs, and rows of TRL are absent."""
+    throughput = load_script()
+    run = run_tiny(tmp_path, "--skip-trl", "--methods", "dpo,kldpo,wdpo-fd")
+    rows = table_rows(run.stdout, set(throughput.CONFIGS))
+    assert set(rows) == {"dpo", "kldpo", "wdpo-finite_difference"}
+    header = table_rows(run.stdout, {"config"})["config"]
+    step = {name: float(cells[header.index("median step (s)")]) for name, cells in rows.items()}
+    assert all(math.isfinite(v) and v > 0 for v in step.values()), step
+
+
+def test_tiny_run_prints_a_row_per_configuration(tmp_path: Path) -> None:
+    pytest.importorskip("trl", reason="TRL is the bench extra: pip install -e '.[bench]'")
+    throughput = load_script()
+    out = tmp_path / "throughput.md"
+    run = run_tiny(tmp_path)
     assert out.read_text().strip() == run.stdout.strip()
     rows = table_rows(run.stdout, set(throughput.CONFIGS))
     assert set(rows) == set(throughput.CONFIGS)
