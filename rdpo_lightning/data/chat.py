@@ -57,7 +57,8 @@ def render_pair(
 ) -> dict[str, Any]:
     """A row with ``prompt`` (text, messages or absent/None), ``chosen`` and ``rejected`` → three strings.
 
-    A null value stays null (the row checks count it as a skip); a row whose prompt cannot be found gets a
+    A null value stays null (the row checks count it as a skip; a null in a configured prompt column is a missing
+    value, not a request to find the prompt in the responses); a row whose prompt cannot be found gets a
     ``render_problem`` (counted and skipped); a value of the wrong kind is an error naming the split, row and
     column. With ``use_chat_template`` every part is rendered through the template (text becomes a user or
     assistant message); without it, messages are an error, since they have no text form of their own.
@@ -73,8 +74,8 @@ def render_pair(
             raise ValueError(
                 f"{split}, row {index}: column {column!r} holds chat messages but data.apply_chat_template is false"
             )
-    if chosen is None or rejected is None:
-        return _row(None, None, None)
+    if chosen is None or rejected is None or ("prompt" in example and prompt is None):
+        return _row(None, None, None)  # a null in a configured column: the row checks count it
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise ValueError(f"{split}, row {index}: one of chosen/rejected is text and the other chat messages")
 
