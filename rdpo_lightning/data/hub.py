@@ -9,9 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
+
+from rdpo_lightning.data.file_problems import first_problem, silent_problem
 
 #: file extensions read as a single local file, and the ``datasets`` builder that reads them
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+#: what ``datasets`` raises on a malformed file (pandas' parser errors are ValueErrors)
+LOAD_ERRORS = (datasets.exceptions.DatasetGenerationError, pa.lib.ArrowException, ValueError, StopIteration)
 
 
 def load_table(
@@ -24,17 +30,13 @@ def load_table(
     """One split of a data set: ``path`` is a local .json/.jsonl/.parquet/.csv file (its only split is ``train``),
     a local directory (``datasets`` infers splits from file names), or a Hub data set name.
 
-    Errors name ``key`` (the YAML key holding ``path``) and say what was looked for.
+    Errors name ``key`` (the YAML key holding ``path``) and, for a malformed local file, the row, its line and the
+    column.
     """
     local = Path(path).expanduser()
     try:
         if local.is_file():
-            builder = FILE_BUILDERS.get(local.suffix.lower())
-            if builder is None:
-                raise ValueError(f"{key}={path}: unsupported file type {local.suffix!r}; use {sorted(FILE_BUILDERS)}")
-            if split != "train":
-                raise ValueError(f"{key}={path} is a single file, whose only split is 'train'; got split {split!r}")
-            return datasets.load_dataset(builder, data_files=str(local), split="train")
+            return load_file(local, split, key)
         if local.is_dir():
             return datasets.load_dataset(str(local), name, split=split)
         return datasets.load_dataset(path, name, split=split, revision=revision)
@@ -46,6 +48,27 @@ def load_table(
         raise ValueError(
             f"{key}={path}: not a local file or directory, and the Hub data set could not be loaded ({error})"
         ) from error
+
+
+def load_file(file: Path, split: str, key: str) -> datasets.Dataset:
+    """A single local file, checked: malformed rows are errors naming the row and column, not a loader's trace."""
+    builder = FILE_BUILDERS.get(file.suffix.lower())
+    where = f"{key}={file}"
+    if builder is None:
+        raise ValueError(f"{where}: unsupported file type {file.suffix!r}; use {sorted(FILE_BUILDERS)}")
+    if split != "train":
+        raise ValueError(f"{where} is a single file, whose only split is 'train'; got split {split!r}")
+    problem = silent_problem(file)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    try:
+        table = datasets.load_dataset(builder, data_files=str(file), split="train")
+    except LOAD_ERRORS as error:
+        detail = first_problem(file) or f"{type(error).__name__}: {error.__cause__ or error}"
+        raise ValueError(f"{where}: {detail}") from error
+    if len(table) == 0:
+        raise ValueError(f"{where}: the file holds no rows")
+    return table
 
 
 def take(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
