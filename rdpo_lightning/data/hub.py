@@ -6,15 +6,24 @@ itself, and a second load (another rank's ``setup``, the next run) reads the cac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import datasets
+import pandas as pd
 import pyarrow as pa
 
 from rdpo_lightning.data.file_problems import first_problem, silent_problem
 
 #: file extensions read as a single local file, and the ``datasets`` builder that reads them
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+#: pandas' default missing-value markers, kept for CSV columns that are not text (scores, groups)
+CSV_NA_MARKERS = sorted(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA"}
+    | {"NULL", "NaN", "None", "n/a", "nan", "null"}
+)
 
 #: what ``datasets`` raises on a malformed file (pandas' parser errors are ValueErrors)
 LOAD_ERRORS = (datasets.exceptions.DatasetGenerationError, pa.lib.ArrowException, ValueError, StopIteration)
@@ -26,17 +35,19 @@ def load_table(
     name: str | None = None,
     revision: str | None = None,
     key: str = "data.path",
+    text_columns: Sequence[str] = (),
 ) -> datasets.Dataset:
     """One split of a data set: ``path`` is a local .json/.jsonl/.parquet/.csv file (its only split is ``train``),
     a local directory (``datasets`` infers splits from file names), or a Hub data set name.
 
-    Errors name ``key`` (the YAML key holding ``path``) and, for a malformed local file, the row, its line and the
-    column.
+    ``text_columns`` are read from a CSV file verbatim: an empty cell is empty text, ``NA`` or ``null`` is that
+    word and ``007`` stays ``"007"`` (pandas would make them nulls and numbers). Errors name ``key`` (the YAML key
+    holding ``path``) and, for a malformed local file, the row, its line and the column.
     """
     local = Path(path).expanduser()
     try:
         if local.is_file():
-            return load_file(local, split, key)
+            return load_file(local, split, key, text_columns)
         if local.is_dir():
             return datasets.load_dataset(str(local), name, split=split)
         return datasets.load_dataset(path, name, split=split, revision=revision)
@@ -50,7 +61,7 @@ def load_table(
         ) from error
 
 
-def load_file(file: Path, split: str, key: str) -> datasets.Dataset:
+def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()) -> datasets.Dataset:
     """A single local file, checked: malformed rows are errors naming the row and column, not a loader's trace."""
     builder = FILE_BUILDERS.get(file.suffix.lower())
     where = f"{key}={file}"
@@ -62,13 +73,27 @@ def load_file(file: Path, split: str, key: str) -> datasets.Dataset:
     if problem:
         raise ValueError(f"{where}: {problem}")
     try:
-        table = datasets.load_dataset(builder, data_files=str(file), split="train")
+        options = csv_options(file, text_columns) if builder == "csv" else {}
+        table = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except LOAD_ERRORS as error:
         detail = first_problem(file) or f"{type(error).__name__}: {error.__cause__ or error}"
         raise ValueError(f"{where}: {detail}") from error
     if len(table) == 0:
         raise ValueError(f"{where}: the file holds no rows")
     return table
+
+
+def csv_options(file: Path, text_columns: Sequence[str]) -> dict[str, Any]:
+    """``pandas.read_csv`` options that read ``text_columns`` verbatim and every other column as pandas would."""
+    if not text_columns:
+        return {}
+    header = list(pd.read_csv(file, nrows=0).columns)
+    text = [c for c in header if c in text_columns]
+    return {
+        "converters": dict.fromkeys(text, str),
+        "keep_default_na": False,
+        "na_values": {c: CSV_NA_MARKERS for c in header if c not in text},
+    }
 
 
 def take(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:

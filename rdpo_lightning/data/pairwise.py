@@ -108,11 +108,13 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
 
     # --- loading -----------------------------------------------------------------------------------------------
     def _load(self) -> tuple[datasets.Dataset, datasets.Dataset]:
-        train = load_table(self.path, self.train_split, self.name, self.revision)
+        text = [c for c in self.columns.values() if c is not None]
+        train = load_table(self.path, self.train_split, self.name, self.revision, text_columns=text)
         if self.val_path is not None:
-            val = load_table(self.val_path, self.val_split or "train", self.name, self.revision, key="data.val_path")
+            val_split = self.val_split or "train"
+            val = load_table(self.val_path, val_split, self.name, self.revision, "data.val_path", text_columns=text)
         elif self.val_split is not None:
-            val = load_table(self.path, self.val_split, self.name, self.revision)
+            val = load_table(self.path, self.val_split, self.name, self.revision, text_columns=text)
         else:
             parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
             train, val = parts["train"], parts["test"]

@@ -216,13 +216,14 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
 
     # --- splits ------------------------------------------------------------------------------------------------
     def _prompt_groups(self) -> tuple[list[PromptCompletions], list[PromptCompletions]]:
-        train_table = load_table(self.path, self.train_split, self.name, self.revision)
+        text = [self.prompt_column, self.response_column]
+        train_table = load_table(self.path, self.train_split, self.name, self.revision, text_columns=text)
         if self.val_path is not None or self.val_split is not None:
             train = self.group_completions(train_table, "train source rows")
             if self.val_path is not None:
-                val_table = load_table(self.val_path, self.val_split or "train", key="data.val_path")
+                val_table = load_table(self.val_path, self.val_split or "train", key="data.val_path", text_columns=text)
             else:
-                val_table = load_table(self.path, self.val_split, self.name, self.revision)
+                val_table = load_table(self.path, self.val_split, self.name, self.revision, text_columns=text)
             val = self.group_completions(val_table, "validation source rows")
         else:
             groups = self.group_completions(train_table, "source rows")
