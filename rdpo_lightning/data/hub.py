@@ -25,6 +25,9 @@ CSV_NA_MARKERS = sorted(
     | {"NULL", "NaN", "None", "n/a", "nan", "null"}
 )
 
+#: JSON files up to this size are parsed as one block (see :func:`json_options`)
+SINGLE_BLOCK_BYTES = 1 << 30
+
 #: what ``datasets`` raises on a malformed file (pandas' parser errors are ValueErrors)
 LOAD_ERRORS = (datasets.exceptions.DatasetGenerationError, pa.lib.ArrowException, ValueError, StopIteration)
 
@@ -73,7 +76,7 @@ def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()
     if problem:
         raise ValueError(f"{where}: {problem}")
     try:
-        options = csv_options(file, text_columns) if builder == "csv" else {}
+        options = csv_options(file, text_columns) if builder == "csv" else json_options(file)
         table = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except LOAD_ERRORS as error:
         detail = first_problem(file) or f"{type(error).__name__}: {error.__cause__ or error}"
@@ -81,6 +84,18 @@ def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()
     if len(table) == 0:
         raise ValueError(f"{where}: the file holds no rows")
     return table
+
+
+def json_options(file: Path) -> dict[str, Any]:
+    """Read a JSON file up to :data:`SINGLE_BLOCK_BYTES` as one pyarrow block.
+
+    pyarrow's JSON reader (26.0) *segfaults* when a column changes type (text to a list, an object to a number, ...)
+    between the blocks it parses in parallel; within one block the same change is an error ``datasets`` handles. The
+    loader parses a batch of ``chunksize`` bytes in blocks of ``chunksize // 32`` unless the batch is over 8 blocks
+    long, so a file (or the last batch of a larger one) of about 0.3-2.6 MB was read in several blocks.
+    """
+    size = file.stat().st_size
+    return {"chunksize": 32 * (size + 1)} if size <= SINGLE_BLOCK_BYTES else {}
 
 
 def csv_options(file: Path, text_columns: Sequence[str]) -> dict[str, Any]:
