@@ -80,9 +80,25 @@ def _has_lone_surrogate_escape(file: Path) -> bool:
 
 
 # --- describing one value ------------------------------------------------------------------------------------------
-def _bad_text(value: Any) -> str | None:
-    """Why a decoded value is not valid text (undecodable bytes read with ``surrogateescape``, or an unpaired
-    surrogate), looking inside lists and objects; None when it is fine."""
+class _TooBig(str):
+    """A number literal that does not fit in 64 bits (pyarrow and ujson refuse it), kept as its text."""
+
+
+def _parse_float(text: str) -> float | _TooBig:
+    value = float(text)
+    return _TooBig(text) if math.isinf(value) else value
+
+
+def _parse_int(text: str) -> int | _TooBig:
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _TooBig(text)
+
+
+def _bad_value(value: Any) -> str | None:
+    """Why a decoded value cannot be read (text with undecodable bytes, read with ``surrogateescape``, or an unpaired
+    surrogate; a number too big), looking inside lists and objects; None when it is fine."""
+    if isinstance(value, _TooBig):
+        return f"the number {value} does not fit in 64 bits"
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -91,42 +107,29 @@ def _bad_text(value: Any) -> str | None:
             raw = bad.encode("utf-8", "surrogateescape") if all("\udc80" <= c <= "\udcff" for c in bad) else None
             near = value[max(0, error.start - 20) : error.start].encode("utf-8", "replace").decode()
             what = f"bytes {raw!r} that are not UTF-8" if raw else f"an unpaired surrogate {bad!r}"
-            return f"{what} (after {near!r})"
+            return f"text with {what} (after {near!r})"
         return None
     children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     for child in children:
-        problem = _bad_text(child)
+        problem = _bad_value(child)
         if problem:
             return problem
     return None
-
-
-class _Overflow(ValueError):
-    pass
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _Overflow(text)
-    return value
 
 
 def _row_problem(row: Any, where: str) -> str | None:
     if not isinstance(row, dict):
         return f"{where} holds a JSON {type(row).__name__}, expected an object of column: value"
     for column, value in row.items():
-        problem = _bad_text(value)
+        problem = _bad_value(value)
         if problem:
-            return f"{where}, column {column!r}: text with {problem}"
+            return f"{where}, column {column!r}: {problem}"
     return None
 
 
 def _parse(text: str, where: str, one_line: bool) -> tuple[Any, str | None]:
     try:
-        return json.loads(text, parse_float=_parse_float), None
-    except _Overflow as error:
-        return None, f"{where}: the number {error} is too large for a 64-bit float"
+        return json.loads(text, parse_float=_parse_float, parse_int=_parse_int), None
     except json.JSONDecodeError as error:
         at = f"character {error.colno}" if one_line else f"line {error.lineno}, character {error.colno}"
         return None, f"{where}: not valid JSON ({error.msg} at {at})"
@@ -167,8 +170,8 @@ def _csv_problem(file: Path) -> str | None:
         try:
             header = next(reader)
             for column in header:
-                if _bad_text(column):
-                    return f"the header (line 1), column {column!r}: text with {_bad_text(column)}"
+                if _bad_value(column):
+                    return f"the header (line 1), column {column!r}: {_bad_value(column)}"
             row, start = 0, reader.line_num + 1
             for fields in reader:
                 where = f"row {row} (line {start})"
@@ -178,9 +181,9 @@ def _csv_problem(file: Path) -> str | None:
                 if len(fields) != len(header):
                     return f"{where} has {len(fields)} fields, the header has {len(header)}"
                 for column, field in zip(header, fields, strict=True):
-                    problem = _bad_text(field)
+                    problem = _bad_value(field)
                     if problem:
-                        return f"{where}, column {column!r}: text with {problem}"
+                        return f"{where}, column {column!r}: {problem}"
                 row += 1
             if not row:
                 return "the file holds no rows"
