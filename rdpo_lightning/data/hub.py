@@ -76,7 +76,11 @@ def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()
     if problem:
         raise ValueError(f"{where}: {problem}")
     try:
-        options = csv_options(file, text_columns) if builder == "csv" else json_options(file)
+        options = {}
+        if builder == "csv":
+            options = csv_options(file, text_columns)
+        elif builder == "json":
+            options = json_options(file)
         table = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except LOAD_ERRORS as error:
         detail = first_problem(file) or f"{type(error).__name__}: {error.__cause__ or error}"
