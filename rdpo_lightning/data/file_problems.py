@@ -4,8 +4,10 @@
 position, a row counted from the start of some block, or nothing useful; and two problems pass them silently: bytes
 that are not UTF-8 inside JSON text are read, and fail only when the row is decoded, deep inside a later step; an
 unpaired UTF-16 surrogate escape (``"\\ud800"``) in a JSON array is dropped from the text. So a file is checked for
-those two before it is loaded (fast: one C-speed pass), and when either is found or the load fails, the file is read
-again in plain Python to name the row (0-based, as every data error here counts rows), its line and the column.
+those two before it is loaded (fast: one C-speed pass), and a CSV file for a first row with more fields than its
+header (pandas silently takes it for an index and shifts every value one column to the left). When a problem is
+found or the load fails, the file is read again in plain Python to name the row (0-based, as every data error here
+counts rows), its line and the column.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import csv
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +35,12 @@ _LONE_SURROGATE = re.compile(
 
 def silent_problem(file: Path) -> str | None:
     """The problems ``datasets`` would let through (see the module docstring), described; None when there are none."""
-    if file.suffix.lower() not in TEXT_SUFFIXES:
+    suffix = file.suffix.lower()
+    if suffix not in TEXT_SUFFIXES:
         return None
-    if _is_utf8(file) and not (file.suffix.lower() != ".csv" and _has_lone_surrogate_escape(file)):
-        return None
-    return first_problem(file)
+    if not _is_utf8(file) or (suffix != ".csv" and _has_lone_surrogate_escape(file)):
+        return first_problem(file)
+    return _csv_first_row_problem(file) if suffix == ".csv" else None
 
 
 def first_problem(file: Path) -> str | None:
@@ -164,9 +169,35 @@ def _json_array_problem(file: Path) -> str | None:
     return None if value else "the file holds no rows"
 
 
+@contextmanager
+def _csv_reader(file: Path, **kwargs: Any) -> Iterator[Any]:
+    """``csv.reader`` over the file, undecodable bytes kept as surrogates, without the 128 kB limit on a field (a
+    huge row is legal; pandas has no such limit), which is restored after."""
+    limit = csv.field_size_limit(sys.maxsize)
+    try:
+        with file.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
+            yield csv.reader(handle, **kwargs)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_first_row_problem(file: Path) -> str | None:
+    """pandas takes a first row with more fields than the header for a row with an index column: every value
+    shifts one column to the left, silently. Later rows with the wrong count are errors pandas raises itself."""
+    with _csv_reader(file) as reader:
+        header = next(reader, None)
+        start = reader.line_num + 1
+        for fields in reader:
+            if fields:  # the first row
+                if header is not None and len(fields) > len(header):
+                    return f"row 0 (line {start}) has {len(fields)} fields, the header has {len(header)}"
+                return None
+            start = reader.line_num + 1
+    return None
+
+
 def _csv_problem(file: Path) -> str | None:
-    with file.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        reader = csv.reader(handle, strict=True)
+    with _csv_reader(file, strict=True) as reader:
         try:
             header = next(reader)
             for column in header:
@@ -178,7 +209,7 @@ def _csv_problem(file: Path) -> str | None:
                 start = reader.line_num + 1
                 if not fields:  # a blank line is no row (pandas skips it too)
                     continue
-                if len(fields) != len(header):
+                if len(fields) > len(header):  # fewer are missing values, as pandas reads them
                     return f"{where} has {len(fields)} fields, the header has {len(header)}"
                 for column, field in zip(header, fields, strict=True):
                     problem = _bad_value(field)
