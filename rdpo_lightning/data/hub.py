@@ -87,6 +87,10 @@ def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()
         raise ValueError(f"{where}: {detail}") from error
     if len(table) == 0:
         raise ValueError(f"{where}: the file holds no rows")
+    if builder == "json" and table.column_names == ["text"]:  # how datasets reads rows that are not JSON objects
+        problem = first_problem(file)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
     return table
 
 

@@ -152,7 +152,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             wanted["group"] = self.group_column
             keys.append("data.group_column")
         source = self._sources[split]
-        require_columns(dataset, wanted.values(), f"{split} ({source})", keys)
+        require_columns(dataset.remove_columns(SOURCE_ROW), wanted.values(), f"{split} ({source})", keys)
         dataset = dataset.select_columns([*wanted.values(), SOURCE_ROW])
         dataset = dataset.rename_columns({c: role for role, c in wanted.items() if c != role})
         group = list(dataset["group"]) if "group" in dataset.column_names else None
