@@ -8,6 +8,8 @@ class's row checks, tokenisation and drop accounting.
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
@@ -202,9 +204,10 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         """Integer groups pass through; names become indices into the sorted names seen in training."""
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             return list(values)
-        if any(v is None for v in values):
-            row = source_rows[values.index(None)]
-            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null")
+        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
+        if missing:
+            row = source_rows[missing[0]]
+            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN")
         names = [str(v) for v in values]
         if self.group_names is None:
             self.group_names = sorted(set(names))
