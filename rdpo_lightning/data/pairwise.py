@@ -8,17 +8,21 @@ class's row checks, tokenisation and drop accounting.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
 from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.hub import check_fraction, load_table, take
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 TEXT_FEATURES = datasets.Features(
     {
@@ -125,6 +129,8 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
         self.seed = seed
         self.group_names: list[str] | None = None
+        #: held-out pairs whose prompt also occurs in training (when ``val_fraction`` carves the held-out set)
+        self.shared_prompts = 0
 
     def build_tokenizer(self):
         return load_tokenizer(self.tokenizer_name)
@@ -222,4 +228,18 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         self.group_names = None
         train = self._normalise("train", train, with_groups=True)
         val = self._normalise(self.val_name, val, with_groups=False)
+        if self.val_path is None and self.val_split is None:
+            self._report_shared_prompts(train, val)
         return train, {self.val_name: val}
+
+    def _report_shared_prompts(self, train: datasets.Dataset, val: datasets.Dataset) -> None:
+        """Duplicate prompts are kept (several pairs per prompt are normal), but ``val_fraction`` holds out rows, not
+        prompts: held-out pairs whose prompt also trains are counted and logged, since they flatter held-out metrics."""
+        seen = set(train["prompt"])
+        self.shared_prompts = sum(prompt in seen for prompt in val["prompt"])
+        if self.shared_prompts:
+            rank_zero_only(log.warning)(
+                "%s: %d of %d held-out pairs share their prompt with training pairs (data.val_fraction holds out "
+                "rows, not prompts; give data.val_path or data.val_split for a clean held-out set)",
+                self.val_name, self.shared_prompts, len(val),
+            )  # fmt: skip
