@@ -28,7 +28,7 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 #: drop reasons, as counted and logged
 NO_ROOM = "prompt leaves no room for a response within max_length"
 TRUNCATED = "response longer than max_length allows (drop_truncated)"
-IDENTICAL_AFTER_TRUNCATION = "chosen and rejected identical after truncation"
+IDENTICAL_AFTER_TRUNCATION = "chosen and rejected identical after tokenisation and truncation"
 NOTHING_TO_SCORE = "a response with no token to score (empty after tokenisation, or no token before it)"
 
 
