@@ -166,7 +166,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         group = list(dataset["group"]) if "group" in dataset.column_names else None
         if group is not None:
             dataset = dataset.remove_columns("group")
-        use_template = self._uses_template(dataset)
+        use_template = self._uses_template(dataset, f"{split} ({source})")
         if with_groups:
             self.templated = use_template
         elif use_template != self.templated:
@@ -198,11 +198,15 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             rendered = rendered.filter(lambda p: not p, input_columns=RENDER_PROBLEM, desc=f"dropping rows ({split})")
         return rendered.remove_columns(RENDER_PROBLEM)
 
-    def _uses_template(self, dataset: datasets.Dataset) -> bool:
-        holds_messages = any(holds_chat_messages(dataset, c) for c in ("chosen", "rejected"))
-        use = holds_messages if self.apply_chat_template is None else self.apply_chat_template
+    def _uses_template(self, dataset: datasets.Dataset, where: str) -> bool:
+        holds_messages = [c for c in ("chosen", "rejected") if holds_chat_messages(dataset, c)]
+        use = bool(holds_messages) if self.apply_chat_template is None else self.apply_chat_template
         if use and getattr(self.tokenizer, "chat_template", None) is None:
-            why = "the data holds chat messages" if holds_messages else "data.apply_chat_template is true"
+            why = "data.apply_chat_template is true"
+            if holds_messages:  # name the first row that does
+                role = holds_messages[0]
+                row = next((i for i, value in enumerate(dataset[role]) if isinstance(value, list)), 0)
+                why = f"{where}, row {dataset[row][SOURCE_ROW]}: column {self.columns[role]!r} holds chat messages"
             raise ValueError(f"{why} but tokenizer {self.tokenizer_name} has no chat template")
         return use
 
