@@ -43,7 +43,7 @@ LOGGER = "rdpo_lightning.data.datamodule"
 WORDS = [w for w in AttributeWorld().vocabulary() if w.isalpha()]
 ATTRIBUTES = AttributeWorld().attributes
 FUZZ = settings(
-    max_examples=30,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,
@@ -54,10 +54,12 @@ GOOD = {"prompt": "the day", "chosen": "happy sunny", "rejected": "gloomy rain"}
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory):
-    """One folder for the module's files, and ``datasets``' own cache inside it (not the user's home)."""
+    """One folder for the module's files, and ``datasets``' own cache inside it (not the user's home). Each local
+    load would also send the Hub a download-count request, which without a network can stall for seconds: off."""
     root = tmp_path_factory.mktemp("hostile")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf_cache"))
+        patch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
         yield root
 
 
@@ -176,7 +178,7 @@ def csv_safe(row: dict) -> dict:
 
 
 # --- 1. content problems: counted, logged skips; nothing lost --------------------------------------------------------
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=150)
 @given(
     rows=st.lists(pair_rows(), min_size=1, max_size=12),
     fmt=st.sampled_from(["jsonl", "json", "csv", "parquet"]),
@@ -301,7 +303,7 @@ def broken_files(draw, kind: str) -> BrokenFile:
 
 
 @pytest.mark.parametrize("kind", sorted(FORMATS_FOR))
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=25)
 @given(data=st.data())
 def test_broken_files_name_the_row_and_column(kind, data, workdir, world_tokenizer_dir):
     case = data.draw(broken_files(kind))
@@ -439,7 +441,7 @@ def broken_scored_rows(draw, kind: str) -> tuple[list[dict], str, dict, list[str
 
 
 @pytest.mark.parametrize("kind", SCORED_BREAKAGES)
-@settings(FUZZ, max_examples=6)
+@settings(FUZZ, max_examples=15)
 @given(data=st.data())
 def test_broken_scored_rows_name_the_row_and_column(kind, data, workdir, world_tokenizer_dir):
     rows, fmt, options, expected = data.draw(broken_scored_rows(kind))
@@ -500,7 +502,7 @@ def message_rows(draw, kind: str) -> tuple[list[dict], int, str, str]:
 
 
 @pytest.mark.parametrize("kind", MESSAGE_BREAKAGES)
-@settings(FUZZ, max_examples=6)
+@settings(FUZZ, max_examples=15)
 @given(data=st.data())
 def test_chat_messages_are_rendered_counted_or_refused(kind, data, workdir, chat_tokenizer_dir):
     rows, row, fate, column = data.draw(message_rows(kind))
@@ -560,7 +562,7 @@ def expected_weights(entry) -> list[float] | None:
     return None
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=500)
 @given(entries=st.lists(mixture_entries, min_size=1, max_size=4))
 def test_mixtures_are_simplex_points_or_errors_naming_the_key(entries):
     readings = [expected_weights(entry) for entry in entries]
@@ -581,7 +583,7 @@ def test_mixtures_are_simplex_points_or_errors_naming_the_key(entries):
         assert all(w >= 0 for w in mixture.weights) and abs(sum(mixture.weights) - 1) <= 1e-6
 
 
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=200)
 @given(shares=st.lists(numbers | st.sampled_from([0.5, 0.25, 0.75]), max_size=3))
 def test_training_shares_are_a_simplex_point_or_an_error(shares):
     valid = len(shares) == 2 and all(is_weight(s) for s in shares) and abs(sum(shares) - 1) <= 1e-6
