@@ -17,10 +17,15 @@ Messages = list[dict[str, Any]]
 #: the column that says why a row could not be rendered ("" when it could), and the reasons
 RENDER_PROBLEM = "render_problem"
 NO_SHARED_PROMPT = "chosen and rejected do not share the prompt delimiter"
+#: the row's index in its file (kept through shuffling and splitting), so errors name a row the user can find
+SOURCE_ROW = "__source_row__"
 
 
 def is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    """A list of ``{"role": text, "content": text}`` (other keys allowed); a null or non-text content is not."""
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
 
 
 def common_prefix_length(a: Sequence, b: Sequence) -> int:
@@ -54,29 +59,32 @@ def render_pair(
     tokenizer: Any,
     use_chat_template: bool,
     prompt_delimiter: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A row with ``prompt`` (text, messages or absent/None), ``chosen`` and ``rejected`` → three strings.
 
-    A null value stays null (the row checks count it as a skip); a row whose prompt cannot be found gets a
+    A null value stays null (the row checks count it as a skip; a null in a configured prompt column is a missing
+    value, not a request to find the prompt in the responses); a row whose prompt cannot be found gets a
     ``render_problem`` (counted and skipped); a value of the wrong kind is an error naming the split, row and
-    column. With ``use_chat_template`` every part is rendered through the template (text becomes a user or
-    assistant message); without it, messages are an error, since they have no text form of their own.
+    column (the file's row, :data:`SOURCE_ROW`, when the example carries it; the file's column name from
+    ``columns``, role → column). With ``use_chat_template`` every part is rendered through the template (text becomes
+    a user or assistant message); without it, messages are an error, since they have no text form of their own.
     """
     prompt, chosen, rejected = example.get("prompt"), example["chosen"], example["rejected"]
-    for column, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+    where = f"{split}, row {example.get(SOURCE_ROW, index)}"
+    for role, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        column = (columns or {}).get(role, role)
         if value is not None and not isinstance(value, str) and not is_messages(value):
             raise ValueError(
-                f"{split}, row {index}: column {column!r} holds {type(value).__name__} ({str(value)[:60]!r}); "
-                "expected text or a list of chat messages with 'role' and 'content'"
+                f"{where}: column {column!r} holds {type(value).__name__} ({str(value)[:60]!r}); "
+                "expected text or a list of chat messages with 'role' and 'content' (text content)"
             )
         if is_messages(value) and not use_chat_template:
-            raise ValueError(
-                f"{split}, row {index}: column {column!r} holds chat messages but data.apply_chat_template is false"
-            )
-    if chosen is None or rejected is None:
-        return _row(None, None, None)
+            raise ValueError(f"{where}: column {column!r} holds chat messages but data.apply_chat_template is false")
+    if chosen is None or rejected is None or ("prompt" in example and prompt is None):
+        return _row(None, None, None)  # a null in a configured column: the row checks count it
     if isinstance(chosen, str) != isinstance(rejected, str):
-        raise ValueError(f"{split}, row {index}: one of chosen/rejected is text and the other chat messages")
+        raise ValueError(f"{where}: one of chosen/rejected is text and the other chat messages")
 
     if not use_chat_template:
         if prompt is None:

@@ -32,7 +32,7 @@ from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, ch
 log = logging.getLogger(__name__)
 
 #: bump when the row checks or tokenisation change what they write, so old cache files are not reused
-PIPELINE_VERSION = "pairs-v2"
+PIPELINE_VERSION = "pairs-v3"
 
 
 def check_unit_interval(name: str, value: float) -> None:

@@ -6,12 +6,30 @@ itself, and a second load (another rank's ``setup``, the next run) reads the cac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import datasets
+import pandas as pd
+import pyarrow as pa
+
+from rdpo_lightning.data.file_problems import first_problem, silent_problem
 
 #: file extensions read as a single local file, and the ``datasets`` builder that reads them
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+#: pandas' default missing-value markers, kept for CSV columns that are not text (scores, groups)
+CSV_NA_MARKERS = sorted(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA"}
+    | {"NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+
+#: JSON files up to this size are parsed as one block (see :func:`json_options`)
+SINGLE_BLOCK_BYTES = 1 << 30
+
+#: what ``datasets`` raises on a malformed file (pandas' parser errors are ValueErrors)
+LOAD_ERRORS = (datasets.exceptions.DatasetGenerationError, pa.lib.ArrowException, ValueError, StopIteration)
 
 
 def load_table(
@@ -20,21 +38,19 @@ def load_table(
     name: str | None = None,
     revision: str | None = None,
     key: str = "data.path",
+    text_columns: Sequence[str] = (),
 ) -> datasets.Dataset:
     """One split of a data set: ``path`` is a local .json/.jsonl/.parquet/.csv file (its only split is ``train``),
     a local directory (``datasets`` infers splits from file names), or a Hub data set name.
 
-    Errors name ``key`` (the YAML key holding ``path``) and say what was looked for.
+    ``text_columns`` are read from a CSV file verbatim: an empty cell is empty text, ``NA`` or ``null`` is that
+    word and ``007`` stays ``"007"`` (pandas would make them nulls and numbers). Errors name ``key`` (the YAML key
+    holding ``path``) and, for a malformed local file, the row, its line and the column.
     """
     local = Path(path).expanduser()
     try:
         if local.is_file():
-            builder = FILE_BUILDERS.get(local.suffix.lower())
-            if builder is None:
-                raise ValueError(f"{key}={path}: unsupported file type {local.suffix!r}; use {sorted(FILE_BUILDERS)}")
-            if split != "train":
-                raise ValueError(f"{key}={path} is a single file, whose only split is 'train'; got split {split!r}")
-            return datasets.load_dataset(builder, data_files=str(local), split="train")
+            return load_file(local, split, key, text_columns)
         if local.is_dir():
             return datasets.load_dataset(str(local), name, split=split)
         return datasets.load_dataset(path, name, split=split, revision=revision)
@@ -46,6 +62,61 @@ def load_table(
         raise ValueError(
             f"{key}={path}: not a local file or directory, and the Hub data set could not be loaded ({error})"
         ) from error
+
+
+def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()) -> datasets.Dataset:
+    """A single local file, checked: malformed rows are errors naming the row and column, not a loader's trace."""
+    builder = FILE_BUILDERS.get(file.suffix.lower())
+    where = f"{key}={file}"
+    if builder is None:
+        raise ValueError(f"{where}: unsupported file type {file.suffix!r}; use {sorted(FILE_BUILDERS)}")
+    if split != "train":
+        raise ValueError(f"{where} is a single file, whose only split is 'train'; got split {split!r}")
+    problem = silent_problem(file)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    try:
+        options = {}
+        if builder == "csv":
+            options = csv_options(file, text_columns)
+        elif builder == "json":
+            options = json_options(file)
+        table = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+    except LOAD_ERRORS as error:
+        detail = first_problem(file) or f"{type(error).__name__}: {error.__cause__ or error}"
+        raise ValueError(f"{where}: {detail}") from error
+    if len(table) == 0:
+        raise ValueError(f"{where}: the file holds no rows")
+    if builder == "json" and table.column_names == ["text"]:  # how datasets reads rows that are not JSON objects
+        problem = first_problem(file)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+    return table
+
+
+def json_options(file: Path) -> dict[str, Any]:
+    """Read a JSON file up to :data:`SINGLE_BLOCK_BYTES` as one pyarrow block.
+
+    pyarrow's JSON reader (26.0) *segfaults* when a column changes type (text to a list, an object to a number, ...)
+    between the blocks it parses in parallel; within one block the same change is an error ``datasets`` handles. The
+    loader parses a batch of ``chunksize`` bytes in blocks of ``chunksize // 32`` unless the batch is over 8 blocks
+    long, so a file (or the last batch of a larger one) of about 0.3-2.6 MB was read in several blocks.
+    """
+    size = file.stat().st_size
+    return {"chunksize": 32 * (size + 1)} if size <= SINGLE_BLOCK_BYTES else {}
+
+
+def csv_options(file: Path, text_columns: Sequence[str]) -> dict[str, Any]:
+    """``pandas.read_csv`` options that read ``text_columns`` verbatim and every other column as pandas would."""
+    if not text_columns:
+        return {}
+    header = list(pd.read_csv(file, nrows=0).columns)
+    text = [c for c in header if c in text_columns]
+    return {
+        "converters": dict.fromkeys(text, str),
+        "keep_default_na": False,
+        "na_values": {c: CSV_NA_MARKERS for c in header if c not in text},
+    }
 
 
 def take(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:

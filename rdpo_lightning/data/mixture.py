@@ -175,10 +175,8 @@ def resolve_mixture_grid(
     if train_mixtures is not None:
         if len(train_mixtures) == 0:
             raise ValueError(f"{prefix}train_mixtures is empty")
-        train = [
-            parse_mixture(entry, attributes, pair, kind, f"{prefix}train_mixtures[{i}]")
-            for i, entry in enumerate(train_mixtures)
-        ]
+        train_keys = [f"{prefix}train_mixtures[{i}]" for i in range(len(train_mixtures))]
+        train = [parse_mixture(e, attributes, pair, kind, k) for e, k in zip(train_mixtures, train_keys, strict=True)]
     else:
         if train_alpha is None and pair is None:
             raise ValueError(
@@ -186,10 +184,13 @@ def resolve_mixture_grid(
                 f"or {prefix}train_mixtures"
             )
         alpha = default_alpha if train_alpha is None else train_alpha
-        train = [parse_mixture(alpha, attributes, pair, kind, f"{prefix}train_alpha")]
-    names = [m.name for m in train]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{prefix}train_mixtures repeats a mixture: {names}")
+        train_keys = [f"{prefix}train_alpha"]
+        train = [parse_mixture(alpha, attributes, pair, kind, train_keys[0])]
+    if any(np.allclose(a.weights, b.weights) for i, a in enumerate(train) for b in train[:i]):
+        raise ValueError(f"{prefix}train_mixtures repeats a mixture: {[m.name for m in train]}")
+    named: dict[str, str] = {}
+    for mixture, key in zip(train, train_keys, strict=True):
+        _claim_name(named, mixture, key)
     if train_shares is None:
         shares = [1.0 / len(train)] * len(train)
     else:
@@ -203,16 +204,26 @@ def resolve_mixture_grid(
         if val_alphas is not None:
             raise ValueError(f"{prefix}val_alphas needs {prefix}attribute_a and {prefix}attribute_b")
         alphas = ()  # no pair to span: only the given val_mixtures
-    grid = [parse_mixture(a, attributes, pair, kind, f"{prefix}val_alphas[{i}]") for i, a in enumerate(alphas)]
-    grid += [
-        parse_mixture(entry, attributes, pair, kind, f"{prefix}val_mixtures[{i}]")
-        for i, entry in enumerate(val_mixtures or [])
-    ]
+    keys = [f"{prefix}val_alphas[{i}]" for i in range(len(alphas))]
+    keys += [f"{prefix}val_mixtures[{i}]" for i in range(len(val_mixtures or []))]
+    entries = [*alphas, *(val_mixtures or [])]
+    grid = [parse_mixture(entry, attributes, pair, kind, key) for entry, key in zip(entries, keys, strict=True)]
     validation = list(train)
-    for mixture in grid:  # the same α written twice (e.g. as a number and as a vector) is one validation set
+    for mixture, key in zip(grid, keys, strict=True):  # the same α written twice (a number, a vector) is one set
         if not any(np.allclose(mixture.weights, m.weights) for m in validation):
+            _claim_name(named, mixture, key)
             validation.append(mixture)
     return MixtureGrid(tuple(train), tuple(shares), tuple(validation))
+
+
+def _claim_name(named: dict[str, str], mixture: Mixture, key: str) -> None:
+    """Validation sets and their metrics are keyed by name: two different mixtures with one name would lose one."""
+    if mixture.name in named:
+        raise ValueError(
+            f"{named[mixture.name]} and {key} are different mixtures with the same name {mixture.name!r} "
+            "(names show weights to 2 decimals); make them differ by at least 0.01 or drop one"
+        )
+    named[mixture.name] = key
 
 
 def component_assignment(n: int, shares: Sequence[float], rng: np.random.Generator) -> np.ndarray:

@@ -8,13 +8,21 @@ class's row checks, tokenisation and drop accounting.
 
 from __future__ import annotations
 
-import datasets
+import logging
+import math
 
-from rdpo_lightning.data.chat import RENDER_PROBLEM, render_pair
+import datasets
+import numpy as np
+from datasets.fingerprint import Hasher
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
 from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.hub import check_fraction, load_table, take
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 TEXT_FEATURES = datasets.Features(
     {
@@ -24,6 +32,25 @@ TEXT_FEATURES = datasets.Features(
         RENDER_PROBLEM: datasets.Value("string"),
     }
 )
+
+
+def with_source_rows(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Number the rows as they stand in their file, so an error names a row the user can find after shuffling."""
+    if SOURCE_ROW in dataset.column_names:
+        return dataset
+    fingerprint = Hasher.hash([dataset._fingerprint, SOURCE_ROW])
+    return dataset.add_column(SOURCE_ROW, np.arange(len(dataset)), new_fingerprint=fingerprint)
+
+
+def holds_chat_messages(dataset: datasets.Dataset, column: str) -> bool:
+    """A column of message lists (or, where a column mixes types, any value that is one): it needs a chat template.
+    A column of plain lists or numbers is not: the row checks name its first bad value."""
+    feature = dataset.features[column]
+    if isinstance(feature, (datasets.List, datasets.LargeList)):
+        return isinstance(feature.feature, dict) and {"role", "content"} <= set(feature.feature)
+    if isinstance(feature, datasets.Json):
+        return any(is_messages(value) for value in dataset[column])
+    return False
 
 
 class PairwisePreferenceDataModule(PreferenceDataModule):
@@ -102,20 +129,27 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
         self.seed = seed
         self.group_names: list[str] | None = None
+        #: held-out pairs whose prompt also occurs in training (when ``val_fraction`` carves the held-out set)
+        self.shared_prompts = 0
 
     def build_tokenizer(self):
         return load_tokenizer(self.tokenizer_name)
 
     # --- loading -----------------------------------------------------------------------------------------------
     def _load(self) -> tuple[datasets.Dataset, datasets.Dataset]:
-        train = load_table(self.path, self.train_split, self.name, self.revision)
+        text = [c for c in self.columns.values() if c is not None]
+        train = load_table(self.path, self.train_split, self.name, self.revision, text_columns=text)
+        self._sources = {"train": f"data.path={self.path}", self.val_name: f"data.path={self.path}"}
         if self.val_path is not None:
-            val = load_table(self.val_path, self.val_split or "train", self.name, self.revision, key="data.val_path")
+            val_split = self.val_split or "train"
+            val = load_table(self.val_path, val_split, self.name, self.revision, "data.val_path", text_columns=text)
+            self._sources[self.val_name] = f"data.val_path={self.val_path}"
         elif self.val_split is not None:
-            val = load_table(self.path, self.val_split, self.name, self.revision)
+            val = load_table(self.path, self.val_split, self.name, self.revision, text_columns=text)
         else:
-            parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
+            parts = with_source_rows(train).train_test_split(test_size=self.val_fraction, seed=self.seed)
             train, val = parts["train"], parts["test"]
+        train, val = with_source_rows(train), with_source_rows(val)
         return take(train, self.max_train_samples), take(val, self.max_val_samples)
 
     def _normalise(self, split: str, dataset: datasets.Dataset, with_groups: bool) -> datasets.Dataset:
@@ -125,13 +159,14 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         if with_groups and self.group_column is not None:
             wanted["group"] = self.group_column
             keys.append("data.group_column")
-        require_columns(dataset, wanted.values(), f"{split} ({self.path})", keys)
-        dataset = dataset.select_columns(list(wanted.values()))
+        source = self._sources[split]
+        require_columns(dataset.remove_columns(SOURCE_ROW), wanted.values(), f"{split} ({source})", keys)
+        dataset = dataset.select_columns([*wanted.values(), SOURCE_ROW])
         dataset = dataset.rename_columns({c: role for role, c in wanted.items() if c != role})
         group = list(dataset["group"]) if "group" in dataset.column_names else None
         if group is not None:
             dataset = dataset.remove_columns("group")
-        use_template = self._uses_template(dataset)
+        use_template = self._uses_template(dataset, f"{split} ({source})")
         if with_groups:
             self.templated = use_template
         elif use_template != self.templated:
@@ -142,7 +177,8 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         rendered = dataset.map(
             render_pair,
             fn_kwargs={
-                "split": split,
+                "split": f"{split} ({source})",
+                "columns": {role: column for role, column in wanted.items() if role != "group"},
                 "tokenizer": self.tokenizer,
                 "use_chat_template": use_template,
                 "prompt_delimiter": self.prompt_delimiter,
@@ -154,7 +190,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             desc=f"rendering {split}",
         )
         if group is not None:
-            rendered = rendered.add_column("group", self._group_ids(split, group))
+            rendered = rendered.add_column("group", self._group_ids(f"{split} ({source})", group, dataset[SOURCE_ROW]))
         problems = [p for p in rendered[RENDER_PROBLEM] if p]
         for problem in sorted(set(problems)):
             self.count_dropped(split, problem, problems.count(problem))
@@ -162,28 +198,33 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             rendered = rendered.filter(lambda p: not p, input_columns=RENDER_PROBLEM, desc=f"dropping rows ({split})")
         return rendered.remove_columns(RENDER_PROBLEM)
 
-    def _uses_template(self, dataset: datasets.Dataset) -> bool:
-        holds_messages = any(not isinstance(dataset.features[c], datasets.Value) for c in ("chosen", "rejected"))
-        use = holds_messages if self.apply_chat_template is None else self.apply_chat_template
+    def _uses_template(self, dataset: datasets.Dataset, where: str) -> bool:
+        holds_messages = [c for c in ("chosen", "rejected") if holds_chat_messages(dataset, c)]
+        use = bool(holds_messages) if self.apply_chat_template is None else self.apply_chat_template
         if use and getattr(self.tokenizer, "chat_template", None) is None:
-            why = "the data holds chat messages" if holds_messages else "data.apply_chat_template is true"
+            why = "data.apply_chat_template is true"
+            if holds_messages:  # name the first row that does
+                role = holds_messages[0]
+                row = next((i for i, value in enumerate(dataset[role]) if isinstance(value, list)), 0)
+                why = f"{where}, row {dataset[row][SOURCE_ROW]}: column {self.columns[role]!r} holds chat messages"
             raise ValueError(f"{why} but tokenizer {self.tokenizer_name} has no chat template")
         return use
 
-    def _group_ids(self, split: str, values: list) -> list[int]:
+    def _group_ids(self, where: str, values: list, source_rows: list[int]) -> list[int]:
         """Integer groups pass through; names become indices into the sorted names seen in training."""
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             return list(values)
-        if any(v is None for v in values):
-            row = values.index(None)
-            raise ValueError(f"{split}, row {row}: data.group_column {self.group_column!r} is null")
+        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
+        if missing:
+            row = source_rows[missing[0]]
+            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN")
         names = [str(v) for v in values]
         if self.group_names is None:
             self.group_names = sorted(set(names))
         index = {n: i for i, n in enumerate(self.group_names)}
         unknown = sorted(set(names) - set(index))
         if unknown:
-            raise ValueError(f"{split}: groups {unknown} do not occur in training ({self.group_names})")
+            raise ValueError(f"{where}: groups {unknown} do not occur in training ({self.group_names})")
         return [index[n] for n in names]
 
     def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
@@ -191,4 +232,18 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         self.group_names = None
         train = self._normalise("train", train, with_groups=True)
         val = self._normalise(self.val_name, val, with_groups=False)
+        if self.val_path is None and self.val_split is None:
+            self._report_shared_prompts(train, val)
         return train, {self.val_name: val}
+
+    def _report_shared_prompts(self, train: datasets.Dataset, val: datasets.Dataset) -> None:
+        """Duplicate prompts are kept (several pairs per prompt are normal), but ``val_fraction`` holds out rows, not
+        prompts: held-out pairs whose prompt also trains are counted and logged, since they flatter held-out metrics."""
+        seen = set(train["prompt"])
+        self.shared_prompts = sum(prompt in seen for prompt in val["prompt"])
+        if self.shared_prompts:
+            rank_zero_only(log.warning)(
+                "%s: %d of %d held-out pairs share their prompt with training pairs (data.val_fraction holds out "
+                "rows, not prompts; give data.val_path or data.val_split for a clean held-out set)",
+                self.val_name, self.shared_prompts, len(val),
+            )  # fmt: skip

@@ -39,10 +39,21 @@ from rdpo_lightning.data.tokenizer import load_tokenizer
 NUMERIC = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64")
 
 #: drop reasons, as counted and logged
-NULL_SCORE = "completions with a null or NaN score"
+NULL_SCORE = "completions with a null, NaN or infinite score"
 EMPTY_RESPONSE = "completions with an empty or null response"
 NULL_PROMPT = "completions with a null prompt"
 TOO_FEW = "prompts with fewer than two usable completions"
+
+
+def is_score(value: Any) -> bool:
+    """A number, a null, or text that reads as a number (a CSV column with one stray word is all text); not a bool."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 class ScoredCompletionsDataModule(PreferenceDataModule):
@@ -135,6 +146,12 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
         self.train_mixtures = list(grid.train)
         self.train_shares = list(grid.shares)
         self.val_mixtures = list(grid.validation)
+        #: score columns that must be > 0: those a geometric mixture weighs (r = Π s_k^α_k, taken in log space)
+        self._positive_scores = [
+            k
+            for k in range(len(score_columns))
+            if mixture_kind == "geometric" and any(m.weights[k] > 0 for m in grid.train + grid.validation)
+        ]
         self.path, self.name, self.revision = path, name, revision
         self.tokenizer_name = tokenizer
         self.score_columns = list(score_columns)
@@ -162,15 +179,21 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
         for column in self.score_columns:
             feature = table.features[column]
             dtype = getattr(feature, "dtype", None)
-            if dtype not in (*NUMERIC, "null"):
-                raise ValueError(
-                    f"{where}: score column {column!r} (data.score_columns) holds {dtype or feature}, expected numbers"
-                )
+            if dtype in (*NUMERIC, "null"):
+                continue
+            kind = f"{dtype or type(feature).__name__}"
+            for row, value in enumerate(table[column]):  # the first value that is not a number
+                if not is_score(value):
+                    raise ValueError(
+                        f"{where}, row {row}: score column {column!r} (data.score_columns) holds {value!r} "
+                        f"({kind}); expected numbers"
+                    )
 
-    def group_completions(self, table: datasets.Dataset, label: str) -> list[PromptCompletions]:
+    def group_completions(self, table: datasets.Dataset, label: str, source: str = "") -> list[PromptCompletions]:
         """Rows → one :class:`PromptCompletions` per prompt (first-appearance order); bad rows counted under
-        ``label``."""
-        self._check_schema(table, f"{label} ({self.path})")
+        ``label``; errors name ``source`` (e.g. ``data.val_path=...``) and the row."""
+        where = f"{label} ({source or f'data.path={self.path}'})"
+        self._check_schema(table, where)
         columns = table.select_columns([self.prompt_column, self.response_column, *self.score_columns]).to_dict()
         prompts, responses = columns[self.prompt_column], columns[self.response_column]
         scores = np.array(
@@ -184,10 +207,10 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
                 self.count_dropped(label, NULL_PROMPT, 1)
                 continue
             if not isinstance(prompt, str) and not is_messages(prompt):
-                raise ValueError(f"{label}, row {row}: data.prompt_column {self.prompt_column!r} holds {prompt!r}")
+                raise ValueError(f"{where}, row {row}: data.prompt_column {self.prompt_column!r} holds {prompt!r}")
             if response is not None and not isinstance(response, str):
                 raise ValueError(
-                    f"{label}, row {row}: data.response_column {self.response_column!r} holds {response!r}"
+                    f"{where}, row {row}: data.response_column {self.response_column!r} holds {response!r}"
                 )
             if response is None or not response.strip():
                 self.count_dropped(label, EMPTY_RESPONSE, 1)
@@ -195,6 +218,12 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
             if not np.isfinite(scores[row]).all():
                 self.count_dropped(label, NULL_SCORE, 1)
                 continue
+            for k in self._positive_scores:
+                if scores[row, k] <= 0:
+                    raise ValueError(
+                        f"{where}, row {row}: score column {self.score_columns[k]!r} is {scores[row, k]:g}; a "
+                        "geometric mixture (data.mixture_kind) needs scores > 0 in every column a mixture weighs"
+                    )
             key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
             if key not in order:
                 order[key] = len(members)
@@ -210,20 +239,22 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
             if self.apply_chat_template:
                 prompt, texts = render_prompt_and_responses(prompt, texts, self.tokenizer)
             elif not isinstance(prompt, str):
-                raise ValueError(f"{label}: prompts are chat messages but data.apply_chat_template is false")
+                raise ValueError(f"{where}: prompts are chat messages but data.apply_chat_template is false")
             grouped.append(PromptCompletions(prompt, texts, scores[rows]))
         return grouped
 
     # --- splits ------------------------------------------------------------------------------------------------
     def _prompt_groups(self) -> tuple[list[PromptCompletions], list[PromptCompletions]]:
-        train_table = load_table(self.path, self.train_split, self.name, self.revision)
+        text = [self.prompt_column, self.response_column]
+        train_table = load_table(self.path, self.train_split, self.name, self.revision, text_columns=text)
         if self.val_path is not None or self.val_split is not None:
             train = self.group_completions(train_table, "train source rows")
             if self.val_path is not None:
-                val_table = load_table(self.val_path, self.val_split or "train", key="data.val_path")
+                val_table = load_table(self.val_path, self.val_split or "train", key="data.val_path", text_columns=text)
+                val = self.group_completions(val_table, "validation source rows", f"data.val_path={self.val_path}")
             else:
-                val_table = load_table(self.path, self.val_split, self.name, self.revision)
-            val = self.group_completions(val_table, "validation source rows")
+                val_table = load_table(self.path, self.val_split, self.name, self.revision, text_columns=text)
+                val = self.group_completions(val_table, "validation source rows")
         else:
             groups = self.group_completions(train_table, "source rows")
             if len(groups) < 2:

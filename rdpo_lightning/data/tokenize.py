@@ -6,9 +6,11 @@ exact. The policy:
 * the prompt keeps its *end* (``truncation_mode="keep_end"``, the default: the question is usually last) or its
   *start* (``"keep_start"``), to at most ``max_prompt_length`` tokens;
 * each response keeps its *start*, to ``max_length`` tokens in total with the prompt;
+* an empty prompt (``""``, whitespace) becomes the BOS token (EOS where there is none): a response token is scored
+  from the token before it, so without one the response's first token would silently not count;
 * a pair is dropped (and the caller counts it under :data:`DROP_COLUMN`) when the prompt leaves no room for a
-  response token, when ``drop_truncated`` is set and a response had to be cut, or when truncation made the chosen
-  and rejected responses identical (no preference left to learn).
+  response token, when ``drop_truncated`` is set and a response had to be cut, when a response has no token to
+  score, or when truncation made the chosen and rejected responses identical (no preference left to learn).
 
 Chat-templated text (``templated=True``) already carries its special tokens: no BOS is added to the prompt and no EOS
 to the responses (the template closes the assistant turn). Plain text gets the tokenizer's special tokens on the
@@ -26,7 +28,8 @@ TRUNCATION_MODES = ("keep_end", "keep_start")
 #: drop reasons, as counted and logged
 NO_ROOM = "prompt leaves no room for a response within max_length"
 TRUNCATED = "response longer than max_length allows (drop_truncated)"
-IDENTICAL_AFTER_TRUNCATION = "chosen and rejected identical after truncation"
+IDENTICAL_AFTER_TRUNCATION = "chosen and rejected identical after tokenisation and truncation"
+NOTHING_TO_SCORE = "a response with no token to score (empty after tokenisation, or no token before it)"
 
 
 def tokenize_pair(
@@ -48,6 +51,9 @@ def tokenize_pair(
             prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
         else:
             prompt_ids = prompt_ids[:max_prompt_length]
+    if not prompt_ids:  # an empty prompt: start from BOS (else EOS) so the response's first token is scored
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        prompt_ids = [start] if start is not None else []
     room = max(max_length - len(prompt_ids), 0)
     reason = ""
     if room < 1:
@@ -55,6 +61,8 @@ def tokenize_pair(
     elif drop_truncated and max(len(chosen_ids), len(rejected_ids)) > room:
         reason = TRUNCATED
     chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
+    if not reason and not (prompt_ids and chosen_ids and rejected_ids):
+        reason = NOTHING_TO_SCORE
     if not reason and chosen_ids == rejected_ids:
         reason = IDENTICAL_AFTER_TRUNCATION
     return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, DROP_COLUMN: reason}

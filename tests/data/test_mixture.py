@@ -37,11 +37,17 @@ def test_three_ways_to_write_one_mixture_agree():
         ({"anger": float("nan"), "fear": 1.0}, r"weight of 'anger' is nan"),
         (1.5, r"val_mixtures\[1\]: alpha must lie in \[0, 1\]"),
         ("half", r"val_mixtures\[1\]: expected a number"),
+        (0.504, r"val_alphas\[2\] and data.val_mixtures\[1\] are different mixtures with the same name 'alpha=0.50'"),
     ],
 )
 def test_bad_mixtures_name_the_offending_entry(entry, message):
     with pytest.raises(ValueError, match=message):
         resolve_mixture_grid(ATTRS, "anger", "fear", val_mixtures=[0.5, entry])
+
+
+def test_training_mixtures_with_one_name_are_an_error():
+    with pytest.raises(ValueError, match=r"train_mixtures\[0\] and data.train_mixtures\[1\] .* same name 'alpha=0.10'"):
+        resolve_mixture_grid(ATTRS, "anger", "fear", train_mixtures=[0.1, 0.104])
 
 
 def test_grid_starts_in_distribution_and_drops_repeats():

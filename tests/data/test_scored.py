@@ -130,7 +130,9 @@ def test_bad_rows_are_counted_and_schema_errors_name_the_column(tmp_path, world_
         raw_splits(scored(tmp_path, world_tokenizer_dir, rows, rows, score_columns=["harmlessness"], train_alpha=None,
                           attribute_a=None, attribute_b=None, train_mixtures=[[1.0]]))  # fmt: skip
     text_scores = [{**r, "helpfulness": "high"} for r in helpsteer_rows(3, seed=8)]
-    with pytest.raises(ValueError, match="score column 'helpfulness' .* holds string, expected numbers"):
+    with pytest.raises(
+        ValueError, match=r"row 0: score column 'helpfulness' .* holds 'high' \(string\); expected numbers"
+    ):
         raw_splits(scored(tmp_path, world_tokenizer_dir, text_scores, text_scores))
 
 
