@@ -6,7 +6,8 @@ itself, and a second load (another rank's ``setup``, the next run) reads the cac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def load_table(
         if local.is_file():
             return load_file(local, split, key, text_columns)
         if local.is_dir():
-            return datasets.load_dataset(str(local), name, split=split)
+            with no_download_count():
+                return datasets.load_dataset(str(local), name, split=split)
         return datasets.load_dataset(path, name, split=split, revision=revision)
     except ValueError as error:
         if str(error).startswith(key):
@@ -81,7 +83,8 @@ def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()
             options = csv_options(file, text_columns)
         elif builder == "json":
             options = json_options(file)
-        table = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
+        with no_download_count():
+            table = datasets.load_dataset(builder, data_files=str(file), split="train", **options)
     except LOAD_ERRORS as error:
         detail = first_problem(file) or f"{type(error).__name__}: {error.__cause__ or error}"
         raise ValueError(f"{where}: {detail}") from error
@@ -92,6 +95,18 @@ def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()
         if problem:
             raise ValueError(f"{where}: {problem}")
     return table
+
+
+@contextlib.contextmanager
+def no_download_count() -> Iterator[None]:
+    """Local loads skip ``datasets``' download-count ping to the Hub: it counts nothing useful for a local file,
+    and on an offline cluster node it stalls every load for its 3 s timeout."""
+    before = datasets.config.HF_UPDATE_DOWNLOAD_COUNTS
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    try:
+        yield
+    finally:
+        datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = before
 
 
 def json_options(file: Path) -> dict[str, Any]:
