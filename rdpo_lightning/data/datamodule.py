@@ -61,6 +61,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        *,
         batch_size: int = 8,
         val_batch_size: int | None = None,
         max_length: int = 512,

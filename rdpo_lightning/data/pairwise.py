@@ -104,16 +104,16 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         num_proc: int | None = None,
     ) -> None:
         super().__init__(
-            batch_size,
-            val_batch_size,
-            max_length,
-            max_prompt_length,
-            num_workers,
-            pad_to_multiple_of,
-            truncation_mode,
-            drop_truncated,
-            cache_dir,
-            num_proc,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            num_workers=num_workers,
+            pad_to_multiple_of=pad_to_multiple_of,
+            truncation_mode=truncation_mode,
+            drop_truncated=drop_truncated,
+            cache_dir=cache_dir,
+            num_proc=num_proc,
         )
         check_fraction("data.val_fraction", val_fraction)
         if val_name == "train":

@@ -70,15 +70,15 @@ class AttributeWorldDataModule(PreferenceDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__(
-            batch_size,
-            val_batch_size,
-            max_length,
-            max_prompt_length,
-            num_workers,
-            pad_to_multiple_of,
-            truncation_mode,
-            drop_truncated,
-            cache_dir,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            num_workers=num_workers,
+            pad_to_multiple_of=pad_to_multiple_of,
+            truncation_mode=truncation_mode,
+            drop_truncated=drop_truncated,
+            cache_dir=cache_dir,
         )
         self.world = world or AttributeWorld()
         if num_train < 1 or num_val < 1:
