@@ -157,11 +157,15 @@ def make_module(args: argparse.Namespace, robust):
     )
 
 
+#: Trainer accelerator for every fit and evaluation (``--accelerator``)
+ACCELERATOR = "cpu"
+
+
 def quiet_trainer(**kwargs):
     import lightning as L
 
     return L.Trainer(
-        accelerator="cpu",
+        accelerator=ACCELERATOR,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -365,7 +369,8 @@ def format_report(
         f"layers d={args.hidden}; {args.epochs} epochs, batch {args.batch_size}, AdamW lr {args.lr:g}, beta "
         f"{args.beta:g}; WDPO mode {args.wdpo_mode}; generation: {args.gen_prompts} prompts x {args.gen_tokens} "
         f"new tokens, sampled at temperature 1; seeds {args.seeds} (sweep-only rows: {args.sweep_seeds}); "
-        f"threads {args.threads}; wall time {seconds / 60:.1f} min on {platform.machine()} with {os.cpu_count()} CPUs"
+        f"threads {args.threads}; accelerator {args.accelerator}; wall time {seconds / 60:.1f} min on "
+        f"{platform.machine()} with {os.cpu_count()} CPUs"
     )
     main_runs = {m.name: [asdict(r) for r in results[m.name]] for m in main}
     accuracy = per_alpha_table(
@@ -526,6 +531,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="directory for shift.txt/.png/.json")
     p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run")
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default), gpu")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (the table is always printed)")
     p.add_argument(
         "--from-json",
@@ -583,6 +589,8 @@ def run_all(args: argparse.Namespace, main_methods: list[Method], sweep_methods:
     import torch
 
     torch.set_num_threads(args.threads)
+    global ACCELERATOR
+    ACCELERATOR = args.accelerator
     silence_libraries()
     plan = [(m, s) for s in range(args.seeds) for m in main_methods]
     plan += [(m, s) for s in range(args.sweep_seeds) for m in sweep_methods]
