@@ -17,7 +17,7 @@ from datasets.fingerprint import Hasher
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
-from rdpo_lightning.data.datamodule import PreferenceDataModule
+from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
 from rdpo_lightning.data.hub import check_fraction, load_table, take
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
@@ -103,18 +103,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         cache_dir: str | None = None,
         num_proc: int | None = None,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            num_workers=num_workers,
-            pad_to_multiple_of=pad_to_multiple_of,
-            truncation_mode=truncation_mode,
-            drop_truncated=drop_truncated,
-            cache_dir=cache_dir,
-            num_proc=num_proc,
-        )
+        super().__init__(**batching_arguments(locals()))
         check_fraction("data.val_fraction", val_fraction)
         if val_name == "train":
             raise ValueError("data.val_name cannot be 'train'")

@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 
 from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
-from rdpo_lightning.data.datamodule import PreferenceDataModule
+from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
 from rdpo_lightning.data.hub import check_fraction, load_table
 from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
 from rdpo_lightning.data.pairing import (
@@ -112,18 +112,7 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
         cache_dir: str | None = None,
         num_proc: int | None = None,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            num_workers=num_workers,
-            pad_to_multiple_of=pad_to_multiple_of,
-            truncation_mode=truncation_mode,
-            drop_truncated=drop_truncated,
-            cache_dir=cache_dir,
-            num_proc=num_proc,
-        )
+        super().__init__(**batching_arguments(locals()))
         if not score_columns:
             raise ValueError("data.score_columns must name at least one attribute column")
         if len(set(score_columns)) != len(score_columns):

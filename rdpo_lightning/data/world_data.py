@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from rdpo_lightning.data.datamodule import PreferenceDataModule
+from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
 from rdpo_lightning.data.generate import SamplingConfig, sample_completions
 from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
 from rdpo_lightning.data.pairing import TIED, PromptCompletions, check_pairing, compared_completions, pair_completions
@@ -69,17 +69,7 @@ class AttributeWorldDataModule(PreferenceDataModule):
         drop_truncated: bool = False,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            max_length=max_length,
-            max_prompt_length=max_prompt_length,
-            num_workers=num_workers,
-            pad_to_multiple_of=pad_to_multiple_of,
-            truncation_mode=truncation_mode,
-            drop_truncated=drop_truncated,
-            cache_dir=cache_dir,
-        )
+        super().__init__(**batching_arguments(locals()))
         self.world = world or AttributeWorld()
         if num_train < 1 or num_val < 1:
             raise ValueError(f"data.num_train and data.num_val must be >= 1, got {num_train} and {num_val}")

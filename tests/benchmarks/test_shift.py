@@ -18,15 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "shift.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("shift_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-shift = load_script()
+shift = importlib.import_module("benchmarks.shift")  # the repository root is on pytest's path
 
 
 def test_per_seed_worst_case_picks_the_worst_alpha_of_each_metric():

@@ -14,15 +14,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "theory_rate.py"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("theory_rate", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
-tr = _load()
+tr = importlib.import_module("benchmarks.theory_rate")  # the repository root is on pytest's path
 
 
 def _args(**overrides):
