@@ -35,12 +35,14 @@ from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 MODEL = {"model_type": "gpt2", "n_layer": 6, "n_head": 8, "n_embd": 512, "n_positions": 128}
 TINY = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 128}
 
+#: case → (robust objective, activation checkpointing, reference log-probs precomputed (else a resident reference))
 CASES = {
-    "none": (NoRobust, False),
-    "kl": (functools.partial(KLReweighter, tau=1.0), False),
-    "wdpo_fd": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False),
-    "wdpo_fd+ac": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), True),
-    "wdpo_exact": (functools.partial(WassersteinPenalty, rho=0.01, mode="exact"), False),
+    "none": (NoRobust, False, True),
+    "kl": (functools.partial(KLReweighter, tau=1.0), False, True),
+    "kl+resident_ref": (functools.partial(KLReweighter, tau=1.0), False, False),
+    "wdpo_fd": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False, True),
+    "wdpo_fd+ac": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), True, True),
+    "wdpo_exact": (functools.partial(WassersteinPenalty, rho=0.01, mode="exact"), False, True),
 }
 
 
@@ -89,7 +91,7 @@ def strategy_of(name: str):
 
 
 def run_case(strategy: str, case: str, steps: int, cache_dir: str, cpu: bool = False) -> tuple[bool, float, str]:
-    robust_factory, checkpointing = CASES[case]
+    robust_factory, checkpointing, precompute = CASES[case]
     L.seed_everything(0, verbose=False)
     devices = 2 if cpu else torch.cuda.device_count()
     module = RobustDPO(
@@ -98,6 +100,7 @@ def run_case(strategy: str, case: str, steps: int, cache_dir: str, cpu: bool = F
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
         activation_checkpointing=checkpointing,
         reference_cache_dir=cache_dir,
+        precompute_reference=precompute,
     )
     data = AttributeWorldDataModule(
         num_train=8 * devices * steps, num_val=16, val_alphas=[0.0], batch_size=8, max_length=64

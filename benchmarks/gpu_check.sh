@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check: a few bf16-mixed steps of every robust objective (NoRobust, KLReweighter, WassersteinPenalty
-# finite_difference with and without activation checkpointing, exact) under DDP, FSDP1 and FSDP2, on all visible
-# GPUs; prints PASS/FAIL with the median step time. Sized for < 5 minutes on one node. Never run by the tests.
+# finite_difference with and without activation checkpointing, exact; KL with a resident, sharded reference instead
+# of cached reference log-probs) under DDP, FSDP1 and FSDP2, on all visible GPUs; prints PASS/FAIL with the median
+# step time. Sized for < 5 minutes on one node. Never run by the tests.
 #   bash benchmarks/gpu_check.sh            (from the repository root; STEPS=6 and PER_STRATEGY_TIMEOUT=95 s by default)
 set -u
 cd "$(dirname "$0")/.."
@@ -35,5 +36,5 @@ echo "=== summary ==="
 grep '^RESULT' "$results"
 passed=$(grep -c '^RESULT .* PASS ' "$results")
 failed=$(grep -c '^RESULT .* FAIL' "$results")
-echo "passed: $passed  failed: $failed  (expected 15 passes: 3 strategies x 5 cases)"
-[ "$failed" -eq 0 ] && [ "$passed" -eq 15 ]
+echo "passed: $passed  failed: $failed  (expected 18 passes: 3 strategies x 6 cases)"
+[ "$failed" -eq 0 ] && [ "$passed" -eq 18 ]

@@ -277,9 +277,7 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
     import datasets
     import lightning as L
     import torch
-    from torch.utils.data import DataLoader
 
-    from rdpo_lightning.data.collate import PairCollator
     from rdpo_lightning.data.datamodule import PreferenceDataModule
     from rdpo_lightning.data.tokenizer import load_tokenizer
     from rdpo_lightning.module import RobustDPO
@@ -312,25 +310,10 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
         robust=config.robust(),
         optimizer=functools.partial(torch.optim.AdamW, lr=settings.lr, weight_decay=0.0),
         gradient_clip_val=1.0,
+        # As TRL's precompute_ref_log_probs: the package's own path, one no-grad pass of the reference over the data
+        # before training, the results carried by the batches, the reference freed; else an online reference.
+        precompute_reference=config.precompute,
     )
-    if config.precompute:
-        # As TRL's precompute_ref_log_probs: one no-grad pass of the reference over the training set before training,
-        # the results carried by the batches (PairCollator passes them through), and the reference not kept.
-        datamodule.setup("fit")
-        module.configure_model()
-        loader = DataLoader(
-            datamodule.train_dataset,
-            batch_size=settings.batch_size,
-            collate_fn=PairCollator(datamodule.tokenizer.pad_token_id),
-        )
-        chosen, rejected = [], []
-        for batch in loader:
-            reference = module.reference_logps(batch)
-            chosen += reference.chosen.tolist()
-            rejected += reference.rejected.tolist()
-        train = datamodule.train_dataset.add_column("reference_chosen_logps", chosen)
-        datamodule.train_dataset = train.add_column("reference_rejected_logps", rejected)
-        module.reference = None
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
