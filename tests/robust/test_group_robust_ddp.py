@@ -3,14 +3,12 @@ the whole batch, with a group present on only one rank."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rdpo_lightning.robust import DrDPO, GroupDRO, PairBatch
+from tests import gloo_ranks  # the repository root is on the path, for spawned ranks too
 
 BETA_PRIME, ETA, NUM_GROUPS = 0.5, 0.7, 3
 GROUPS = torch.tensor([0, 1, 0, 1, 0, 2, 0, 0])  # group 2 only on rank 1, group 1 only on rank 0
@@ -25,13 +23,7 @@ def strategies() -> dict[str, torch.nn.Module]:
 
 
 def _worker(rank: int, world: int, store: str, x: torch.Tensor, queue) -> None:
-    # a file rendezvous: no TCP port that a concurrent test could also pick
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(t) for _ in range(world)]
-        dist.all_gather(parts, t.detach().contiguous())
-        return torch.cat(parts)
+    gather = gloo_ranks.join(rank, world, store)
 
     results = {}
     for name, strategy in strategies().items():
@@ -46,14 +38,8 @@ def _worker(rank: int, world: int, store: str, x: torch.Tensor, queue) -> None:
         weights = strategy.group_weights.tolist() if isinstance(strategy, GroupDRO) else None
         results[name] = (out.loss.item(), [p.grad.tolist() for p in model.parameters()], weights)
     queue.put((rank, results))
-    del model  # DDP's reducer goes before its process group (else a rank can abort at exit: "terminate called")
-    dist.barrier()  # no rank tears gloo down while the other still talks to it
-    dist.destroy_process_group()
-    # skip C++ static destructors at interpreter exit: a gloo/DDP thread torn down there aborts a rank now and then
-    # ("terminate called without an active exception") after the result is already delivered
-    queue.close()
-    queue.join_thread()
-    os._exit(0)
+    del model  # DDP's reducer goes before its process group
+    gloo_ranks.leave(queue)
 
 
 def test_distributed_equals_full_batch(tmp_path):

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rdpo_lightning.robust import KLReweighter, NoRobust, PairBatch
+from tests import gloo_ranks  # the repository root is on the path, for spawned ranks too
 
 LOSSES = [0.3, 1.2, 0.05, 2.5, 0.7, 0.7]
 
@@ -83,15 +82,9 @@ def _per_pair_losses(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _ddp_worker(rank: int, world: int, store: str, x: torch.Tensor, tau: float, normalize: bool, queue) -> None:
-    # a file rendezvous: no TCP port that a concurrent test could also pick
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    gather = gloo_ranks.join(rank, world, store)
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1).double())
-
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(t) for _ in range(world)]
-        dist.all_gather(parts, t.detach().contiguous())
-        return torch.cat(parts)
 
     local = x.chunk(world)[rank]
     losses = _per_pair_losses(model, local)
@@ -99,14 +92,8 @@ def _ddp_worker(rank: int, world: int, store: str, x: torch.Tensor, tau: float, 
     out.loss.backward()
     if rank == 0:
         queue.put([p.grad.tolist() for p in model.parameters()])
-    del model  # DDP's reducer goes before its process group (else a rank can abort at exit: "terminate called")
-    dist.barrier()  # no rank tears gloo down while the other still talks to it
-    dist.destroy_process_group()
-    # skip C++ static destructors at interpreter exit: a gloo/DDP thread torn down there aborts a rank now and then
-    # ("terminate called without an active exception") after the result is already delivered
-    queue.close()
-    queue.join_thread()
-    os._exit(0)
+    del model  # DDP's reducer goes before its process group
+    gloo_ranks.leave(queue)
 
 
 @pytest.mark.parametrize("normalize", [True, False])
