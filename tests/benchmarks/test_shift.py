@@ -6,17 +6,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "shift.py"
-
+from tests.benchmarks.tiny_runs import run_tiny
 
 shift = importlib.import_module("benchmarks.shift")  # the repository root is on pytest's path
 
@@ -46,17 +42,7 @@ def test_cell_is_mean_and_sample_std():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path_factory.mktemp("shift")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=out,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    return run, out
+    return run_tiny("shift", "--out", str(out), cwd=out), out
 
 
 def test_tiny_run_writes_table_plot_and_raw_results(tiny_run):

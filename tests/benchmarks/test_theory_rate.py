@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "theory_rate.py"
-
+from tests.benchmarks.tiny_runs import run_tiny
 
 tr = importlib.import_module("benchmarks.theory_rate")  # the repository root is on pytest's path
 
@@ -103,14 +100,7 @@ def test_wdpo_estimator_converges_to_a_stationary_point_shrunk_towards_zero():
 
 
 def test_tiny_run_writes_table_and_plot(tmp_path: Path):
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--quiet", "--out", str(tmp_path)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_tiny("theory_rate", "--quiet", "--out", str(tmp_path), cwd=tmp_path, timeout=120)
     for method in ("DPO", "KLDPO", "WDPO"):
         assert method in proc.stdout
     assert "slope" in proc.stdout and "paper bound" in proc.stdout

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "throughput.py"
+from tests.benchmarks.tiny_runs import run_tiny
 
 
 def load_script():
@@ -28,24 +25,15 @@ def table_rows(text: str, first_cell: set[str]) -> dict[str, list[str]]:
     return rows
 
 
-def run_tiny(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RDPO_CACHE=str(tmp_path / "cache"))
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(tmp_path / "throughput.md"), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    return run
+def run_throughput(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    out = str(tmp_path / "throughput.md")
+    return run_tiny("throughput", "--out", out, *extra, cwd=tmp_path, RDPO_CACHE=str(tmp_path / "cache"))
 
 
 def test_tiny_run_without_trl_times_our_configurations(tmp_path: Path) -> None:
     """Our side of the benchmark needs no TRL (the ``bench`` extra): it runs, and rows of TRL are absent."""
     throughput = load_script()
-    run = run_tiny(tmp_path, "--skip-trl", "--methods", "dpo,kldpo,wdpo-fd")
+    run = run_throughput(tmp_path, "--skip-trl", "--methods", "dpo,kldpo,wdpo-fd")
     rows = table_rows(run.stdout, set(throughput.CONFIGS))
     assert set(rows) == {"dpo", "kldpo", "wdpo-finite_difference"}
     header = table_rows(run.stdout, {"config"})["config"]
@@ -57,7 +45,7 @@ def test_tiny_run_prints_a_row_per_configuration(tmp_path: Path) -> None:
     pytest.importorskip("trl", reason="TRL is the bench extra: pip install -e '.[bench]'")
     throughput = load_script()
     out = tmp_path / "throughput.md"
-    run = run_tiny(tmp_path)
+    run = run_throughput(tmp_path)
     assert out.read_text().strip() == run.stdout.strip()
     rows = table_rows(run.stdout, set(throughput.CONFIGS))
     assert set(rows) == set(throughput.CONFIGS)
