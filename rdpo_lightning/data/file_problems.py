@@ -38,7 +38,7 @@ def silent_problem(file: Path) -> str | None:
     suffix = file.suffix.lower()
     if suffix not in TEXT_SUFFIXES:
         return None
-    if not _is_utf8(file) or (suffix != ".csv" and _has_lone_surrogate_escape(file)):
+    if _undecodable(file, surrogates=suffix != ".csv"):
         return first_problem(file)
     return _csv_first_row_problem(file) if suffix == ".csv" else None
 
@@ -64,23 +64,20 @@ def _chunks(file: Path) -> Iterator[bytes]:
         yield from iter(lambda: handle.read(_CHUNK), b"")
 
 
-def _is_utf8(file: Path) -> bool:
+def _undecodable(file: Path, surrogates: bool) -> bool:
+    """Whether the file holds bytes that are not UTF-8 or, with ``surrogates`` (JSON), a lone surrogate escape: one
+    pass over the bytes for both."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    tail = b""
     try:
         for chunk in _chunks(file):
             decoder.decode(chunk)
+            if surrogates and _LONE_SURROGATE.search(tail + chunk):
+                return True
+            tail = chunk[-12:]  # a pair cut by the chunk boundary is seen whole next time
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _has_lone_surrogate_escape(file: Path) -> bool:
-    tail = b""
-    for chunk in _chunks(file):
-        if _LONE_SURROGATE.search(tail + chunk):
-            return True
-        tail = chunk[-12:]  # a pair cut by the chunk boundary is seen whole next time
+        return True
     return False
 
 
