@@ -69,3 +69,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     reference.requires_grad_(False)
     disable_dropout(reference)
     return reference.eval()
+
+
+def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logits of a collated batch of pairs (no KV cache: one full forward per sequence)."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits

@@ -30,7 +30,7 @@ from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_logprobs
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm, resolve_dtype
+from rdpo_lightning.models import batch_logits, disable_dropout, frozen_copy, load_causal_lm, resolve_dtype
 from rdpo_lightning.reference_cache import (
     ReferenceCache,
     ReferenceLogps,
@@ -295,9 +295,8 @@ class RobustDPO(L.LightningModule):
                 return strategy._forward_redirection(strategy.model, self, "_model_logits", model, batch)
             return self._model_logits(model, batch)
 
-    @staticmethod
-    def _model_logits(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    #: a method of the module, so that the strategy's forward redirection can call it by name
+    _model_logits = staticmethod(batch_logits)
 
     def train(self, mode: bool = True) -> RobustDPO:
         """Keep the reference in eval mode whatever Lightning toggles."""
@@ -308,7 +307,7 @@ class RobustDPO(L.LightningModule):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> PairLogps:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = batch_logits(model, batch)
         logps = sequence_logprobs(
             logits, batch["labels"], average=self.pair_loss.length_normalized, chunk_rows=self.logprob_chunk_rows
         )

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from rdpo_lightning.data.collate import REFERENCE_COLUMNS
 from rdpo_lightning.logprobs import token_logprobs
+from rdpo_lightning.models import batch_logits
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def compute_reference_logps(
     (W, per_rank, 4) across ranks. ``progress`` shows a bar on rank 0 (a real model over a real data set takes
     minutes here).
     """
-    forward = forward or _plain_forward
+    forward = forward or batch_logits
     rows = len(dataset)
     indices = shard_indices(rows, rank, world_size)
     pieces = []
@@ -166,10 +167,6 @@ def compute_reference_logps(
     table = unshard(gather(local), rows) if world_size > 1 and gather is not None else local[:rows]
     table = table.cpu()
     return ReferenceLogps(table[:, 0].clone(), table[:, 1].clone(), table[:, 2].clone(), table[:, 3].clone())
-
-
-def _plain_forward(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
 def without_reference(dataset):
