@@ -52,7 +52,6 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("accuracy", "loss", "reward", "margin")
-WORSE_IS_HIGHER = {"accuracy": False, "loss": True, "reward": False, "margin": False}
 
 
 # --- what runs ---------------------------------------------------------------------------------------------------
@@ -289,10 +288,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def per_seed_worst(run: RunResult, metric: str) -> tuple[float, str]:
     """(worst value over α, the α where it lies) of one run."""
-    values = getattr(run, metric)
-    pick = max if WORSE_IS_HIGHER[metric] else min
-    alpha = pick(values, key=lambda key: values[key])
-    return values[alpha], alpha
+    from rdpo_lightning.callbacks.report import worst_of
+
+    worst = worst_of(getattr(run, metric), metric)
+    return worst if worst is not None else (math.nan, "none")
 
 
 def cell(values: list[float], digits: int = 3, fmt: str | None = None) -> str:

@@ -42,11 +42,17 @@ WORSE_IS_HIGHER = {"loss": True, "accuracy": False, "margin": False, "reward": F
 
 def worst_case(mixtures: list[MixtureResult], metric: str) -> tuple[float, str] | None:
     """(worst value, mixture name) over the mixtures that measured ``metric``; None if none did."""
-    measured = [(getattr(m, metric), m.name) for m in mixtures if not math.isnan(getattr(m, metric))]
+    return worst_of({m.name: getattr(m, metric) for m in mixtures}, metric)
+
+
+def worst_of(values: dict[str, float], metric: str) -> tuple[float, str] | None:
+    """(worst value, its name) over named values of ``metric`` that were measured (not NaN); None if none were."""
+    measured = {name: value for name, value in values.items() if not math.isnan(value)}
     if not measured:
         return None
     pick = max if WORSE_IS_HIGHER[metric] else min
-    return pick(measured, key=lambda pair: pair[0])
+    name = pick(measured, key=measured.__getitem__)
+    return measured[name], name
 
 
 def mixture_coordinates(names: list[str]) -> tuple[list[float], str]:
