@@ -623,9 +623,10 @@ def run_all(args: argparse.Namespace, main_methods: list[Method], sweep_methods:
 
 
 def load_outcome(path: Path, out: Path) -> tuple[argparse.Namespace, Outcome]:
-    """A saved ``shift.json``: the arguments it ran with (``out`` replaced) and what it measured."""
+    """A saved ``shift.json``: the arguments it ran with (``out`` replaced; options added since it was saved take
+    their defaults) and what it measured."""
     raw = json.loads(path.read_text())
-    args = argparse.Namespace(**{**raw["args"], "out": out, "quiet": False})
+    args = argparse.Namespace(**{**vars(parse_args([])), **raw["args"], "out": out, "quiet": False})
     results: dict[str, list[RunResult]] = {}
     for run in raw["runs"]:
         results.setdefault(run["method"], []).append(RunResult(**run))

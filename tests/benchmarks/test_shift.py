@@ -108,3 +108,14 @@ def test_saved_run_re_renders_to_the_same_table(tiny_run, tmp_path: Path):
     assert again["args"].pop("out") == str(tmp_path)
     first["args"].pop("out")
     assert again == first
+
+
+def test_a_run_saved_before_an_option_existed_re_renders_with_its_default(tiny_run, tmp_path: Path):
+    """Older shift.json files lack options added since (here ``--accelerator``): they take the default."""
+    _, out = tiny_run
+    raw = json.loads((out / "shift.json").read_text())
+    del raw["args"]["accelerator"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(raw))
+    report = shift.main(["--from-json", str(old), "--out", str(tmp_path / "render"), "--quiet"])
+    assert "accelerator cpu;" in report.splitlines()[0]
