@@ -29,6 +29,7 @@ from rdpo_lightning.adapters import (
     trainable_summary,
 )
 from rdpo_lightning.data.collate import PairCollator
+from rdpo_lightning.data.packing import PACK_INDEX, pack, unpack
 from rdpo_lightning.data.sampler import load_pending_loader_states
 from rdpo_lightning.distributed import (
     apply_activation_checkpointing,
@@ -40,9 +41,16 @@ from rdpo_lightning.distributed import (
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
-from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_logprobs
+from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_sums
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import batch_logits, disable_dropout, frozen_copy, load_causal_lm, resolve_dtype
+from rdpo_lightning.models import (
+    check_packing_support,
+    disable_dropout,
+    frozen_copy,
+    load_causal_lm,
+    resolve_dtype,
+    token_logps,
+)
 from rdpo_lightning.reference_cache import (
     ReferenceCache,
     ReferenceLogps,
@@ -98,7 +106,11 @@ class RobustDPO(L.LightningModule):
         warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``min_lr_ratio`` × lr.
         gradient_clip_val: gradient-norm clip, applied in automatic and manual optimisation alike.
         disable_policy_dropout: zero dropout in the policy (the reference never has dropout).
-        logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once).
+        logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once) on the
+            full-logits path.
+        fused_logprobs: compute response log-probs through the output layer chunk by chunk from the body's hidden
+            states, never building the (rows, T, vocabulary) logits (:mod:`rdpo_lightning.fused_logprobs`); a model
+            it cannot handle falls back to the full-logits path with one log line.
         torch_dtype, attn_implementation: passed to ``from_pretrained`` / ``from_config``.
         on_nonfinite: a NaN/inf loss or gradient ``stop``s the fit with a checkpoint of the last good state, or the
             step is ``skip``ped with a warning (see :mod:`rdpo_lightning.guards`).
@@ -129,6 +141,7 @@ class RobustDPO(L.LightningModule):
         gradient_clip_val: float | None = 1.0,
         disable_policy_dropout: bool = True,
         logprob_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+        fused_logprobs: bool = True,
         torch_dtype: str | None = None,
         attn_implementation: str | None = None,
         on_nonfinite: str = "stop",
@@ -173,6 +186,7 @@ class RobustDPO(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.disable_policy_dropout = disable_policy_dropout
         self.logprob_chunk_rows = logprob_chunk_rows
+        self.fused_logprobs = bool(fused_logprobs)
         self.torch_dtype = torch_dtype
         self.attn_implementation = attn_implementation
         self.precompute_reference = precompute_reference
@@ -294,7 +308,11 @@ class RobustDPO(L.LightningModule):
         strategy = self.trainer.strategy
         model = self.reference if self.reference is not None else self.policy
         uses_policy = model is self.policy
-        collate = PairCollator(datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None))
+        collate = (
+            datamodule._collator()
+            if hasattr(datamodule, "_collator")
+            else PairCollator(datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None))
+        )
         batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)
 
         progress = self.trainer.progress_bar_callback is not None
@@ -338,17 +356,18 @@ class RobustDPO(L.LightningModule):
             )
             state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
 
-    def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Logits of ``model``, routed through the strategy's wrapper of the LightningModule when there is one (DDP),
-        as Lightning routes ``validation_step``."""
+    def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Per-token log-probs and mask of ``model``, routed through the strategy's wrapper of the LightningModule
+        when there is one (DDP), as Lightning routes ``validation_step``."""
         strategy = self.trainer.strategy
         with strategy.precision_plugin.forward_context():
             if strategy.model is not None and strategy.model is not self:
-                return strategy._forward_redirection(strategy.model, self, "_model_logits", model, batch)
-            return self._model_logits(model, batch)
+                return strategy._forward_redirection(strategy.model, self, "_model_token_logps", model, batch)
+            return self._model_token_logps(model, batch)
 
-    #: a method of the module, so that the strategy's forward redirection can call it by name
-    _model_logits = staticmethod(batch_logits)
+    def _model_token_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """A method of the module, so that the strategy's forward redirection can call it by name."""
+        return token_logps(model, batch, self.logprob_chunk_rows, self.fused_logprobs)
 
     def train(self, mode: bool = True) -> RobustDPO:
         """Keep the reference in eval mode whatever Lightning toggles."""
@@ -359,10 +378,7 @@ class RobustDPO(L.LightningModule):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> PairLogps:
-        logits = batch_logits(model, batch)
-        logps = sequence_logprobs(
-            logits, batch["labels"], average=self.pair_loss.length_normalized, chunk_rows=self.logprob_chunk_rows
-        )
+        logps = sequence_sums(*self._model_token_logps(model, batch), average=self.pair_loss.length_normalized)
         half = logps.shape[0] // 2
         return PairLogps(logps[:half], logps[half:])
 
@@ -389,14 +405,19 @@ class RobustDPO(L.LightningModule):
         added to it) through a forward hook, which works under FSDP where calling the embedding directly does not."""
         captured: list[Tensor] = []
 
-        def hook(_module, _inputs, output):
+        pack_index = batch.get(PACK_INDEX)
+        if pack_index is not None:
+            check_packing_support(self.policy, batch)  # its probe forward must not meet the hook below
+
+        def hook(_module, _inputs, output):  # z in the pair layout (2B, T, H), also for a packed batch
+            embeddings = output if pack_index is None else unpack(output, pack_index)
             if shift is not None:
-                output = output + shift.to(output.dtype)
+                embeddings = embeddings + shift.to(embeddings.dtype)
             if capture:
-                if not output.requires_grad:
-                    output = output.detach().requires_grad_()
-                captured.append(output)
-            return output
+                if not embeddings.requires_grad:
+                    embeddings = embeddings.detach().requires_grad_()
+                captured.append(embeddings)
+            return embeddings if pack_index is None else pack(embeddings, pack_index, output)
 
         hooked = capture or shift is not None
         handle = self.policy.get_input_embeddings().register_forward_hook(hook) if hooked else None

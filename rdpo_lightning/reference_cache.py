@@ -32,8 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rdpo_lightning.data.collate import REFERENCE_COLUMNS
-from rdpo_lightning.logprobs import token_logprobs
-from rdpo_lightning.models import batch_logits
+from rdpo_lightning.models import token_logps
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +139,20 @@ def compute_reference_logps(
     rank: int = 0,
     world_size: int = 1,
     gather: Callable[[Tensor], Tensor] | None = None,
-    forward: Callable[[nn.Module, dict[str, Tensor]], Tensor] | None = None,
+    forward: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]] | None = None,
     chunk_rows: int | None = None,
     progress: bool = False,
     description: str = "reference log-probs",
 ) -> ReferenceLogps:
     """Sums and counts of response-token log-probs of every row of ``dataset`` under ``model``.
 
-    ``forward(model, batch)`` returns the logits (default: ``model(input_ids, attention_mask).logits``); pass one that
+    ``forward(model, batch)`` returns per-token log-probs and mask (default: :func:`rdpo_lightning.models.token_logps`,
+    fused, with ``chunk_rows`` for a model that falls back to full logits); pass one that
     routes through the strategy's wrapper when the model is sharded. ``gather`` all-gathers a (per_rank, 4) tensor to
     (W, per_rank, 4) across ranks. ``progress`` shows a bar on rank 0 (a real model over a real data set takes
     minutes here).
     """
-    forward = forward or batch_logits
+    forward = forward or (lambda model, batch: token_logps(model, batch, chunk_rows))
     rows = len(dataset)
     indices = shard_indices(rows, rank, world_size)
     pieces = []
@@ -160,8 +160,7 @@ def compute_reference_logps(
     for start in tqdm(starts, desc=description, unit="batch", disable=not progress or rank != 0, leave=False):
         batch = collate([dataset[i] for i in indices[start : start + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = forward(model, batch)
-        logps, mask = token_logprobs(logits, batch["labels"], chunk_rows)
+        logps, mask = forward(model, batch)
         sums, counts = logps.double().sum(-1), mask.sum(-1).double()
         half = sums.shape[0] // 2
         pieces.append(torch.stack([sums[:half], sums[half:], counts[:half], counts[half:]], dim=1))

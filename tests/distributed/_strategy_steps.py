@@ -2,8 +2,10 @@
 
 Run as a script (Lightning re-executes it for rank 1):
 ``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
-with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac]``. For each case rank 0 writes ``OUT_DIR/<case>.pt`` with the
-policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the message of a refused configuration.
+with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+pf][+full]`` (``pf``: padding-free batches; ``full``: the
+full-logits path instead of the default fused output-layer log-probs). For each case rank 0 writes
+``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the message of
+a refused configuration.
 Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
 The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
 """
@@ -57,6 +59,7 @@ def run_case(
         gradient_clip_val=0.05 if "clip" in flags else None,
         torch_dtype="float64",
         activation_checkpointing="ac" in flags,
+        fused_logprobs="full" not in flags,
         reference_cache_dir=cache_dir,
     )
     data = AttributeWorldDataModule(
@@ -65,6 +68,7 @@ def run_case(
         val_alphas=[],
         batch_size=GLOBAL_BATCH if single else GLOBAL_BATCH // WORLD,
         max_length=24,
+        padding_free="pf" in flags,
         tokenizer_dir=model_dir,
     )
     trainer = L.Trainer(
