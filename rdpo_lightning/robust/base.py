@@ -107,15 +107,6 @@ def global_softmax_weights(losses: Tensor, gather: Callable[[Tensor], Tensor], t
     return (torch.exp((local - anchor) / temperature) / normaliser).to(losses.dtype)
 
 
-def weighted_objective(batch: PairBatch, local_weights: Tensor, objective: Tensor) -> Tensor:
-    """The per-rank loss of a strategy with detached global weights: Σ w_i ℓ_i over this rank's pairs, scaled by
-    ``world_size`` so that DDP's gradient average is the gradient of the global Σ w ℓ; its *value* is replaced by the
-    global ``objective`` (the same on every rank), without touching the gradient."""
-    losses = batch.losses
-    surrogate = batch.world_size * (local_weights.to(losses.dtype) * losses).sum()
-    return surrogate + (objective.to(surrogate.dtype) - surrogate).detach()
-
-
 def effective_sample_fraction(weights: Tensor) -> Tensor:
     """Kish's effective sample size (Σw)²/Σw², as a fraction of the number of weights (1 = uniform)."""
     weights = weights.double()

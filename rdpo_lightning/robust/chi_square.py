@@ -7,14 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rdpo_lightning.robust.base import (
-    PairBatch,
-    RobustLoss,
-    RobustOutput,
-    check_positive,
-    effective_sample_fraction,
-    weighted_objective,
-)
+from rdpo_lightning.robust.base import check_positive
+from rdpo_lightning.robust.reweighting import GlobalReweighting
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ class ChiSquareWeights:
         return (values - self.threshold).clamp(min=0) / self.normaliser
 
 
-class ChiSquareDRO(RobustLoss):
+class ChiSquareDRO(GlobalReweighting):
     """χ²-ball DRO: the largest Σ p_i ℓ_i over distributions p on the *global* batch (losses all-gathered across
     ranks) within χ²-divergence ``rho`` of uniform, D(p‖u) = ½·(1/n)·Σ (n·p_i − 1)² ≤ ρ (the Pearson χ² is 2ρ).
 
@@ -83,8 +77,8 @@ class ChiSquareDRO(RobustLoss):
     ρ is large. Each rank weights only its own pairs and scales by ``world_size``, so DDP's gradient average is the
     full-batch gradient; the loss *value* is the global objective on every rank.
 
-    Metrics: ``threshold`` (η), ``weight_max`` (the largest weight relative to uniform), ``ess_fraction``
-    (= 1/(1+2ρ) whenever the ball's constraint binds) and ``support_fraction`` (the share of pairs with weight > 0).
+    Metrics (:class:`~rdpo_lightning.robust.reweighting.GlobalReweighting`): ``threshold`` is η, ``ess_fraction``
+    equals 1/(1+2ρ) whenever the ball's constraint binds, ``support_fraction`` is the share of pairs above η.
     """
 
     def __init__(self, rho: float = 0.5) -> None:
@@ -92,15 +86,5 @@ class ChiSquareDRO(RobustLoss):
         check_positive("rho", rho)
         self.rho = float(rho)
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
-        global_losses = batch.gather(batch.losses)
-        rule = ChiSquareWeights.solve(global_losses, self.rho)
-        global_weights = rule(global_losses)
-        loss = weighted_objective(batch, rule(batch.losses), (global_weights * global_losses.double()).sum())
-        metrics = {
-            "threshold": rule.threshold.float(),
-            "weight_max": (global_weights.max() * global_weights.numel()).float(),
-            "ess_fraction": effective_sample_fraction(global_weights),
-            "support_fraction": (global_weights > 0).double().mean().float(),
-        }
-        return RobustOutput(loss=loss, metrics=metrics)
+    def weight_rule(self, global_losses: Tensor) -> ChiSquareWeights:
+        return ChiSquareWeights.solve(global_losses, self.rho)

@@ -8,13 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rdpo_lightning.robust.base import (
-    PairBatch,
-    RobustLoss,
-    RobustOutput,
-    effective_sample_fraction,
-    weighted_objective,
-)
+from rdpo_lightning.robust.reweighting import GlobalReweighting
 
 
 @dataclass(frozen=True)
@@ -50,7 +44,7 @@ class CVaRWeights:
         return (values > self.threshold).double() * self.above + (values == self.threshold).double() * self.at
 
 
-class CVaR(RobustLoss):
+class CVaR(GlobalReweighting):
     """Conditional value at risk of the pair losses over the *global* batch (losses all-gathered across ranks).
 
     The objective is the mean of the worst ``worst_fraction`` (q) of the losses, with the fractional boundary weight
@@ -59,8 +53,8 @@ class CVaR(RobustLoss):
     is the one that splits their weight equally). Each rank weights only its own pairs and scales by ``world_size``,
     so DDP's gradient average is the full-batch gradient; the loss *value* is the global objective on every rank.
 
-    Metrics: ``threshold`` (the value at risk t), ``weight_max`` (the largest weight relative to uniform, 1/q) and
-    ``ess_fraction`` (about q).
+    Metrics (:class:`~rdpo_lightning.robust.reweighting.GlobalReweighting`): ``threshold`` is the value at risk t,
+    ``weight_max`` about 1/q, ``ess_fraction`` and ``support_fraction`` about q.
     """
 
     def __init__(self, worst_fraction: float = 0.5) -> None:
@@ -69,14 +63,5 @@ class CVaR(RobustLoss):
             raise ValueError(f"worst_fraction must lie in (0, 1], got {worst_fraction!r}")
         self.worst_fraction = float(worst_fraction)
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
-        global_losses = batch.gather(batch.losses)
-        rule = CVaRWeights.solve(global_losses, self.worst_fraction)
-        global_weights = rule(global_losses)
-        loss = weighted_objective(batch, rule(batch.losses), (global_weights * global_losses.double()).sum())
-        metrics = {
-            "threshold": rule.threshold.float(),
-            "weight_max": (global_weights.max() * global_weights.numel()).float(),
-            "ess_fraction": effective_sample_fraction(global_weights),
-        }
-        return RobustOutput(loss=loss, metrics=metrics)
+    def weight_rule(self, global_losses: Tensor) -> CVaRWeights:
+        return CVaRWeights.solve(global_losses, self.worst_fraction)

@@ -13,8 +13,8 @@ from rdpo_lightning.robust.base import (
     check_positive,
     effective_sample_fraction,
     global_softmax_weights,
-    weighted_objective,
 )
+from rdpo_lightning.robust.reweighting import weighted_objective
 
 
 class DrDPO(RobustLoss):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput, check_positive, weighted_objective
+from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput, check_positive
+from rdpo_lightning.robust.reweighting import weighted_objective
 
 
 class GroupDRO(RobustLoss):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rdpo_lightning.robust import ChiSquareDRO, NoRobust, PairBatch
+from tests.robust.fixed_weights import assert_gradient_is_fixed_weight_gradient
 
 RNG = np.random.default_rng(7)
 LOSS_SETS = {
@@ -137,18 +138,10 @@ def test_tiny_rho_approaches_the_mean():
 
 
 def test_parameter_gradient_is_the_weighted_gradient():
-    """∇_θ Σ p_i ℓ_i(θ) with p held fixed (Danskin), p taken from a long projected-gradient ascent over the ball."""
-    rho = 1.0
+    """∇_θ Σ p_i ℓ_i(θ) with p held fixed (Danskin), p found by the test's own bisection."""
     x = torch.randn(12, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    model = torch.nn.Linear(3, 1).double()
-    ChiSquareDRO(rho=rho)(PairBatch(losses=torch.nn.functional.softplus(-model(x).squeeze(-1)))).loss.backward()
-    ours = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    losses = torch.nn.functional.softplus(-model(x).squeeze(-1))
-    weights = torch.tensor(best_point_by_bisection(losses.detach().numpy(), rho))
-    (weights * losses).sum().backward()
-    for got, want in zip(ours, [p.grad for p in model.parameters()], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    weights_of = lambda losses: torch.tensor(best_point_by_bisection(np.array(losses), 1.0))  # noqa: E731
+    assert_gradient_is_fixed_weight_gradient(ChiSquareDRO(rho=1.0), weights_of, x, rtol=1e-9)
 
 
 def best_point_by_bisection(values: np.ndarray, rho: float) -> np.ndarray:

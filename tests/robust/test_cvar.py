@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rdpo_lightning.robust import CVaR, NoRobust, PairBatch
+from tests.robust.fixed_weights import assert_gradient_is_fixed_weight_gradient
 
 LOSSES = [0.3, 1.2, 0.05, 2.5, 0.7, 0.9, 4.0, 0.1, 1.7, 0.6]  # distinct
 
@@ -70,18 +71,10 @@ def test_limits_mean_and_maximum():
 
 
 def test_parameter_gradient_is_the_tail_mean_gradient():
-    """∇_θ of the mean of the worst pairs (picked by the test, held fixed) — autograd through an independent route."""
-    q = 0.35
+    """∇_θ of the mean of the worst pairs (picked by the test's sort, held fixed), through autograd."""
     x = torch.randn(10, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    model = torch.nn.Linear(3, 1).double()
-    CVaR(worst_fraction=q)(PairBatch(losses=torch.nn.functional.softplus(-model(x).squeeze(-1)))).loss.backward()
-    ours = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    losses = torch.nn.functional.softplus(-model(x).squeeze(-1))
-    weights = torch.tensor(sorted_tail_weights(losses.tolist(), q))
-    (weights * losses).sum().backward()
-    for got, want in zip(ours, [p.grad for p in model.parameters()], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    weights_of = lambda losses: torch.tensor(sorted_tail_weights(losses, 0.35))  # noqa: E731
+    assert_gradient_is_fixed_weight_gradient(CVaR(worst_fraction=0.35), weights_of, x, rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

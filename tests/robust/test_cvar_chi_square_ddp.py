@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from rdpo_lightning.robust import ChiSquareDRO, CVaR, PairBatch
 from tests import gloo_ranks  # the repository root is on the path, for spawned ranks too
+from tests.robust.fixed_weights import fixed_weight_gradient, fresh_model, pair_losses
 from tests.robust.test_chi_square import best_point_by_bisection
 from tests.robust.test_cvar import sorted_tail_weights
 
@@ -27,10 +28,6 @@ def independent_weights(name: str, losses: list[float]) -> torch.Tensor:
     return torch.tensor(best_point_by_bisection(np.array(losses), RHO))
 
 
-def per_pair_losses(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.softplus(-model(x).squeeze(-1))
-
-
 def pairs() -> torch.Tensor:
     """10 pairs; rank 1's half is shifted so its losses are the large ones."""
     x = torch.randn(10, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -42,25 +39,14 @@ def _worker(rank: int, world: int, store: str, queue) -> None:
     gather = gloo_ranks.join(rank, world, store)
     results = {}
     for name, strategy in strategies().items():
-        torch.manual_seed(0)
-        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1).double())
-        losses = per_pair_losses(model, pairs().chunk(world)[rank])
+        model = torch.nn.parallel.DistributedDataParallel(fresh_model())
+        losses = pair_losses(model, pairs().chunk(world)[rank])
         out = strategy(PairBatch(losses=losses, gather=gather, world_size=world))
         out.loss.backward()
         results[name] = (out.loss.item(), [p.grad.tolist() for p in model.parameters()])
         del model  # DDP's reducer goes before its process group
     queue.put((rank, results))
     gloo_ranks.leave(queue)
-
-
-def full_batch_gradient(weights_of, x: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
-    """Σ p_i ℓ_i and its gradient with p = weights_of(losses) held fixed, on one process."""
-    torch.manual_seed(0)
-    model = torch.nn.Linear(3, 1).double()
-    losses = per_pair_losses(model, x)
-    objective = (weights_of(losses.tolist()) * losses).sum()
-    objective.backward()
-    return objective.item(), [p.grad for p in model.parameters()]
 
 
 def test_weights_are_global_not_per_rank(tmp_path):
@@ -70,13 +56,13 @@ def test_weights_are_global_not_per_rank(tmp_path):
 
     x = pairs()
     for name in strategies():
-        value, gradient = full_batch_gradient(lambda losses, n=name: independent_weights(n, losses), x)
+        value, gradient = fixed_weight_gradient(lambda losses, n=name: independent_weights(n, losses), x)
         for rank in (0, 1):
             got_value, got_gradient = by_rank[rank][name]
             assert got_value == pytest.approx(value, rel=1e-9), (name, rank)
             for got, want in zip(got_gradient, gradient, strict=True):
                 torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), want, rtol=1e-9, atol=1e-12)
 
-        halves = [full_batch_gradient(lambda losses, n=name: independent_weights(n, losses), h) for h in x.chunk(2)]
+        halves = [fixed_weight_gradient(lambda losses, n=name: independent_weights(n, losses), h) for h in x.chunk(2)]
         per_rank = [(a + b) / 2 for a, b in zip(halves[0][1], halves[1][1], strict=True)]
         assert max((a - b).abs().max().item() for a, b in zip(per_rank, gradient, strict=True)) > 1e-2, name
