@@ -83,7 +83,13 @@ def main(args: list[str] | None = None) -> RDPOCLI:
 
 
 def run() -> None:
-    """The ``rdpo`` console script: exit status 0 on success (``main`` returns the CLI object for Python callers)."""
+    """The ``rdpo`` console script: exit status 0 on success (``main`` returns the CLI object for Python callers).
+    ``rdpo pareto ...`` is not a Lightning subcommand: it reads finished runs (:mod:`rdpo_lightning.pareto.report`)."""
+    if sys.argv[1:2] == ["pareto"]:
+        from rdpo_lightning.pareto.report import main as pareto
+
+        pareto(sys.argv[2:])
+        return
     main()
 
 
