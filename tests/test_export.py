@@ -8,57 +8,29 @@ import json
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.export import export_checkpoint
-from rdpo_lightning.module import RobustDPO
+from tests.lora_fits import brute_logps, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["ln_f"])
 
 
-def brute_logps(model, batch) -> torch.Tensor:
-    """Sequence log-probs (sums over response tokens) by an explicit log-softmax and gather."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
-    labels = batch["labels"][:, 1:]
-    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logps * (labels != -100)).sum(-1)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
     """A LoRA policy after 3 SGD steps (float32), its checkpoint, and a batch."""
     root = tmp_path_factory.mktemp("export_fit")
-    L.seed_everything(0, verbose=False)
-    module = RobustDPO(
-        model=str(tiny_model_dir),
-        peft=LORA,
+    module = fit(
+        tiny_model_dir, root, steps=3, data={"num_train": 24}, peft=LORA, torch_dtype=None, gradient_clip_val=1.0,
         optimizer=functools.partial(torch.optim.SGD, lr=2.0),
-        min_lr_ratio=1.0,
-        reference_cache_dir=str(root / "cache"),
-    )
-    data = AttributeWorldDataModule(
-        num_train=24, num_val=4, val_alphas=[], batch_size=8, max_length=24, tokenizer_dir=str(tiny_model_dir)
-    )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
-    trainer.fit(module, datamodule=data)
+    )  # fmt: skip
+    trainer, data = module.trainer, module.trainer.datamodule
     trainer.save_checkpoint(root / "trained.ckpt")
     loaders = data.val_dataloader()
     batch = next(iter(loaders[0] if isinstance(loaders, list) else loaders))
