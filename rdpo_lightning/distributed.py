@@ -16,6 +16,9 @@ the one place that knows how each Lightning strategy wants a model prepared:
 
 Activation checkpointing (non-reentrant, so ``autograd.grad`` keeps working for WDPO) wraps the same blocks under
 every strategy.
+
+It is also where the data-parallel replica count is worked out (:func:`data_parallel_replicas`), for the sampler,
+the generation callback and per-rank seeding alike.
 """
 
 from __future__ import annotations
@@ -26,8 +29,23 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import nn
+
+
+def data_parallel_replicas(trainer: Any = None) -> tuple[int, int]:
+    """(number of data-parallel replicas, this process's replica index).
+
+    From the Trainer's strategy when one is attached (ModelParallel counts only its data-parallel mesh dimension),
+    else from an initialised ``torch.distributed`` process group, else a single process.
+    """
+    kwargs = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+    if kwargs:
+        return int(kwargs["num_replicas"]), int(kwargs["rank"])
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 def transformer_block_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:

@@ -6,14 +6,18 @@ The module computes per-pair losses from one concatenated (2B, T) forward and ha
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from peft import PeftConfig
 from torch import Tensor
 
+from rdpo_lightning.adapters import attach_adapters, is_adapted, peft_config_dict, reference_mode, trainable_summary
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_interval, check_non_negative, check_positive
 from rdpo_lightning.data.sampler import load_pending_loader_states
 from rdpo_lightning.distributed import (
@@ -23,6 +27,7 @@ from rdpo_lightning.distributed import (
     prepare_models,
     reshard,
 )
+from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
@@ -32,6 +37,8 @@ from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, reconcile_reference_state
 from rdpo_lightning.reproducibility import seed_training_batch
 from rdpo_lightning.robust import NoRobust, RobustLoss, ScoredPairs
+from rdpo_lightning.run_record import KEY as RUN_RECORD_KEY
+from rdpo_lightning.run_record import run_record
 from rdpo_lightning.schedules import warmup_cosine
 
 
@@ -41,6 +48,13 @@ class RobustDPO(L.LightningModule):
     Args:
         model: Hugging Face name or local path of the policy (``AutoModelForCausalLM``).
         model_config: instead of ``model``, a config dict (with ``model_type``) for a randomly initialised policy.
+        peft: adapters to train instead of the whole policy: a PEFT config by ``class_path`` (``peft.LoraConfig``);
+            the reference is then the base model itself, no second copy (see :mod:`rdpo_lightning.adapters`).
+        adapter: instead of ``peft``, a saved adapter directory to continue training (the reference is the base model
+            with this starting adapter).
+        quantization: load the base model quantized, as ``transformers.BitsAndBytesConfig`` arguments (QLoRA:
+            ``{load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: bfloat16}``); needs a CUDA GPU
+            and ``bitsandbytes`` (``pip install rdpo-lightning[qlora]``).
         reference: name or path of the reference policy; default: a frozen copy of the initial policy.
         beta: the KL-regularisation strength β of DPO (> 0).
         pair_loss: per-pair loss (default :class:`SigmoidLoss`, i.e. DPO).
@@ -67,6 +81,9 @@ class RobustDPO(L.LightningModule):
         self,
         model: str | None = None,
         model_config: dict[str, Any] | None = None,
+        peft: PeftConfig | None = None,
+        adapter: str | None = None,
+        quantization: dict[str, Any] | None = None,
         reference: str | None = None,
         beta: float = 0.1,
         pair_loss: PairLoss | None = None,
@@ -100,7 +117,12 @@ class RobustDPO(L.LightningModule):
         check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         check_int_at_least("model.accumulate_grad_batches", accumulate_grad_batches, 1)
-        self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer"])
+        self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer", "peft"])
+        self.hparams["peft"] = peft_config_dict(peft)  # plain data: a checkpoint loads without unpickling PEFT classes
+        self.peft = peft
+        self.adapter = adapter
+        self.quantization = quantization
+        self._adapter_config: dict[str, Any] | None = None
         self.model_name = model
         self.model_config = model_config
         self.reference_name = reference
@@ -148,18 +170,27 @@ class RobustDPO(L.LightningModule):
         if self.policy is not None:
             return
         policy = load_causal_lm(
-            self.model_name, self.model_config, self._tokenizer(), self.torch_dtype, self.attn_implementation
+            self.model_name,
+            self.model_config,
+            self._tokenizer(),
+            self.torch_dtype,
+            self.attn_implementation,
+            quantization=self.quantization,
         )
+        if self.quantization is not None and self.peft is None and self.adapter is None:
+            raise InputError("model.quantization: a quantized base cannot train; set model.peft (QLoRA) as well")
+        policy = attach_adapters(policy, self.peft, self.adapter)
+        if is_adapted(policy):
+            self._adapter_config = peft_config_dict(policy.peft_config["default"])
+            rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
         if self.disable_policy_dropout:
             disable_dropout(policy)
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
         reference = None
         if self.pair_loss.uses_reference:
-            named = (
-                None
-                if self.reference_name is None
-                else load_causal_lm(self.reference_name, None, None, self.torch_dtype)
-            )
+            named = None
+            if self.reference_name is not None:
+                named = load_causal_lm(self.reference_name, None, None, self.torch_dtype, key="model.reference")
             reference = self.references.build(self._trainer, policy, named, self.pair_loss.length_normalized)
         if self.activation_checkpointing:
             apply_activation_checkpointing(policy)
@@ -180,9 +211,10 @@ class RobustDPO(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            equipped = self.references.equip(
-                self.trainer, model, self.pair_loss.length_normalized, self._reference_forward, self.all_gather
-            )
+            with reference_mode(self.policy) if model is self.policy else contextlib.nullcontext():
+                equipped = self.references.equip(
+                    self.trainer, model, self.pair_loss.length_normalized, self._reference_forward, self.all_gather
+                )
         finally:
             self.train(was_training)
         if equipped:
@@ -194,8 +226,6 @@ class RobustDPO(L.LightningModule):
         :func:`~rdpo_lightning.reference_cache.reconcile_reference_state`)."""
         state = checkpoint.get("state_dict")
         if state is not None and reconcile_reference_state(state, self.reference):
-            from lightning.pytorch.utilities import rank_zero_info
-
             rank_zero_info(
                 "the checkpoint holds no reference weights (they were precomputed): using the reference built from"
                 " the configuration"
@@ -241,6 +271,9 @@ class RobustDPO(L.LightningModule):
         if "reference_chosen_logps" in batch:
             chosen, rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
             return PairLogps(chosen.to(self._logps_dtype), rejected.to(self._logps_dtype))
+        if self.reference is None and self._adapter_config is not None:  # the base model (+ starting adapter)
+            with reference_mode(self.policy):
+                return self._pair_logps(self.policy, batch)[0]
         if self.reference is None:
             raise RuntimeError(
                 "this batch carries no precomputed reference log-probs and no reference model is resident: they are"
@@ -370,6 +403,7 @@ class RobustDPO(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         refuse_nonfinite_checkpoint(checkpoint)
+        checkpoint[RUN_RECORD_KEY] = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -27,15 +27,17 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from rdpo_lightning.adapters import is_adapted, reference_state
 from rdpo_lightning.data.collate import REFERENCE_COLUMNS
 from rdpo_lightning.models import frozen_copy, token_logps
 
@@ -49,10 +51,12 @@ def default_reference_cache_dir() -> Path:
     return Path(os.environ.get("RDPO_CACHE", Path.home() / ".cache" / "rdpo_lightning")) / "reference_logps"
 
 
-def weights_digest(model: nn.Module) -> str:
-    """A digest of the model's weights: blake2b over each parameter's name, dtype, shape and bytes."""
+def weights_digest(model: nn.Module | Mapping[str, Tensor]) -> str:
+    """A digest of the model's weights (or of a state dict): blake2b over each tensor's name, dtype, shape and
+    bytes."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    for name, tensor in state.items():
         tensor = tensor.detach()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -296,12 +300,17 @@ class ReferenceSource:
         """The resident reference model to prepare alongside the policy, or None.
 
         ``reference``: a separately loaded reference model, or None when the reference is the initial policy. None
-        is returned when every split's log-probs are cached (they are attached now), or when they will be computed
-        in :meth:`equip` by the initial policy itself; a frozen copy otherwise.
+        is returned when every split's log-probs are cached (they are attached now), when they will be computed in
+        :meth:`equip` by the initial policy itself, or when the policy carries adapters (its base, in
+        :func:`~rdpo_lightning.adapters.reference_mode`, is the reference: never copied); a frozen copy otherwise.
         """
         precomputation = self._plan(trainer, policy if reference is None else reference)
         if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
             precomputation.run(trainer, length_normalized)
+            return None
+        if reference is None and is_adapted(policy):  # the policy computes the reference: no second model
+            if precomputation is not None and trainer.state.fn == TrainerFn.FITTING:
+                self._pending = precomputation
             return None
         if precomputation is not None and self._may_compute_later(trainer, reference):
             self._pending = precomputation
@@ -312,20 +321,16 @@ class ReferenceSource:
         """Which splits are cached, for the reference's *initial* weights (before any checkpoint is restored); None
         when precomputation is off, the stage reads other splits (test, predict), or the DataModule has no named
         ``datasets`` splits."""
-        from lightning.pytorch.trainer.states import TrainerFn
-
         if not self.precompute or trainer is None or trainer.state.fn not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
             return None
         settings = {"precision": str(trainer.precision), **self.settings}
-        digest = trainer.strategy.broadcast(weights_digest(reference), src=0)
+        digest = trainer.strategy.broadcast(weights_digest(reference_state(reference)), src=0)
         return ReferencePrecomputation.plan(trainer, digest, settings, self.cache)
 
     @staticmethod
     def _may_compute_later(trainer, reference: nn.Module | None) -> bool:
         """Missing log-probs are computed only while fitting, and, when the initial policy is the reference, only if
         no checkpoint will overwrite its weights first (resuming); otherwise a resident reference model is used."""
-        from lightning.pytorch.trainer.states import TrainerFn
-
         if trainer.state.fn != TrainerFn.FITTING:
             return False
         return reference is not None or trainer.ckpt_path is None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rdpo_lightning.data.sampler import data_parallel_replicas
+from rdpo_lightning.distributed import data_parallel_replicas
 
 
 def batch_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:

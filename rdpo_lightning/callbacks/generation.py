@@ -20,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from rdpo_lightning.callbacks.metrics import GroupedMean
 from rdpo_lightning.data.mixture import Mixture
+from rdpo_lightning.distributed import data_parallel_replicas
 from rdpo_lightning.rewards import AttributeWorldReward, RewardFunction
 
 
@@ -176,8 +177,7 @@ class GenerationEvaluation:
                     f"{len(attributes)} attributes {attributes}"
                 )
         prompts = self.prompt_ids(trainer)
-        kwargs = trainer.distributed_sampler_kwargs or {"num_replicas": 1, "rank": 0}
-        replicas, rank = kwargs["num_replicas"], kwargs["rank"]
+        replicas, rank = data_parallel_replicas(trainer)
         # equal work on every rank (sharded models need every rank in every forward): pad with weight-0 prompts
         per_rank = math.ceil(len(prompts) / replicas)
         mine = list(range(rank, len(prompts), replicas))
@@ -212,16 +212,13 @@ class GenerationEvaluation:
     def _generate(
         self, policy: torch.nn.Module, rows: list[list[int]], tokenizer: Any, config: Any, device, synced: bool
     ) -> tuple[list[str], list[str]]:
-        """Left-pad ``rows``, generate, and return the texts to score and the completions."""
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, width - len(row) :] = 1
+        """Left-pad ``rows`` (the tokenizer's own padding; its ``padding_side`` setting is left alone, since the
+        DataModule shares it), generate, and return the texts to score and the completions."""
+        batch = tokenizer.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt")
+        width = batch["input_ids"].shape[1]
         output = policy.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
             generation_config=config,
             synced_gpus=synced,
         )

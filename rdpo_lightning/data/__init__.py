@@ -3,6 +3,7 @@
 from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.generate import SamplingConfig
 from rdpo_lightning.data.mixture import Mixture, bradley_terry_labels, two_attribute_mixture
+from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule
 from rdpo_lightning.data.pairwise import PairwisePreferenceDataModule
 from rdpo_lightning.data.scored import ScoredCompletionsDataModule
 from rdpo_lightning.data.world import AttributeWorld
@@ -12,6 +13,7 @@ __all__ = [
     "AttributeWorld",
     "AttributeWorldDataModule",
     "Mixture",
+    "MixturePairsDataModule",
     "PairwisePreferenceDataModule",
     "PreferenceDataModule",
     "ScoredCompletionsDataModule",

@@ -24,16 +24,11 @@ import numpy as np
 
 from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
-from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
+from rdpo_lightning.data.datamodule import batching_arguments
 from rdpo_lightning.data.hub import load_table
-from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
-from rdpo_lightning.data.pairing import (
-    TIED,
-    PromptCompletions,
-    check_pairing,
-    compared_completions,
-    pair_completions,
-)
+from rdpo_lightning.data.mixture import MixtureEntry
+from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits, mixture_arguments
+from rdpo_lightning.data.pairing import PromptCompletions
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
 
@@ -57,7 +52,7 @@ def is_score(value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-class ScoredCompletionsDataModule(PreferenceDataModule):
+class ScoredCompletionsDataModule(MixturePairsDataModule):
     """Pairs built at training and validation mixtures from scored completions at ``path``.
 
     Args:
@@ -113,40 +108,22 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
         cache_dir: str | None = None,
         num_proc: int | None = None,
     ) -> None:
-        super().__init__(**batching_arguments(locals()))
         if not score_columns:
             raise ValueError("data.score_columns must name at least one attribute column")
         if len(set(score_columns)) != len(score_columns):
             raise ValueError(f"data.score_columns repeats a column: {score_columns}")
-        check_pairing(pairing)
-        if label_temperature is not None and not label_temperature > 0:
-            raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
         check_fraction("data.val_fraction", val_fraction)
-        grid = resolve_mixture_grid(
-            score_columns,
-            attribute_a,
-            attribute_b,
-            train_alpha=train_alpha,
-            train_mixtures=train_mixtures,
-            train_shares=train_shares,
-            val_alphas=val_alphas,
-            val_mixtures=val_mixtures,
-            kind=mixture_kind,
-        )
-        self.train_mixtures = list(grid.train)
-        self.train_shares = list(grid.shares)
-        self.val_mixtures = list(grid.validation)
+        super().__init__(score_columns, **mixture_arguments(locals()), **batching_arguments(locals()))
         #: score columns that must be > 0: those a geometric mixture weighs (r = Π s_k^α_k, taken in log space)
         self._positive_scores = [
             k
             for k in range(len(score_columns))
-            if mixture_kind == "geometric" and any(m.weights[k] > 0 for m in grid.train + grid.validation)
+            if mixture_kind == "geometric" and any(m.weights[k] > 0 for m in self.train_mixtures + self.val_mixtures)
         ]
         self.path, self.name, self.revision = path, name, revision
         self.tokenizer_name = tokenizer
         self.score_columns = list(score_columns)
         self.prompt_column, self.response_column = prompt_column, response_column
-        self.pairing, self.label_temperature = pairing, label_temperature
         self.train_split, self.val_split, self.val_path = train_split, val_split, val_path
         self.val_fraction = val_fraction
         self.apply_chat_template = apply_chat_template
@@ -261,25 +238,12 @@ class ScoredCompletionsDataModule(PreferenceDataModule):
             )
         return train, val
 
-    def _pairs(self, split, groups, mixtures, assignment, compared, rng) -> dict[str, list]:
-        rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
-        self.count_dropped(split, TIED, tied)
-        return rows
-
-    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
-        train_groups, val_groups = self._prompt_groups()
-        pick_rng = np.random.default_rng([self.seed, 1])
-        bt = self.pairing == "bradley_terry"
-        assignment = component_assignment(len(train_groups), self.train_shares, np.random.default_rng([self.seed, 0]))
-        compared = compared_completions(train_groups, pick_rng) if bt else None
-        label_rng = np.random.default_rng([self.seed, 2])
-        train = self._pairs("train", train_groups, self.train_mixtures, assignment, compared, label_rng)
-        vals = {}
-        val_compared = compared_completions(val_groups, pick_rng) if bt else None
-        held_out = np.zeros(len(val_groups), dtype=int)
-        for i, mixture in enumerate(self.val_mixtures):
-            rng = np.random.default_rng([self.seed, 3, i])
-            rows = self._pairs(mixture.name, val_groups, [mixture], held_out, val_compared, rng)
-            rows.pop("group")
-            vals[mixture.name] = datasets.Dataset.from_dict(rows)
-        return datasets.Dataset.from_dict(train), vals
+    def prompt_splits(self) -> PromptSplits:
+        train, val = self._prompt_groups()
+        randomness = PairRandomness(
+            compared=np.random.default_rng([self.seed, 1]),
+            assignment=np.random.default_rng([self.seed, 0]),
+            train_labels=np.random.default_rng([self.seed, 2]),
+            val_labels=lambda i: np.random.default_rng([self.seed, 3, i]),
+        )
+        return PromptSplits(train, val, randomness)

@@ -3,21 +3,24 @@ grid of mixtures. No downloads; deterministic from ``seed``."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 
-from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
+from rdpo_lightning.data.datamodule import batching_arguments
 from rdpo_lightning.data.generate import SamplingConfig, sample_completions
-from rdpo_lightning.data.mixture import MixtureEntry, component_assignment, resolve_mixture_grid
-from rdpo_lightning.data.pairing import TIED, PromptCompletions, check_pairing, compared_completions, pair_completions
+from rdpo_lightning.data.mixture import MixtureEntry
+from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits, mixture_arguments
+from rdpo_lightning.data.pairing import PromptCompletions, compared_completions
 from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 from rdpo_lightning.data.world import AttributeWorld
 
 
-class AttributeWorldDataModule(PreferenceDataModule):
+class AttributeWorldDataModule(MixturePairsDataModule):
     """Pairs from the embedded :class:`AttributeWorld`.
 
     The paper's setting: rewards of two attributes ``attribute_a`` and ``attribute_b``, training labels at
@@ -36,6 +39,12 @@ class AttributeWorldDataModule(PreferenceDataModule):
     responses compared, labels drawn at ``label_temperature``) or ``best_vs_worst`` (the authors' code for several
     completions per prompt); see :mod:`rdpo_lightning.data.pairing`. ``tokenizer``: a tokenizer name or path for the
     world's text (default: a word-level tokenizer built from the world's vocabulary).
+
+    Input shift: ``input_shifts`` maps a name to changes of the world's generator (any of ``prompt_words``,
+    ``response_words``, ``neutral_share``, ``concentration``). Each adds a validation set ``inputs=<name>`` of
+    ``num_val`` fresh prompts and responses drawn from the changed generator, labelled by the *same* reward at the
+    (first) training mixture: the same preferences over different inputs, the shift a Wasserstein ball around the
+    inputs describes.
     """
 
     def __init__(
@@ -68,39 +77,24 @@ class AttributeWorldDataModule(PreferenceDataModule):
         truncation_mode: str = "keep_end",
         drop_truncated: bool = False,
         cache_dir: str | None = None,
+        input_shifts: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(**batching_arguments(locals()))
-        self.world = world or AttributeWorld()
+        world = world or AttributeWorld()
+        input_worlds = shifted_worlds(world, input_shifts or {})
         if num_train < 1 or num_val < 1:
             raise ValueError(f"data.num_train and data.num_val must be >= 1, got {num_train} and {num_val}")
-        if label_temperature is not None and not label_temperature > 0:
-            raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
         if responses_per_prompt < 2:
             raise ValueError(f"data.responses_per_prompt must be >= 2 to make pairs, got {responses_per_prompt}")
-        check_pairing(pairing)
         if tokenizer is not None and tokenizer_dir is not None:
             raise ValueError("give one of data.tokenizer (an existing tokenizer) and data.tokenizer_dir, not both")
-        grid = resolve_mixture_grid(
-            self.world.attributes,
-            attribute_a,
-            attribute_b,
-            train_alpha=train_alpha,
-            train_mixtures=train_mixtures,
-            train_shares=train_shares,
-            val_alphas=val_alphas,
-            val_mixtures=val_mixtures,
-            kind=mixture_kind,
-        )
-        self.train_mixtures = list(grid.train)
-        self.train_shares = list(grid.shares)
-        self.val_mixtures = list(grid.validation)
-        self.label_temperature = label_temperature
-        self.responses_per_prompt = responses_per_prompt
-        self.pairing = pairing
-        self.num_train = num_train
-        self.num_val = num_val
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"data.seed must be >= 0, got {seed}")
+        super().__init__(world.attributes, **mixture_arguments(locals()), **batching_arguments(locals()))
+        self.world = world
+        self.input_worlds = input_worlds
+        self.responses_per_prompt = responses_per_prompt
+        self.num_train = num_train
+        self.num_val = num_val
         self.seed = seed
         self.tokenizer_name = tokenizer
         self.tokenizer_dir = tokenizer_dir
@@ -132,14 +126,7 @@ class AttributeWorldDataModule(PreferenceDataModule):
             self.cache_dir,
         )  # fmt: skip
 
-    def _pairs(self, split, groups, mixtures, assignment, compared, rng, with_groups: bool) -> datasets.Dataset:
-        rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
-        self.count_dropped(split, TIED, tied)
-        if not with_groups:
-            rows.pop("group")
-        return datasets.Dataset.from_dict(rows)
-
-    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+    def prompt_splits(self) -> PromptSplits:
         rng = np.random.default_rng(self.seed)
         n, cut = self.num_train + self.num_val, self.num_train
         prompts = self.world.sample_prompts(n, rng)
@@ -147,18 +134,49 @@ class AttributeWorldDataModule(PreferenceDataModule):
         k = self.world.num_attributes
         rewards = self.world.attribute_rewards([r for row in responses for r in row]).reshape(n, -1, k)
         groups = [PromptCompletions(p, r, s) for p, r, s in zip(prompts, responses, rewards, strict=True)]
-        train_groups, val_groups = groups[:cut], groups[cut:]
-        bt = self.pairing == "bradley_terry"
-        pick_rng = np.random.default_rng([self.seed, 0, 1])
-        compared = compared_completions(train_groups, pick_rng) if bt else None
-        assignment = component_assignment(cut, self.train_shares, np.random.default_rng([self.seed, 0]))
-        train = self._pairs("train", train_groups, self.train_mixtures, assignment, compared, rng, with_groups=True)
-        vals = {}
-        val_compared = compared_completions(val_groups, pick_rng) if bt else None
-        held_out = np.zeros(n - cut, dtype=int)
-        for i, mixture in enumerate(self.val_mixtures):
-            label_rng = np.random.default_rng([self.seed, i + 1])
-            vals[mixture.name] = self._pairs(
-                mixture.name, val_groups, [mixture], held_out, val_compared, label_rng, with_groups=False
-            )
+        randomness = PairRandomness(
+            compared=np.random.default_rng([self.seed, 0, 1]),
+            assignment=np.random.default_rng([self.seed, 0]),
+            train_labels=rng,  # the generator that drew the prompts and responses, continued
+            val_labels=lambda i: np.random.default_rng([self.seed, i + 1]),
+        )
+        return PromptSplits(groups[:cut], groups[cut:], randomness)
+
+    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+        train, vals = super().build_splits()
+        for i, (name, world) in enumerate(self.input_worlds.items()):
+            rng = np.random.default_rng([self.seed, 7, i])  # its own stream: the other sets stay what they were
+            prompts = world.sample_prompts(self.num_val, rng)
+            responses = [
+                list(r) for r in zip(*(world.sample_responses(self.num_val, rng) for _ in range(2)), strict=True)
+            ]
+            scores = self.world.attribute_rewards([r for row in responses for r in row]).reshape(self.num_val, 2, -1)
+            groups = [PromptCompletions(p, r, s) for p, r, s in zip(prompts, responses, scores, strict=True)]
+            held_out = np.zeros(len(groups), dtype=int)
+            rows = self._pairs(name, groups, [self.train_mixture], held_out, compared_completions(groups, rng), rng)
+            rows.pop("group")
+            vals[name] = datasets.Dataset.from_dict(rows)
         return train, vals
+
+
+#: what an input shift may change: the generator of prompts and responses, never the reward
+SHIFTABLE = ("prompt_words", "response_words", "neutral_share", "concentration")
+
+
+def shifted_worlds(world: AttributeWorld, shifts: dict[str, dict[str, Any]]) -> dict[str, AttributeWorld]:
+    """``inputs=<name>`` → the world with that shift's changes (checked, errors naming the YAML key)."""
+    out = {}
+    for name, changes in shifts.items():
+        key = f"data.input_shifts.{name}"
+        if not isinstance(changes, dict) or not changes:
+            raise ValueError(f"{key} must be a non-empty mapping of {SHIFTABLE} to new values, got {changes!r}")
+        unknown = [k for k in changes if k not in SHIFTABLE]
+        if unknown:
+            raise ValueError(f"{key}: cannot shift {unknown}; an input shift changes only {SHIFTABLE}")
+        if "neutral_share" in changes:
+            changes = {**changes, "neutral_share": tuple(changes["neutral_share"])}
+        try:
+            out[f"inputs={name}"] = dataclasses.replace(world, **changes)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{key}: {error}") from error
+    return out

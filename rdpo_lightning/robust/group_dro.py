@@ -10,6 +10,7 @@ import torch
 
 from rdpo_lightning.checks import check_positive
 from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
+from rdpo_lightning.robust.reweighting import weighted_objective
 
 
 class GroupDRO(RobustLoss):
@@ -83,10 +84,9 @@ class GroupDRO(RobustLoss):
             means = sums.index_add_(0, global_groups, global_losses.double()) / counts.clamp(min=1)
         present = counts > 0
         present_mass = weights[present].sum()
-        pair_weights = (weights / (counts.clamp(min=1) * present_mass))[groups].to(losses.dtype)
-        surrogate = batch.world_size * (pair_weights * losses).sum()
+        pair_weights = (weights / (counts.clamp(min=1) * present_mass))[groups]
         objective = (weights[present] * means[present]).sum() / present_mass
-        loss = surrogate + (objective.to(surrogate.dtype) - surrogate).detach()  # value: the global objective
+        loss = weighted_objective(batch, pair_weights, objective)
         worst = means.masked_fill(~present, float("-inf")).max()
         metrics = {"worst_group_loss": worst.float(), "weight_max": weights.max().float()}
         if self.num_groups <= 8:

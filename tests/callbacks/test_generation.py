@@ -130,3 +130,26 @@ def test_generation_runs_every_n_validation_passes_of_fit_and_always_in_validate
 def test_generation_rejects_bad_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         GenerationEvaluation(**kwargs)
+
+
+def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(
+    tiny_model_dir: Path, world_tokenizer_dir: Path
+) -> None:
+    """Greedy completions of prompts of different lengths, batched (so padded), equal each prompt's own unpadded
+    greedy completion, and batching leaves the shared tokenizer's padding side as it was."""
+    tokenizer = load_tokenizer(world_tokenizer_dir)
+    side = tokenizer.padding_side
+    policy = GPT2LMHeadModel.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+    texts = ["river", "the day walk city river road", "anger fear the day"]
+    rows = [tokenizer(t)["input_ids"] for t in texts]
+    assert len({len(r) for r in rows}) == 3
+    generation = GenerationEvaluation(max_new_tokens=6, do_sample=False, include_prompt=True)
+    config = generation._generation_config(tokenizer)
+    scored, completions = generation._generate(policy, rows, tokenizer, config, torch.device("cpu"), synced=False)
+    assert tokenizer.padding_side == side
+    for row, text, completion in zip(rows, scored, completions, strict=True):
+        ids = torch.tensor([row])
+        alone = policy.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)[0]
+        assert completion == tokenizer.decode(alone[len(row) :], skip_special_tokens=True)
+        assert text == tokenizer.decode(alone, skip_special_tokens=True)
+    assert len(set(completions)) > 1

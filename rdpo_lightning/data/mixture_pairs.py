@@ -1,0 +1,136 @@
+"""Preference pairs at mixtures, built one way for every source of several scored completions per prompt.
+
+:class:`MixturePairsDataModule` owns the mixture arguments (checked and resolved into a
+:class:`~rdpo_lightning.data.mixture.MixtureGrid`), the pairing and its labels, the training groups and one
+validation set per mixture. A subclass says only how it collects prompts and their scored completions
+(:meth:`~MixturePairsDataModule.prompt_splits`), so the embedded world and a user's scored file cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import numpy as np
+
+from rdpo_lightning.data.datamodule import PreferenceDataModule
+from rdpo_lightning.data.mixture import Mixture, MixtureEntry, component_assignment, resolve_mixture_grid
+from rdpo_lightning.data.pairing import TIED, PromptCompletions, check_pairing, compared_completions, pair_completions
+
+
+@dataclass
+class PairRandomness:
+    """The generators pairing draws from. Each DataModule keeps its own streams, so a seed gives the pairs it always
+    gave (published benchmark figures depend on them)."""
+
+    #: which two completions Bradley–Terry compares (training prompts first, then validation prompts)
+    compared: np.random.Generator
+    #: which training mixture (group) labels each training prompt
+    assignment: np.random.Generator
+    #: the training labels
+    train_labels: np.random.Generator
+    #: the labels of validation mixture i
+    val_labels: Callable[[int], np.random.Generator]
+
+
+@dataclass
+class PromptSplits:
+    """What a subclass collects: training and validation prompts with their scored completions."""
+
+    train: list[PromptCompletions]
+    validation: list[PromptCompletions]
+    randomness: PairRandomness
+
+
+class MixturePairsDataModule(PreferenceDataModule):
+    """Base class: one pair per prompt at its training mixture (several mixtures are groups), and every validation
+    prompt paired again at each validation mixture (the sets differ only in their labels).
+
+    Args:
+        attributes: the attribute names the scores are in, in order; mixtures weigh them.
+        attribute_a, attribute_b, train_alpha, val_alphas, train_mixtures, train_shares, val_mixtures, mixture_kind:
+            the mixtures (:func:`~rdpo_lightning.data.mixture.resolve_mixture_grid`).
+        pairing, label_temperature: how pairs are formed and labelled (:mod:`rdpo_lightning.data.pairing`).
+        batching: the base class's batching and truncation arguments.
+    """
+
+    def __init__(
+        self,
+        attributes: Sequence[str],
+        *,
+        attribute_a: str | None,
+        attribute_b: str | None,
+        train_alpha: float | None,
+        val_alphas: list[float] | None,
+        train_mixtures: list[MixtureEntry] | None,
+        train_shares: list[float] | None,
+        val_mixtures: list[MixtureEntry] | None,
+        mixture_kind: str,
+        pairing: str,
+        label_temperature: float | None,
+        **batching: Any,
+    ) -> None:
+        super().__init__(**batching)
+        check_pairing(pairing)
+        if label_temperature is not None and not label_temperature > 0:
+            raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
+        grid = resolve_mixture_grid(
+            attributes,
+            attribute_a,
+            attribute_b,
+            train_alpha=train_alpha,
+            train_mixtures=train_mixtures,
+            train_shares=train_shares,
+            val_alphas=val_alphas,
+            val_mixtures=val_mixtures,
+            kind=mixture_kind,
+        )
+        self.train_mixtures = list(grid.train)
+        self.train_shares = list(grid.shares)
+        self.val_mixtures = list(grid.validation)
+        self.pairing, self.label_temperature = pairing, label_temperature
+
+    # --- what subclasses provide -------------------------------------------------------------------------------
+    def prompt_splits(self) -> PromptSplits:
+        """The training and validation prompts with their scored completions (``self.tokenizer`` is set)."""
+        raise NotImplementedError
+
+    # --- pairs -------------------------------------------------------------------------------------------------
+    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+        splits = self.prompt_splits()
+        draws = splits.randomness
+        bt = self.pairing == "bradley_terry"
+        compared = compared_completions(splits.train, draws.compared) if bt else None
+        assignment = component_assignment(len(splits.train), self.train_shares, draws.assignment)
+        train = self._pairs("train", splits.train, self.train_mixtures, assignment, compared, draws.train_labels)
+        val_compared = compared_completions(splits.validation, draws.compared) if bt else None
+        held_out = np.zeros(len(splits.validation), dtype=int)
+        vals = {}
+        for i, mixture in enumerate(self.val_mixtures):
+            rows = self._pairs(mixture.name, splits.validation, [mixture], held_out, val_compared, draws.val_labels(i))
+            rows.pop("group")
+            vals[mixture.name] = datasets.Dataset.from_dict(rows)
+        return datasets.Dataset.from_dict(train), vals
+
+    def _pairs(
+        self,
+        split: str,
+        groups: Sequence[PromptCompletions],
+        mixtures: Sequence[Mixture],
+        assignment: np.ndarray,
+        compared: Sequence[tuple[int, int]] | None,
+        rng: np.random.Generator,
+    ) -> dict[str, list]:
+        rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
+        self.count_dropped(split, TIED, tied)
+        return rows
+
+
+def mixture_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The mixture and pairing arguments out of a subclass's ``locals()`` (its signature repeats them, with its own
+    defaults, because that is what the CLI and ``--help`` show)."""
+    parameters = inspect.signature(MixturePairsDataModule.__init__).parameters.values()
+    return {p.name: arguments[p.name] for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
