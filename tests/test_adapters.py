@@ -218,12 +218,12 @@ def test_wdpo_gradient_of_the_adapters_matches_an_independent_computation(world_
         p.grad = None
     reference = module.reference_logps(batch)
     if mode == "exact":
-        pairs, _ = module.policy_forward(batch, reference, capture=True)
+        pairs = module.policy_forward(batch, reference, capture=True)
         with robust.forward_context():
             robust(pairs).loss.backward()
     else:
         robust.manual_step(
-            lambda shift: module.policy_forward(batch, reference, capture=shift is None, shift=shift)[0],
+            lambda shift: module.policy_forward(batch, reference, capture=shift is None, shift=shift),
             lambda loss: loss.backward(),
         )
     got = torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.requires_grad])

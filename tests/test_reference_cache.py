@@ -99,8 +99,8 @@ def test_cached_logps_equal_fresh_computation_and_no_reference_stays(tmp_path, t
     module, data = fit(tiny_model_dir, tmp_path)
     assert outcome(lightning_messages) == {
         "train": "computed",
-        "val/alpha=0.10": "computed",
-        "val/alpha=1.00": "computed",
+        "alpha=0.10": "computed",
+        "alpha=1.00": "computed",
     }
     assert module.reference is None  # no reference model resident during training
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()

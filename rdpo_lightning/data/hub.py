@@ -138,8 +138,3 @@ def csv_options(file: Path, text_columns: Sequence[str]) -> dict[str, Any]:
 def take(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     """The first ``limit`` rows (all when ``limit`` is None): quick runs on a slice of a large data set."""
     return dataset if limit is None or limit >= len(dataset) else dataset.select(range(limit))
-
-
-def check_fraction(key: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{key} must lie in (0, 1), got {value}")
