@@ -140,21 +140,21 @@ def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def token_logps(
-    model: nn.Module, batch: dict[str, torch.Tensor], chunk: int | None = DEFAULT_CHUNK_ROWS, fused: bool = True
+    model: nn.Module, batch: dict[str, torch.Tensor], chunk_rows: int | None = DEFAULT_CHUNK_ROWS, fused: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token response log-probs and their mask, (2B, T−1) in the pair layout of the collated ``batch``: the one
     forward that yields log-probs, for training, the reference cache and the DDP-redirected reference forward.
 
     ``fused``: through the output layer chunk by chunk, never building the logits (:mod:`rdpo_lightning.fused_logprobs`;
-    a model it cannot handle falls back with one log line); otherwise full logits, log-softmaxed ``chunk`` rows at a
-    time. A packed (padding-free) batch is unpacked to the pair layout.
+    a model it cannot handle falls back with one log line); otherwise full logits, log-softmaxed a chunk of rows at a
+    time (``chunk_rows``). A packed (padding-free) batch is unpacked to the pair layout.
     """
     packed = PACK_INDEX in batch
     if packed:
         check_packing_support(model, batch)
     result = fused_token_logps(model, model_inputs(batch), batch["labels"]) if fused else None
     if result is None:
-        result = token_logprobs(batch_logits(model, batch), batch["labels"], chunk)
+        result = token_logprobs(batch_logits(model, batch), batch["labels"], chunk_rows)
     return unpack_token_logps(*result, batch[PACK_INDEX]) if packed else result
 
 

@@ -1,14 +1,16 @@
 """Group DRO over preference groups (GRPO-style): the worst groups' losses get the weight.
 
 Groups come from the data (a pair's mixture component, or a ``group`` column); each pair carries its id in
-``PairBatch.groups``.
+``ScoredPairs.groups``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput, check_positive
+from rdpo_lightning.checks import check_positive
+from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
+from rdpo_lightning.robust.reweighting import weighted_objective
 
 
 class GroupDRO(RobustLoss):
@@ -67,7 +69,7 @@ class GroupDRO(RobustLoss):
         self.group_weights.copy_(torch.softmax(log_weights, dim=0))
         return means, counts
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         losses = batch.losses
         groups = self._check_groups(batch.groups).to(losses.device)
         global_groups = self._check_groups(batch.gather(groups)).to(losses.device)
@@ -82,10 +84,9 @@ class GroupDRO(RobustLoss):
             means = sums.index_add_(0, global_groups, global_losses.double()) / counts.clamp(min=1)
         present = counts > 0
         present_mass = weights[present].sum()
-        pair_weights = (weights / (counts.clamp(min=1) * present_mass))[groups].to(losses.dtype)
-        surrogate = batch.world_size * (pair_weights * losses).sum()
+        pair_weights = (weights / (counts.clamp(min=1) * present_mass))[groups]
         objective = (weights[present] * means[present]).sum() / present_mass
-        loss = surrogate + (objective.to(surrogate.dtype) - surrogate).detach()  # value: the global objective
+        loss = weighted_objective(batch, pair_weights, objective)
         worst = means.masked_fill(~present, float("-inf")).max()
         metrics = {"worst_group_loss": worst.float(), "weight_max": weights.max().float()}
         if self.num_groups <= 8:
