@@ -11,6 +11,7 @@ import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.reference_cache import ReferenceCache, shard_indices, unshard
 
 
@@ -54,15 +55,10 @@ def fit(model_dir, cache_dir, seed=0, reference=None, precompute=True, max_steps
     data = AttributeWorldDataModule(
         num_train=12, num_val=4, val_alphas=[1.0], seed=seed, batch_size=4, max_length=24, tokenizer_dir=str(model_dir)
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         max_steps=max_steps,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=data)
     return module, data
@@ -179,7 +175,7 @@ def validate(model_dir, cache_dir, checkpoint):
     data = AttributeWorldDataModule(
         num_train=12, num_val=4, val_alphas=[1.0], batch_size=4, max_length=24, tokenizer_dir=str(model_dir)
     )
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer(accelerator="cpu")
     trainer.validate(module, datamodule=data, ckpt_path=str(checkpoint), verbose=False)
     return module, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
