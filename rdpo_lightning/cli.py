@@ -1,4 +1,5 @@
-"""The ``rdpo`` command: Lightning's CLI over :class:`RobustDPO` and any :class:`PreferenceDataModule`."""
+"""The ``rdpo`` command: Lightning's CLI over :class:`RobustDPO` and any :class:`PreferenceDataModule`, plus
+``rdpo export`` (a checkpoint to a Hugging Face model directory)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 
 from rdpo_lightning.data import PreferenceDataModule
+from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import NonFiniteError
 from rdpo_lightning.module import RobustDPO
 
@@ -30,6 +32,17 @@ class RDPOCLI(LightningCLI):
             where = config_key_of(root, config)
             message = f"rdpo: error: invalid configuration{f' at {where}' if where else ''}: {root}"
             print(message, file=sys.stderr)
+            raise ConfigError(2) from error
+        if self.subcommand is not None:  # recorded in checkpoints, for the exported model's card
+            self.model.run_config_yaml = self._parser(self.subcommand).dump(self.config[self.subcommand])
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Bad input found once files are read (a missing model, adapter or data path, a missing column) is one
+        line naming its YAML key, as bad configuration values are."""
+        try:
+            super()._run_subcommand(subcommand)
+        except InputError as error:
+            print(f"rdpo: error: {error}", file=sys.stderr)
             raise ConfigError(2) from error
 
 
@@ -65,8 +78,17 @@ def config_key_of(error: BaseException, config: Any) -> str | None:
     return None
 
 
-def main(args: list[str] | None = None) -> RDPOCLI:
+def main(args: list[str] | None = None) -> RDPOCLI | None:
+    """``rdpo fit|validate|test|predict ...`` (LightningCLI), or ``rdpo export CHECKPOINT OUTPUT``
+    (:mod:`rdpo_lightning.export`)."""
     import torch
+
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["export"]:
+        from rdpo_lightning.export import main as export_main
+
+        export_main(argv[1:])
+        return None
 
     torch.set_float32_matmul_precision("high")
     try:
@@ -83,7 +105,13 @@ def main(args: list[str] | None = None) -> RDPOCLI:
 
 
 def run() -> None:
-    """The ``rdpo`` console script: exit status 0 on success (``main`` returns the CLI object for Python callers)."""
+    """The ``rdpo`` console script: exit status 0 on success (``main`` returns the CLI object for Python callers).
+    ``rdpo pareto ...`` is not a Lightning subcommand: it reads finished runs (:mod:`rdpo_lightning.pareto.report`)."""
+    if sys.argv[1:2] == ["pareto"]:
+        from rdpo_lightning.pareto.report import main as pareto
+
+        pareto(sys.argv[2:])
+        return
     main()
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from rdpo_lightning.errors import InputError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -26,11 +29,14 @@ def load_causal_lm(
     tokenizer: Any = None,
     torch_dtype: str | None = None,
     attn_implementation: str | None = None,
+    key: str = "model.model",
+    quantization: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """``from_pretrained(name_or_path)``, or a randomly initialised model from ``config`` (needs ``model_type``).
 
     For a config-built model the tokenizer fixes the vocabulary size and special-token ids, so a tiny model made
-    for the embedded world always matches its tokenizer.
+    for the embedded world always matches its tokenizer. ``key`` is the YAML key naming ``name_or_path`` in errors;
+    ``quantization`` loads the weights with bitsandbytes (:func:`quantization_config`).
     """
     if (name_or_path is None) == (config is None):
         raise ValueError("give exactly one of model.model (a name or path) and model.model_config (a config dict)")
@@ -38,10 +44,15 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        if name_or_path is None:
+            raise InputError("model.quantization needs pretrained weights to quantize (model.model), not model_config")
+        kwargs["quantization_config"] = quantization_config(quantization)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
     if name_or_path is not None:
         if dtype is not None:
             kwargs["dtype"] = dtype
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        return _from_pretrained(name_or_path, key, kwargs)
     config = dict(config)
     model_type = config.pop("model_type", None)
     if model_type is None:
@@ -54,6 +65,47 @@ def load_causal_lm(
     model_config = AutoConfig.for_model(model_type, **config)
     model = AutoModelForCausalLM.from_config(model_config, **kwargs)
     return model.to(dtype) if dtype is not None else model
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model name is meant as a local path (a Hub id is ``name`` or ``owner/name``)."""
+    return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+
+
+def _from_pretrained(name_or_path: str, key: str, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` with one-line errors naming ``key`` for what a user mistypes."""
+    local = Path(name_or_path).expanduser()
+    if looks_local(name_or_path) and not local.exists():
+        raise InputError(f"{key}={name_or_path}: no such directory")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise InputError(f"{key}={name_or_path}: the directory has no config.json (not a save_pretrained model)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(local) if local.is_dir() else name_or_path, **kwargs)
+    except OSError as error:  # a Hub id that cannot be fetched (offline, misspelt, gated)
+        first = str(error).strip().splitlines()[0]
+        raise InputError(
+            f"{key}={name_or_path}: not a local directory, and not loadable from the Hub ({first})"
+        ) from error
+
+
+def quantization_config(arguments: dict[str, Any]) -> Any:
+    """``BitsAndBytesConfig(**arguments)`` (dtype names allowed), refused with one line where it cannot run."""
+    if not torch.cuda.is_available():
+        raise InputError("model.quantization (bitsandbytes 4-bit/8-bit) needs a CUDA GPU; this machine has none")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise InputError("model.quantization needs bitsandbytes: pip install 'rdpo-lightning[qlora]'") from error
+    from transformers import BitsAndBytesConfig
+
+    arguments = dict(arguments)
+    for name in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+        if isinstance(arguments.get(name), str):
+            arguments[name] = resolve_dtype(arguments[name])
+    try:
+        return BitsAndBytesConfig(**arguments)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"model.quantization: {error}") from error
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -6,6 +6,7 @@ The module computes per-pair losses from one concatenated (2B, T) forward and ha
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +16,18 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+from peft import PeftConfig
 from torch import Tensor
 
+from rdpo_lightning.adapters import (
+    attach_adapters,
+    is_adapted,
+    peft_config_dict,
+    reference_mode,
+    reference_state,
+    trainable_summary,
+)
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.sampler import load_pending_loader_states
 from rdpo_lightning.distributed import (
@@ -26,6 +37,7 @@ from rdpo_lightning.distributed import (
     prepare_models,
     reshard,
 )
+from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_logprobs
@@ -41,6 +53,8 @@ from rdpo_lightning.reference_cache import (
 from rdpo_lightning.reproducibility import seed_training_batch
 from rdpo_lightning.robust import NoRobust, PairBatch, RobustLoss
 from rdpo_lightning.robust.base import check_choice, check_non_negative, check_positive
+from rdpo_lightning.run_record import KEY as RUN_RECORD_KEY
+from rdpo_lightning.run_record import run_record
 
 
 @dataclass
@@ -69,6 +83,13 @@ class RobustDPO(L.LightningModule):
     Args:
         model: Hugging Face name or local path of the policy (``AutoModelForCausalLM``).
         model_config: instead of ``model``, a config dict (with ``model_type``) for a randomly initialised policy.
+        peft: adapters to train instead of the whole policy: a PEFT config by ``class_path`` (``peft.LoraConfig``);
+            the reference is then the base model itself, no second copy (see :mod:`rdpo_lightning.adapters`).
+        adapter: instead of ``peft``, a saved adapter directory to continue training (the reference is the base model
+            with this starting adapter).
+        quantization: load the base model quantized, as ``transformers.BitsAndBytesConfig`` arguments (QLoRA:
+            ``{load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: bfloat16}``); needs a CUDA GPU
+            and ``bitsandbytes`` (``pip install rdpo-lightning[qlora]``).
         reference: name or path of the reference policy; default: a frozen copy of the initial policy.
         beta: the KL-regularisation strength β of DPO (> 0).
         pair_loss: per-pair loss (default :class:`SigmoidLoss`, i.e. DPO).
@@ -95,6 +116,9 @@ class RobustDPO(L.LightningModule):
         self,
         model: str | None = None,
         model_config: dict[str, Any] | None = None,
+        peft: PeftConfig | None = None,
+        adapter: str | None = None,
+        quantization: dict[str, Any] | None = None,
         reference: str | None = None,
         beta: float = 0.1,
         pair_loss: PairLoss | None = None,
@@ -131,7 +155,12 @@ class RobustDPO(L.LightningModule):
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
             raise ValueError(f"model.accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}")
-        self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer"])
+        self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer", "peft"])
+        self.hparams["peft"] = peft_config_dict(peft)  # plain data: a checkpoint loads without unpickling PEFT classes
+        self.peft = peft
+        self.adapter = adapter
+        self.quantization = quantization
+        self._adapter_config: dict[str, Any] | None = None
         self.model_name = model
         self.model_config = model_config
         self.reference_name = reference
@@ -180,15 +209,35 @@ class RobustDPO(L.LightningModule):
         if self.policy is not None:
             return
         policy = load_causal_lm(
-            self.model_name, self.model_config, self._tokenizer(), self.torch_dtype, self.attn_implementation
+            self.model_name,
+            self.model_config,
+            self._tokenizer(),
+            self.torch_dtype,
+            self.attn_implementation,
+            quantization=self.quantization,
         )
+        if self.quantization is not None and self.peft is None and self.adapter is None:
+            raise InputError("model.quantization: a quantized base cannot train; set model.peft (QLoRA) as well")
+        policy = attach_adapters(policy, self.peft, self.adapter)
+        if is_adapted(policy):
+            self._adapter_config = peft_config_dict(policy.peft_config["default"])
+            rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
         if self.disable_policy_dropout:
             disable_dropout(policy)
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
         reference = (
-            None if self.reference_name is None else load_causal_lm(self.reference_name, None, None, self.torch_dtype)
+            None
+            if self.reference_name is None
+            else load_causal_lm(self.reference_name, None, None, self.torch_dtype, key="model.reference")
         )
         precomputation = self._plan_reference_precomputation(policy if reference is None else reference)
+        if reference is None and is_adapted(policy):  # the policy computes the reference: no second model
+            if precomputation is not None and not precomputation.needs_model:
+                precomputation.run(self.trainer, self.pair_loss.length_normalized)
+            elif precomputation is not None and self.trainer.state.fn == TrainerFn.FITTING:
+                self._reference_precomputation = precomputation
+            self._finish_models(policy, None)
+            return
         if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
             precomputation.run(self.trainer, self.pair_loss.length_normalized)
             reference = None
@@ -197,6 +246,9 @@ class RobustDPO(L.LightningModule):
             reference = None if reference is None else frozen_copy(reference)  # None: the initial policy computes
         else:
             reference = frozen_copy(policy if reference is None else reference)  # resident reference model
+        self._finish_models(policy, reference)
+
+    def _finish_models(self, policy: torch.nn.Module, reference: torch.nn.Module | None) -> None:
         if self.activation_checkpointing:
             apply_activation_checkpointing(policy)
         strategy = self.trainer.strategy if self._trainer is not None else None
@@ -215,7 +267,7 @@ class RobustDPO(L.LightningModule):
             "torch_dtype": self.torch_dtype,
             "attn_implementation": self.attn_implementation,
         }
-        digest = self.trainer.strategy.broadcast(weights_digest(reference), src=0)
+        digest = self.trainer.strategy.broadcast(weights_digest(reference_state(reference)), src=0)
         return ReferencePrecomputation.plan(self.trainer, digest, settings, ReferenceCache(self.reference_cache_dir))
 
     def _may_compute_reference_later(self) -> bool:
@@ -241,6 +293,7 @@ class RobustDPO(L.LightningModule):
         datamodule = precomputation.datamodule
         strategy = self.trainer.strategy
         model = self.reference if self.reference is not None else self.policy
+        uses_policy = model is self.policy
         collate = PairCollator(datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None))
         batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)
 
@@ -256,7 +309,8 @@ class RobustDPO(L.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            precomputation.run(self.trainer, self.pair_loss.length_normalized, compute)
+            with reference_mode(self.policy) if uses_policy else contextlib.nullcontext():
+                precomputation.run(self.trainer, self.pair_loss.length_normalized, compute)
         finally:
             self.train(was_training)
         self.reference = None
@@ -278,8 +332,6 @@ class RobustDPO(L.LightningModule):
             for key in saved:
                 del state[key]
         elif not saved:
-            from lightning.pytorch.utilities import rank_zero_info
-
             rank_zero_info(
                 "the checkpoint holds no reference weights (they were precomputed): using the reference built from"
                 " the configuration"
@@ -319,6 +371,9 @@ class RobustDPO(L.LightningModule):
         if "reference_chosen_logps" in batch:
             chosen, rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
             return PairLogps(chosen.to(self._logps_dtype), rejected.to(self._logps_dtype))
+        if self.reference is None and self._adapter_config is not None:  # the base model (+ starting adapter)
+            with reference_mode(self.policy):
+                return self._logps(self.policy, batch)
         if self.reference is None:
             raise RuntimeError(
                 "this batch carries no precomputed reference log-probs and no reference model is resident: they are"
@@ -468,6 +523,7 @@ class RobustDPO(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         refuse_nonfinite_checkpoint(checkpoint)
+        checkpoint[RUN_RECORD_KEY] = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +45,12 @@ def default_reference_cache_dir() -> Path:
     return Path(os.environ.get("RDPO_CACHE", Path.home() / ".cache" / "rdpo_lightning")) / "reference_logps"
 
 
-def weights_digest(model: nn.Module) -> str:
-    """A digest of the model's weights: blake2b over each parameter's name, dtype, shape and bytes."""
+def weights_digest(model: nn.Module | Mapping[str, Tensor]) -> str:
+    """A digest of the model's weights (or of a state dict): blake2b over each tensor's name, dtype, shape and
+    bytes."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in model.state_dict().items():
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    for name, tensor in state.items():
         tensor = tensor.detach()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

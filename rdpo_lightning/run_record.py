@@ -1,0 +1,116 @@
+"""What a checkpoint records about its run, so that ``rdpo export`` needs nothing but the checkpoint.
+
+Stored under ``checkpoint["rdpo"]`` by :meth:`RobustDPO.on_save_checkpoint`: the policy's model config and adapter
+config (to rebuild the model without its original files), the tokenizer's files (with the chat template), the
+objective (robust strategy, pair loss, β), the strategy and trainer settings, the DataModule's mixtures, the
+validation metrics of the pass the checkpoint follows, and the run's YAML configuration when ``rdpo`` started it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+FORMAT = 1
+KEY = "rdpo"
+
+
+def plain(value: Any) -> Any:
+    """``value`` if JSON can hold it (recursively), else its ``repr``: records survive any loader and any reader."""
+    try:
+        json.dumps(value, allow_nan=True)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return repr(value)
+
+
+def init_args(obj: Any) -> dict[str, Any]:
+    """``class_path`` and the constructor arguments an object still holds as attributes of the same name."""
+    arguments = {}
+    for name in list(inspect.signature(type(obj).__init__).parameters)[1:]:
+        for attribute in (name, f"_{name}"):
+            if hasattr(obj, attribute) and not callable(getattr(obj, attribute)):
+                arguments[name] = plain(getattr(obj, attribute))
+                break
+    return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}", "init_args": arguments}
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
+    """The files ``tokenizer.save_pretrained`` writes (tokenizer, special tokens, chat template)."""
+    if tokenizer is None:
+        return {}
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save_pretrained(directory)
+        return {p.name: p.read_bytes() for p in Path(directory).iterdir() if p.is_file()}
+
+
+def validation_record(trainer: Any) -> dict[str, Any] | None:
+    """Per-mixture and worst-case metrics of the latest validation pass (from :class:`WorstCaseEvaluation`)."""
+    from rdpo_lightning.callbacks.worst_case import WorstCaseEvaluation
+
+    for callback in getattr(trainer, "callbacks", []):
+        if isinstance(callback, WorstCaseEvaluation) and callback.report is not None:
+            report = callback.report
+            mixtures = [
+                {k: v for k, v in vars(m).items() if not (isinstance(v, float) and math.isnan(v))}
+                for m in report.mixtures
+            ]
+            worst = {metric: {"value": value, "mixture": name} for metric, (value, name) in report.worst.items()}
+            return {"step": report.step, "mixtures": mixtures, "worst_case": worst}
+    return None
+
+
+def data_record(datamodule: Any) -> dict[str, Any] | None:
+    """The DataModule's class and arguments (which fix the training and validation mixtures) and its validation
+    sets' names."""
+    if datamodule is None:
+        return None
+    record = init_args(datamodule)
+    record["validation_sets"] = list(getattr(datamodule, "val_names", None) or [])
+    return record
+
+
+def strategy_record(trainer: Any) -> dict[str, Any]:
+    strategy = trainer.strategy
+    return {
+        "class": type(strategy).__name__,
+        "precision": str(trainer.precision),
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+    }
+
+
+def run_record(module: Any, policy: nn.Module, adapter_config: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything :func:`rdpo_lightning.export.export_checkpoint` and the model card read (see the module docstring)."""
+    trainer = module._trainer
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    config = getattr(policy, "config", None)
+    generation = getattr(policy, "generation_config", None)
+    return {
+        "format": FORMAT,
+        "model_config": config.to_dict() if config is not None else None,
+        "generation_config": generation.to_dict() if generation is not None else None,
+        "adapter_config": adapter_config,
+        "tokenizer_files": tokenizer_files(getattr(datamodule, "tokenizer", None)),
+        "objective": {
+            "beta": module.beta,
+            "robust": init_args(module.robust),
+            "pair_loss": init_args(module.pair_loss),
+        },
+        "strategy": strategy_record(trainer) if trainer is not None else None,
+        "data": data_record(datamodule),
+        "validation": validation_record(trainer) if trainer is not None else None,
+        "global_step": trainer.global_step if trainer is not None else None,
+        "config_yaml": getattr(module, "run_config_yaml", None),
+    }

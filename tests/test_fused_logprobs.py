@@ -1,0 +1,286 @@
+"""Fused output-layer log-probs against the full-logits path (the model's own logits, log-softmaxed and gathered).
+
+The reference computation is independent of the fused code: ``model(...).logits`` over the whole batch, then
+``logprobs.token_logprobs``. Losses and gradients (every parameter, and the input embeddings) must agree to 1e-10 in
+float64 and 1e-5 in float32, for GPT-2 (tied) and Llama (tied and untied), with activation checkpointing, and through
+a double backward (exact WDPO's penalty).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import (
+    CohereConfig,
+    CohereForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+from rdpo_lightning.distributed import apply_activation_checkpointing
+from rdpo_lightning.fused_logprobs import fused_token_logps
+from rdpo_lightning.logprobs import IGNORE_INDEX, token_logprobs
+
+VOCAB = 97
+
+
+def gpt2() -> torch.nn.Module:
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64))
+
+
+def llama(tied: bool) -> torch.nn.Module:
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=tied,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+MODELS = {"gpt2": gpt2, "llama_tied": lambda: llama(True), "llama_untied": lambda: llama(False)}
+
+
+def build(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MODELS[name]().to(dtype).eval()
+
+
+def batch(rows: int = 6, length: int = 13) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Right-padded rows of different lengths with prompts of different lengths, like PairCollator makes."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (rows, length), generator=g)
+    attention = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for r in range(rows):
+        end, prompt = length - 2 * (r % 3), 2 + r % 4
+        attention[r, :end] = 1
+        labels[r, prompt:end] = ids[r, prompt:end]
+    return {"input_ids": ids, "attention_mask": attention, "use_cache": False}, labels
+
+
+def objective(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Something like a DPO loss: a nonlinear function of the per-row sums."""
+    sums = (logps * mask).sum(-1)
+    return torch.nn.functional.logsigmoid(0.1 * (sums[::2] - sums[1::2])).sum()
+
+
+def loss_and_grads(model, inputs, labels, fused: bool, chunk_tokens: int | None = 5):
+    """The objective, its parameter gradients and its input-embedding gradient."""
+    model.zero_grad()
+    captured = []
+
+    def hook(_m, _i, out):
+        out.retain_grad()
+        captured.append(out)
+
+    handle = model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        if fused:
+            result = fused_token_logps(model, inputs, labels, chunk_tokens)
+            assert result is not None
+            logps, mask = result
+        else:
+            logps, mask = token_logprobs(model(**inputs).logits, labels, None)
+    finally:
+        handle.remove()
+    loss = objective(logps, mask)
+    loss.backward()
+    grads = {n.replace("._checkpoint_wrapped_module", ""): p.grad.clone() for n, p in model.named_parameters()}
+    return loss.detach(), grads, captured[0].grad.clone(), logps.detach()
+
+
+def assert_same(fused, full, atol: float) -> None:
+    loss_f, grads_f, z_f, logps_f = fused
+    loss_n, grads_n, z_n, logps_n = full
+    torch.testing.assert_close(logps_f, logps_n, rtol=0, atol=atol)
+    torch.testing.assert_close(loss_f, loss_n, rtol=0, atol=atol)
+    torch.testing.assert_close(z_f, z_n, rtol=0, atol=atol)
+    assert grads_f.keys() == grads_n.keys()
+    for name in grads_n:
+        torch.testing.assert_close(grads_f[name], grads_n[name], rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_losses_and_gradients_match_the_full_logits_path(name, dtype, atol):
+    model = build(name, dtype)
+    inputs, labels = batch()
+    full = loss_and_grads(model, inputs, labels, fused=False)
+    fused = loss_and_grads(model, inputs, labels, fused=True)
+    assert fused[3].dtype == dtype
+    assert_same(fused, full, atol)
+    assert full[0].abs() > 1  # a real objective, not a degenerate zero
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, None])
+def test_any_chunk_size_gives_the_same_result(chunk_tokens):
+    model = build("llama_untied", torch.float64)
+    inputs, labels = batch()
+    assert_same(
+        loss_and_grads(model, inputs, labels, True, chunk_tokens), loss_and_grads(model, inputs, labels, False), 1e-10
+    )
+
+
+def test_activation_checkpointing():
+    model = build("llama_untied", torch.float64)
+    inputs, labels = batch()
+    full = loss_and_grads(model, inputs, labels, fused=False)
+    apply_activation_checkpointing(model)
+    assert_same(loss_and_grads(model, inputs, labels, fused=True), full, 1e-10)
+
+
+def test_double_backward_of_an_input_gradient_penalty():
+    """Exact WDPO: ‖∇_z ℓ‖² differentiated w.r.t. the parameters (autograd.grad with create_graph, then backward)."""
+
+    def penalty_grads(model, fused: bool):
+        model.zero_grad()
+        inputs, labels = batch()
+        captured = []
+
+        def hook(_m, _i, out):
+            captured.append(out)
+            return out
+
+        handle = model.get_input_embeddings().register_forward_hook(hook)
+        try:
+            if fused:
+                logps, mask = fused_token_logps(model, inputs, labels, 4)
+            else:
+                logps, mask = token_logprobs(model(**inputs).logits, labels, None)
+        finally:
+            handle.remove()
+        loss = objective(logps, mask)
+        (grad_z,) = torch.autograd.grad(loss, captured[0], create_graph=True)
+        penalty = grad_z.pow(2).sum()
+        (loss + penalty).backward()
+        return penalty.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model = build("llama_untied", torch.float64)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        penalty_n, grads_n = penalty_grads(model, fused=False)
+        penalty_f, grads_f = penalty_grads(model, fused=True)
+    torch.testing.assert_close(penalty_f, penalty_n, rtol=0, atol=1e-10)
+    assert penalty_n > 0
+    for name in grads_n:
+        torch.testing.assert_close(grads_f[name], grads_n[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_bf16_autocast_is_close_to_float32():
+    model = build("llama_untied", torch.float32)
+    inputs, labels = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = loss_and_grads(model, inputs, labels, fused=True)
+    full = loss_and_grads(model, inputs, labels, fused=False)
+    assert fused[3].dtype == torch.float32
+    torch.testing.assert_close(fused[3], full[3], rtol=0, atol=0.1)
+    torch.testing.assert_close(fused[0], full[0], rtol=0.02, atol=0.02)
+
+
+def test_bf16_weights_give_float32_logps():
+    model = build("gpt2", torch.bfloat16)
+    inputs, labels = batch()
+    logps, _ = fused_token_logps(model, inputs, labels)
+    want, _ = token_logprobs(model(**inputs).logits, labels)
+    assert logps.dtype == torch.float32
+    torch.testing.assert_close(logps, want, rtol=0, atol=0.05)
+
+
+def test_no_logits_are_kept_for_backward_and_only_scored_tokens_are_projected():
+    """Each output-layer call sees at most one chunk of scored tokens, in forward and in the backward recompute; no
+    tensor with a vocabulary-sized last dimension is saved for backward outside the checkpointed chunks."""
+    model = build("llama_untied", torch.float32)
+    inputs, labels = batch()
+    scored = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    calls = []
+    handle = model.lm_head.register_forward_hook(lambda _m, i, _o: calls.append(tuple(i[0].shape)))
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            logps, mask = fused_token_logps(model, inputs, labels, chunk_tokens=4)
+        objective(logps, mask).backward()
+    finally:
+        handle.remove()
+    rows = inputs["input_ids"].shape[0]
+    head_calls = [shape for shape in calls if shape != (rows, 1, 32)]  # the model's own one-position head
+    assert all(shape[0] <= 4 for shape in head_calls), head_calls
+    assert sum(shape[0] for shape in head_calls) == 2 * scored  # forward, then one recompute in backward
+    logits_like = [shape for shape in saved if shape and shape[-1] == VOCAB and shape != (32, VOCAB)]  # not W^T
+    assert not logits_like, logits_like
+
+    # the same check does see the logits the full-logits path saves: it can fail
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        token_logprobs(model(**inputs).logits, labels, None)
+    assert any(shape and shape[-1] == VOCAB and shape != (32, VOCAB) for shape in saved)
+
+
+def gemma2() -> torch.nn.Module:
+    config = Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0,
+    )  # fmt: skip
+    return Gemma2ForCausalLM(config)
+
+
+def cohere() -> torch.nn.Module:
+    config = CohereConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, logit_scale=0.25,
+    )  # fmt: skip
+    return CohereForCausalLM(config)
+
+
+@pytest.mark.parametrize("make", [gemma2, cohere], ids=["gemma2_softcap", "cohere_logit_scale"])
+def test_soft_capping_and_logit_scale(make, caplog):
+    torch.manual_seed(0)
+    model = make().double().eval()
+    inputs, labels = batch()
+    with caplog.at_level(logging.WARNING):
+        assert_same(loss_and_grads(model, inputs, labels, True), loss_and_grads(model, inputs, labels, False), 1e-10)
+    assert "full-logits" not in caplog.text
+
+
+class DoubledLogits(LlamaForCausalLM):
+    """A causal LM whose logits are not what its config says: the fused path must notice and step aside."""
+
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None, logits_to_keep=0):
+        output = super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache, logits_to_keep=logits_to_keep
+        )
+        output.logits = 2 * output.logits
+        return output
+
+
+class NoLogitsToKeep(LlamaForCausalLM):
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None):
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+@pytest.mark.parametrize(("cls", "reason"), [(DoubledLogits, "does not reproduce"), (NoLogitsToKeep, "logits_to_keep")])
+def test_a_model_it_cannot_handle_falls_back_with_one_log_line(cls, reason, caplog):
+    torch.manual_seed(0)
+    model = cls(llama(False).config).eval()
+    inputs, labels = batch()
+    with caplog.at_level(logging.WARNING, logger="rdpo_lightning.fused_logprobs"):
+        assert fused_token_logps(model, inputs, labels) is None
+        assert fused_token_logps(model, inputs, labels) is None
+    assert len(caplog.records) == 1
+    assert reason in caplog.text and "full-logits path" in caplog.text
+
+
+def test_rows_without_scored_tokens():
+    model = build("llama_untied", torch.float64)
+    inputs, labels = batch()
+    labels[:] = IGNORE_INDEX
+    logps, mask = fused_token_logps(model, inputs, labels)
+    assert not mask.any() and (logps == 0).all() and logps.shape == (6, 12)
