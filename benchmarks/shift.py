@@ -116,10 +116,12 @@ def alpha_key(alpha: float) -> str:
 
 
 # --- building blocks: the package's own DataModule, module, Trainer and callbacks -------------------------------
-def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str):
+def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str, **overrides):
+    """The anger/fear world at this seed; ``overrides`` replace any of its arguments (benchmarks/pareto.py's
+    scenarios)."""
     from rdpo_lightning.data import AttributeWorldDataModule
 
-    return AttributeWorldDataModule(
+    arguments = dict(
         attribute_a="anger",
         attribute_b="fear",
         train_alpha=args.train_alpha,
@@ -133,6 +135,7 @@ def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str):
         max_length=32,
         cache_dir=cache_dir,
     )
+    return AttributeWorldDataModule(**{**arguments, **overrides})
 
 
 def make_module(args: argparse.Namespace, robust):

@@ -91,17 +91,8 @@ def config_key_of(error: BaseException, config: Any) -> str | None:
     return None
 
 
-def main(args: list[str] | None = None) -> RDPOCLI | None:
-    """``rdpo fit|validate|test|predict ...`` (LightningCLI), or ``rdpo export CHECKPOINT OUTPUT``
-    (:mod:`rdpo_lightning.export`)."""
+def main(args: list[str] | None = None) -> RDPOCLI:
     import torch
-
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["export"]:
-        from rdpo_lightning.export import main as export_main
-
-        export_main(argv[1:])
-        return None
 
     torch.set_float32_matmul_precision("high")
     try:
@@ -119,11 +110,18 @@ def main(args: list[str] | None = None) -> RDPOCLI | None:
 
 def run() -> None:
     """The ``rdpo`` console script: exit status 0 on success (``main`` returns the CLI object for Python callers).
-    ``rdpo pareto ...`` is not a Lightning subcommand: it reads finished runs (:mod:`rdpo_lightning.pareto.report`)."""
+    ``rdpo pareto ...`` is not a Lightning subcommand: it reads finished runs (:mod:`rdpo_lightning.pareto.report`);
+    nor is ``rdpo export CHECKPOINT OUTPUT``, which writes a checkpoint as a Hugging Face model
+    (:mod:`rdpo_lightning.export`)."""
     if sys.argv[1:2] == ["pareto"]:
         from rdpo_lightning.pareto.report import main as pareto
 
         pareto(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["export"]:
+        from rdpo_lightning.export import main as export
+
+        export(sys.argv[2:])
         return
     main()
 

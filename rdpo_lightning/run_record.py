@@ -19,6 +19,8 @@ from torch import nn
 
 FORMAT = 1
 KEY = "rdpo"
+#: longest recorded DataModule argument (JSON characters)
+MAX_CHARS = 240
 
 
 def plain(value: Any) -> Any:
@@ -76,6 +78,8 @@ def data_record(datamodule: Any) -> dict[str, Any] | None:
     if datamodule is None:
         return None
     record = init_args(datamodule)
+    # long values (a whole world description, a sampling config) would drown the model card; the YAML keeps them
+    record["init_args"] = {k: v for k, v in record["init_args"].items() if len(json.dumps(v)) <= MAX_CHARS}
     record["validation_sets"] = list(getattr(datamodule, "val_names", None) or [])
     return record
 

@@ -4,68 +4,26 @@ are checked against independent computations (a separately loaded base model, ex
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from rdpo_lightning.adapters import attach_adapters, reference_state
-from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.reference_cache import weights_digest
 from rdpo_lightning.robust import DrDPO, GroupDRO, KLReweighter, WassersteinPenalty
 from rdpo_lightning.robust.base import math_attention
+from tests.lora_fits import brute_logps, fit
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_fc"]}
 
 
 def lora(**overrides) -> LoraConfig:
     return LoraConfig(**{**LORA, **overrides})
-
-
-def brute_logps(model, batch) -> torch.Tensor:
-    """Sequence log-probs (sums over response tokens) by an explicit log-softmax and gather, in float64."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logps * mask).sum(-1)
-
-
-def make_data(model_dir: Path, **kwargs) -> AttributeWorldDataModule:
-    args = {"num_train": 8, "num_val": 4, "val_alphas": [], "batch_size": 8, "max_length": 24}
-    return AttributeWorldDataModule(**{**args, **kwargs}, tokenizer_dir=str(model_dir))
-
-
-def fit(model_dir: Path, cache: Path, steps: int = 1, data: dict | None = None, **module_args) -> RobustDPO:
-    L.seed_everything(0, verbose=False)
-    args = {
-        "model": str(model_dir),
-        "optimizer": functools.partial(torch.optim.SGD, lr=1.0),
-        "min_lr_ratio": 1.0,
-        "gradient_clip_val": None,
-        "torch_dtype": "float64",
-        "reference_cache_dir": str(cache),
-    }
-    module = RobustDPO(**{**args, **module_args})
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule=make_data(model_dir, **(data or {})))
-    return module
 
 
 def first_batch(module: RobustDPO) -> dict[str, torch.Tensor]:

@@ -154,7 +154,7 @@ def test_helpsteer_llama_config_loads_a_local_helpsteer_layout(tmp_path, tiny_mo
     assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == 5e-7
 
 
-def test_group_robust_configs_stack_on_the_quickstart(tmp_path, tensorboard_scalars):
+def test_dr_dpo_cvar_chi_square_and_group_dro_configs_stack_on_the_quickstart(tmp_path, tensorboard_scalars):
     args = [
         "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1",
@@ -167,6 +167,8 @@ def test_group_robust_configs_stack_on_the_quickstart(tmp_path, tensorboard_scal
     ]
     expected = {
         "dr_dpo": {"train/robust/weight_max", "train/robust/ess_fraction"},
+        "cvar": {"train/robust/threshold", "train/robust/weight_max", "train/robust/ess_fraction"},
+        "chi_square": {"train/robust/threshold", "train/robust/support_fraction", "train/robust/ess_fraction"},
         "group_dro": {"train/robust/worst_group_loss", "train/robust/group_weight/0", "train/robust/group_weight/1"},
     }
     for name, tags in expected.items():

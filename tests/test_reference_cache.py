@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
+from rdpo_lightning.losses import IPOLoss
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.reference_cache import ReferenceCache, shard_indices, unshard
@@ -43,11 +44,12 @@ def other_reference_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
     return directory
 
 
-def fit(model_dir, cache_dir, seed=0, reference=None, precompute=True, max_steps=1):
+def fit(model_dir, cache_dir, seed=0, reference=None, precompute=True, max_steps=1, pair_loss=None):
     L.seed_everything(0, verbose=False)  # the same shuffling in every run
     module = RobustDPO(
         model=str(model_dir),
         reference=None if reference is None else str(reference),
+        pair_loss=pair_loss,
         torch_dtype="float64",
         precompute_reference=precompute,
         reference_cache_dir=str(cache_dir),
@@ -152,6 +154,57 @@ def test_training_on_cached_logps_equals_training_with_a_resident_reference(tmp_
     resident, _ = fit(tiny_model_dir, tmp_path / "b", precompute=False, max_steps=2)
     for (name, a), (_, b) in zip(cached.policy.named_parameters(), resident.policy.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=name)
+
+
+def test_cached_ipo_reference_columns_are_per_token_means(tmp_path, tiny_model_dir):
+    """IPO is defined on length-normalised log-probs: every cached reference value of every split is the per-token
+    loop's sum divided by the number of response tokens (not the sum the DPO cache holds)."""
+    from transformers import AutoModelForCausalLM
+
+    _, data = fit(tiny_model_dir, tmp_path, pair_loss=IPOLoss())
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+    splits = {"train": data.train_dataset, **data.val_datasets}
+    for name, split in splits.items():
+        for row in split:
+            for side in ("chosen", "rejected"):
+                response = row[f"{side}_ids"]
+                mean = brute_force_logps(reference, row["prompt_ids"], response) / len(response)
+                assert row[f"reference_{side}_logps"] == pytest.approx(mean, abs=1e-10), (name, side)
+
+
+def brute_force_ipo_loss(policy, reference, row: dict, beta: float) -> float:
+    """(h − 1/(2β))², h the difference of the per-token-mean log-ratios of chosen and rejected, from one-row loops."""
+    ratios = []
+    for side in ("chosen", "rejected"):
+        response = row[f"{side}_ids"]
+        logps = [brute_force_logps(model, row["prompt_ids"], response) / len(response) for model in (policy, reference)]
+        ratios.append(logps[0] - logps[1])
+    return (ratios[0] - ratios[1] - 1 / (2 * beta)) ** 2
+
+
+def test_ipo_on_cached_logps_equals_a_resident_reference_and_per_token_means(
+    tmp_path, tiny_model_dir, other_reference_dir
+):
+    """An IPO fit against a separate reference model trains the same policy whether the reference log-probs are cached
+    or computed by a resident reference, and its validation loss is the IPO loss of per-token-mean log-ratios."""
+    from transformers import AutoModelForCausalLM
+
+    runs = {
+        precompute: fit(tiny_model_dir, tmp_path / str(precompute), reference=other_reference_dir,
+                        precompute=precompute, max_steps=2, pair_loss=IPOLoss())
+        for precompute in (True, False)
+    }  # fmt: skip
+    (cached, data), (resident, _) = runs[True], runs[False]
+    assert cached.reference is None and resident.reference is not None
+    for (name, a), (_, b) in zip(cached.policy.named_parameters(), resident.policy.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10, msg=name)
+
+    reference = AutoModelForCausalLM.from_pretrained(other_reference_dir, dtype=torch.float64).eval()
+    rows = data.val_datasets[data.val_names[0]].select(range(data.val_batch_size))  # the one batch validated
+    expected = sum(brute_force_ipo_loss(cached.policy, reference, row, cached.beta) for row in rows) / len(rows)
+    for module in (cached, resident):
+        module.trainer.validate(module, datamodule=data, verbose=False)
+        assert module.trainer.callback_metrics["val/loss"].item() == pytest.approx(expected, rel=1e-9)
 
 
 def test_unreadable_or_mismatched_cache_file_is_recomputed(tmp_path):

@@ -3,16 +3,19 @@ grid of mixtures. No downloads; deterministic from ``seed``."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Any
 
+import datasets
 import numpy as np
 
 from rdpo_lightning.data.datamodule import batching_arguments
 from rdpo_lightning.data.generate import SamplingConfig, sample_completions
 from rdpo_lightning.data.mixture import MixtureEntry
 from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits, mixture_arguments
-from rdpo_lightning.data.pairing import PromptCompletions
+from rdpo_lightning.data.pairing import PromptCompletions, compared_completions
 from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 from rdpo_lightning.data.world import AttributeWorld
 
@@ -36,6 +39,12 @@ class AttributeWorldDataModule(MixturePairsDataModule):
     responses compared, labels drawn at ``label_temperature``) or ``best_vs_worst`` (the authors' code for several
     completions per prompt); see :mod:`rdpo_lightning.data.pairing`. ``tokenizer``: a tokenizer name or path for the
     world's text (default: a word-level tokenizer built from the world's vocabulary).
+
+    Input shift: ``input_shifts`` maps a name to changes of the world's generator (any of ``prompt_words``,
+    ``response_words``, ``neutral_share``, ``concentration``). Each adds a validation set ``inputs=<name>`` of
+    ``num_val`` fresh prompts and responses drawn from the changed generator, labelled by the *same* reward at the
+    (first) training mixture: the same preferences over different inputs, the shift a Wasserstein ball around the
+    inputs describes.
     """
 
     def __init__(
@@ -68,8 +77,10 @@ class AttributeWorldDataModule(MixturePairsDataModule):
         truncation_mode: str = "keep_end",
         drop_truncated: bool = False,
         cache_dir: str | None = None,
+        input_shifts: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         world = world or AttributeWorld()
+        input_worlds = shifted_worlds(world, input_shifts or {})
         if num_train < 1 or num_val < 1:
             raise ValueError(f"data.num_train and data.num_val must be >= 1, got {num_train} and {num_val}")
         if responses_per_prompt < 2:
@@ -80,6 +91,7 @@ class AttributeWorldDataModule(MixturePairsDataModule):
             raise ValueError(f"data.seed must be >= 0, got {seed}")
         super().__init__(world.attributes, **mixture_arguments(locals()), **batching_arguments(locals()))
         self.world = world
+        self.input_worlds = input_worlds
         self.responses_per_prompt = responses_per_prompt
         self.num_train = num_train
         self.num_val = num_val
@@ -129,3 +141,42 @@ class AttributeWorldDataModule(MixturePairsDataModule):
             val_labels=lambda i: np.random.default_rng([self.seed, i + 1]),
         )
         return PromptSplits(groups[:cut], groups[cut:], randomness)
+
+    def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+        train, vals = super().build_splits()
+        for i, (name, world) in enumerate(self.input_worlds.items()):
+            rng = np.random.default_rng([self.seed, 7, i])  # its own stream: the other sets stay what they were
+            prompts = world.sample_prompts(self.num_val, rng)
+            responses = [
+                list(r) for r in zip(*(world.sample_responses(self.num_val, rng) for _ in range(2)), strict=True)
+            ]
+            scores = self.world.attribute_rewards([r for row in responses for r in row]).reshape(self.num_val, 2, -1)
+            groups = [PromptCompletions(p, r, s) for p, r, s in zip(prompts, responses, scores, strict=True)]
+            held_out = np.zeros(len(groups), dtype=int)
+            rows = self._pairs(name, groups, [self.train_mixture], held_out, compared_completions(groups, rng), rng)
+            rows.pop("group")
+            vals[name] = datasets.Dataset.from_dict(rows)
+        return train, vals
+
+
+#: what an input shift may change: the generator of prompts and responses, never the reward
+SHIFTABLE = ("prompt_words", "response_words", "neutral_share", "concentration")
+
+
+def shifted_worlds(world: AttributeWorld, shifts: dict[str, dict[str, Any]]) -> dict[str, AttributeWorld]:
+    """``inputs=<name>`` → the world with that shift's changes (checked, errors naming the YAML key)."""
+    out = {}
+    for name, changes in shifts.items():
+        key = f"data.input_shifts.{name}"
+        if not isinstance(changes, dict) or not changes:
+            raise ValueError(f"{key} must be a non-empty mapping of {SHIFTABLE} to new values, got {changes!r}")
+        unknown = [k for k in changes if k not in SHIFTABLE]
+        if unknown:
+            raise ValueError(f"{key}: cannot shift {unknown}; an input shift changes only {SHIFTABLE}")
+        if "neutral_share" in changes:
+            changes = {**changes, "neutral_share": tuple(changes["neutral_share"])}
+        try:
+            out[f"inputs={name}"] = dataclasses.replace(world, **changes)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{key}: {error}") from error
+    return out

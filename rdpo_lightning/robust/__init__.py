@@ -1,6 +1,8 @@
 """Robust strategies: turn per-pair losses into the training objective. Chosen in YAML by ``class_path``."""
 
 from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput
+from rdpo_lightning.robust.chi_square import ChiSquareDRO
+from rdpo_lightning.robust.cvar import CVaR
 from rdpo_lightning.robust.dr_dpo import DrDPO
 from rdpo_lightning.robust.group_dro import GroupDRO
 from rdpo_lightning.robust.kl import KLReweighter
@@ -16,4 +18,6 @@ __all__ = [
     "WassersteinPenalty",
     "DrDPO",
     "GroupDRO",
+    "CVaR",
+    "ChiSquareDRO",
 ]

@@ -93,12 +93,18 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def global_softmax_weights(losses: Tensor, gather: Callable[[Tensor], Tensor], temperature: float) -> Tensor:
     """Detached softmax(ℓ/temperature) weights of the *local* pairs, normalised over the *global* batch.
 
-    Every rank sees the same gathered losses and so the same normaliser; each weights only its own pairs. Computed in
-    float64 through a log-sum-exp, so a small temperature or a large loss cannot overflow.
+    Every rank sees the same gathered losses and so the same normaliser; each weights only its own pairs. The
+    exponents are (ℓ_i − ℓ*)/temperature, ℓ* the global loss that maximises ℓ/temperature (the largest loss for a
+    positive temperature, the smallest for a negative one), taken in float64 *before* dividing: every exponent is then
+    ≤ 0, the largest exactly 0, and the normaliser lies in [1, n], so the weights sum to 1 to float64 rounding for any
+    temperature. Dividing first loses the differences: at ℓ/τ ≈ 1e16 (ℓ = 1e4, τ = 1e-12) a float64 keeps no fraction,
+    a log-sum-exp rounds log(number of maxima) away, and the weights summed to 2 for two tied maxima.
     """
-    scaled_local = losses.detach().double() / temperature
-    scaled_global = gather(losses.detach()).double() / temperature
-    return torch.exp(scaled_local - torch.logsumexp(scaled_global, dim=0)).to(losses.dtype)
+    local = losses.detach().double()
+    global_losses = gather(losses.detach()).double()
+    anchor = global_losses.max() if temperature > 0 else global_losses.min()
+    normaliser = torch.exp((global_losses - anchor) / temperature).sum()
+    return (torch.exp((local - anchor) / temperature) / normaliser).to(losses.dtype)
 
 
 def effective_sample_fraction(weights: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from rdpo_lightning.robust.base import (
     effective_sample_fraction,
     global_softmax_weights,
 )
+from rdpo_lightning.robust.reweighting import weighted_objective
 
 
 class DrDPO(RobustLoss):
@@ -34,12 +35,11 @@ class DrDPO(RobustLoss):
     def forward(self, batch: PairBatch) -> RobustOutput:
         losses = batch.losses
         weights = global_softmax_weights(losses, batch.gather, -self.beta_prime)
-        surrogate = batch.world_size * (weights * losses).sum()
         global_losses = batch.gather(losses).double()
         objective = -self.beta_prime * (
             torch.logsumexp(-global_losses / self.beta_prime, dim=0) - math.log(global_losses.numel())
         )
-        loss = surrogate + (objective.to(surrogate.dtype) - surrogate).detach()
+        loss = weighted_objective(batch, weights, objective)
         global_weights = batch.gather(weights)
         metrics = {
             "weight_max": (global_weights.max() * global_weights.numel()).detach(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput, check_positive
+from rdpo_lightning.robust.reweighting import weighted_objective
 
 
 class GroupDRO(RobustLoss):
@@ -82,10 +83,9 @@ class GroupDRO(RobustLoss):
             means = sums.index_add_(0, global_groups, global_losses.double()) / counts.clamp(min=1)
         present = counts > 0
         present_mass = weights[present].sum()
-        pair_weights = (weights / (counts.clamp(min=1) * present_mass))[groups].to(losses.dtype)
-        surrogate = batch.world_size * (pair_weights * losses).sum()
+        pair_weights = (weights / (counts.clamp(min=1) * present_mass))[groups]
         objective = (weights[present] * means[present]).sum() / present_mass
-        loss = surrogate + (objective.to(surrogate.dtype) - surrogate).detach()  # value: the global objective
+        loss = weighted_objective(batch, pair_weights, objective)
         worst = means.masked_fill(~present, float("-inf")).max()
         metrics = {"worst_group_loss": worst.float(), "weight_max": weights.max().float()}
         if self.num_groups <= 8:

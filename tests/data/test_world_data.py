@@ -155,3 +155,40 @@ def test_a_prompt_that_leaves_no_room_is_an_error_when_nothing_is_left():
     dm = small(world=AttributeWorld(prompt_words=6), max_length=6, num_train=40, num_val=8)
     with pytest.raises(ValueError, match=f"train: no pair is left .*{NO_ROOM}.*: 40"):
         dm.setup()
+
+
+def test_input_shifts_add_sets_of_other_inputs_labelled_by_the_same_reward():
+    shifts = {"long": {"response_words": 16}, "neutral": {"neutral_share": [0.7, 0.9], "prompt_words": 6}}
+    plain = small(label_temperature=None, val_alphas=[1.0], seed=3)
+    shifted = small(label_temperature=None, val_alphas=[1.0], seed=3, input_shifts=shifts)
+    train, vals = raw_splits(shifted)
+    plain_train, plain_vals = raw_splits(plain)
+    assert list(vals) == [*plain_vals, "inputs=long", "inputs=neutral"]
+    assert train.to_dict() == plain_train.to_dict()  # the other sets are what they were
+    for name in plain_vals:
+        assert vals[name].to_dict() == plain_vals[name].to_dict()
+    world = shifted.world
+    neutral = set(world.neutral_words)
+    long, more_neutral = vals["inputs=long"].to_dict(), vals["inputs=neutral"].to_dict()
+    assert all(len(text.split()) == 16 for text in long["chosen"] + long["rejected"])
+    assert all(len(text.split()) == 8 for text in more_neutral["chosen"])
+    assert all(len(p.split()) == 6 for p in more_neutral["prompt"])
+    share = np.mean(
+        [np.mean([w in neutral for w in t.split()]) for t in more_neutral["chosen"] + more_neutral["rejected"]]
+    )
+    base_share = np.mean(
+        [np.mean([w in neutral for w in t.split()]) for t in plain_vals["alpha=0.10"].to_dict()["chosen"]]
+    )
+    assert share > 0.7 and base_share < 0.5
+    alpha = np.array(shifted.train_mixture.weights)
+    for name, data in (("inputs=long", long), ("inputs=neutral", more_neutral)):
+        assert len(data["chosen"]) + shifted.dropped.get(name, 0) == shifted.num_val  # only exact ties are dropped
+        gap = world.attribute_rewards(data["chosen"]) @ alpha - world.attribute_rewards(data["rejected"]) @ alpha
+        assert (gap > 0).all()  # labelled by the training reward, the higher reward chosen
+
+
+def test_input_shift_errors_name_the_yaml_key():
+    with pytest.raises(ValueError, match=r"data\.input_shifts\.long: cannot shift \['sharpness'\]"):
+        small(input_shifts={"long": {"sharpness": 2.0}})
+    with pytest.raises(ValueError, match=r"data\.input_shifts\.short: .*prompt_words"):
+        small(input_shifts={"short": {"prompt_words": 0}})

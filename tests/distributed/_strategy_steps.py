@@ -2,8 +2,11 @@
 
 Run as a script (Lightning re-executes it for rank 1):
 ``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
-with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac]``. For each case rank 0 writes ``OUT_DIR/<case>.pt`` with the
-policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the message of a refused configuration.
+with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save]``. For each case rank 0 writes
+``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the message of a
+refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away from its base, which is
+the reference; no separate reference model); ``resident``: no precomputed reference log-probs (the base computes them
+every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a directory under FSDP2).
 Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
 The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 import datasets
 import lightning as L
 import torch
+from peft import LoraConfig
 
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
@@ -32,6 +36,7 @@ ROBUST = {
     "wdpo_fd_eps": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference", epsilon=1e-3),
     "wdpo_exact": functools.partial(WassersteinPenalty, rho=0.05, mode="exact"),
 }
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_fc"], "init_lora_weights": False}
 GLOBAL_BATCH = 8
 WORLD = 2
 
@@ -48,9 +53,13 @@ def run_case(
     robust_name, *flags = spec.split("+")
     single = strategy_name == "single"
     L.seed_everything(0, verbose=False)
+    lora = "lora" in flags
     module = RobustDPO(
         model=model_dir,
-        reference=reference_dir,  # unlike the initial policy, so pair losses (and KL weights) differ at step 0
+        # unlike the initial policy, so pair losses (and KL weights) differ at step 0; with LoRA the base is
+        reference=None if lora else reference_dir,
+        peft=LoraConfig(**LORA) if lora else None,
+        precompute_reference="resident" not in flags,
         beta=0.1,
         robust=ROBUST[robust_name](),
         optimizer=functools.partial(torch.optim.SGD, lr=1.0),
@@ -79,6 +88,8 @@ def run_case(
         trainer.fit(module, datamodule=data)
     except ValueError as error:
         return None, str(error)
+    if "save" in flags:
+        trainer.save_checkpoint(Path(cache_dir) / f"{case}.ckpt")
     params = {}
     for name, param in module.policy.named_parameters():
         full = param.full_tensor() if hasattr(param, "full_tensor") else param  # FSDP2 DTensor shards: collective

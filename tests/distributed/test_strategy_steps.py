@@ -33,9 +33,15 @@ DISTRIBUTED_CASES = [
     "ddp:kl",
     "ddp:wdpo_fd",
     "ddp:wdpo_exact",
-    "fsdp2:wdpo_exact",  # refused: last, so a failing rank cannot disturb the others
 ]
+#: LoRA adapters: the reference is the policy's base, computed through the strategy (cached, or every step)
+LORA_CASES = ["fsdp2:none+lora+save", "fsdp2:wdpo_fd+lora+resident", "ddp:kl+lora", "ddp:wdpo_exact+lora+resident"]
+REFUSED = "fsdp2:wdpo_exact"  # refused: last, so a failing rank cannot disturb the others
+DISTRIBUTED_CASES = [*DISTRIBUTED_CASES, *LORA_CASES, REFUSED]
+
 ATOL = 1e-12
+OBJECTIVES = ("none", "kl", "wdpo_fd", "wdpo_exact")
+SINGLE_CASES = ["none", "kl", "kl+clip", "wdpo_fd", "wdpo_fd_eps", "wdpo_exact", *(f"{r}+lora" for r in OBJECTIVES)]
 
 
 def _load_script():
@@ -68,15 +74,20 @@ def distributed_runs(tmp_path_factory, tiny_model_dir: Path, reference_dir: Path
 
 
 @pytest.fixture(scope="module")
-def single_runs(tmp_path_factory, tiny_model_dir: Path, reference_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+def single_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("single_cache")
+
+
+@pytest.fixture(scope="module")
+def single_runs(single_cache, tiny_model_dir: Path, reference_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     import datasets
 
     datasets.disable_progress_bars()
     script = _load_script()
-    cache = str(tmp_path_factory.mktemp("single_cache"))
     runs = {}
-    for robust in ("none", "kl", "kl+clip", "wdpo_fd", "wdpo_fd_eps", "wdpo_exact"):
-        params, refusal = script.run_case(f"single:{robust}", str(tiny_model_dir), str(reference_dir), cache)
+    for robust in SINGLE_CASES:
+        case = f"single:{robust}" + ("+save" if robust == "none+lora" else "")
+        params, refusal = script.run_case(case, str(tiny_model_dir), str(reference_dir), str(single_cache))
         assert refusal is None, refusal
         runs[robust] = params
     return runs
@@ -90,7 +101,7 @@ def _deltas(params: dict[str, torch.Tensor], model_dir: Path) -> dict[str, torch
     return {name: params[name] - initial[name].detach().double() for name in params}
 
 
-@pytest.mark.parametrize("case", [c for c in DISTRIBUTED_CASES if c != "fsdp2:wdpo_exact"])
+@pytest.mark.parametrize("case", [c for c in DISTRIBUTED_CASES if c != REFUSED and c not in LORA_CASES])
 def test_distributed_step_equals_single_process_full_batch(case, distributed_runs, single_runs, tiny_model_dir):
     out, _ = distributed_runs
     robust = case.split(":")[1].replace("+ac", "")  # activation checkpointing must not change the update
@@ -100,6 +111,52 @@ def test_distributed_step_equals_single_process_full_batch(case, distributed_run
     assert size > 0.04  # a real update (0.05 is the clipped norm)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=ATOL, msg=f"{case}: {name}")
+
+
+@pytest.mark.parametrize("case", LORA_CASES)
+def test_distributed_lora_step_equals_single_process_full_batch(case, distributed_runs, single_runs, tiny_model_dir):
+    """Adapters only train (the base stays bitwise at its initial value), and their update is the single-process one;
+    a resident reference (the base, every step, through the sharded or wrapped policy) changes nothing."""
+    from transformers import AutoModelForCausalLM
+
+    out, _ = distributed_runs
+    flags = [f for f in case.split(":")[1].split("+") if f not in ("resident", "save")]
+    got, want = torch.load(out / f"{case}.pt"), single_runs["+".join(flags)]
+    assert got.keys() == want.keys()
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).named_parameters())
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=ATOL, msg=f"{case}: {name}")
+        if "lora_" not in name:
+            assert torch.equal(got[name], base[name.replace("base_model.model.", "").replace(".base_layer", "")])
+
+
+def test_lora_updates_differ_between_objectives(single_runs):
+    """Guards the LoRA comparisons above: the step moved the adapters, differently for each objective."""
+    plain = single_runs["none+lora"]
+    for robust in OBJECTIVES[1:]:
+        other = single_runs[f"{robust}+lora"]
+        assert max((other[n] - plain[n]).abs().max() for n in plain if "lora_" in n) > 1e-3, robust
+
+
+def test_fsdp2_distributed_checkpoint_exports_like_a_single_file_checkpoint(
+    distributed_runs, single_runs, single_cache, tmp_path
+):
+    """The FSDP2 run's checkpoint is a distributed-checkpoint directory; its export (merged) equals the export of the
+    single-process run's file checkpoint, whose round trip tests/test_export.py checks."""
+    from safetensors.torch import load_file
+
+    from rdpo_lightning.export import export_checkpoint
+
+    out, _ = distributed_runs
+    sharded = out / "cache-fsdp2" / "fsdp2:none+lora+save.ckpt"
+    assert sharded.is_dir() and (sharded / "meta.pt").is_file()
+    exported = export_checkpoint(sharded, tmp_path / "from_fsdp2")
+    single = export_checkpoint(single_cache / "single:none+lora+save.ckpt", tmp_path / "from_single")
+    got, want = load_file(exported / "model.safetensors"), load_file(single / "model.safetensors")
+    assert got.keys() == want.keys() and not any("lora" in k for k in got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=ATOL, msg=name)
+    assert "FSDP2Strategy" in (exported / "README.md").read_text()
 
 
 def test_robust_strategies_change_the_update(single_runs, tiny_model_dir):
@@ -124,5 +181,6 @@ def test_reference_logps_precomputed_once_per_strategy_then_reused(distributed_r
     _, log = distributed_runs
     computed = log.count("reference log-probs of split 'train' (8 rows): computed and saved")
     loaded = log.count("reference log-probs of split 'train' (8 rows): loaded from cache")
-    assert computed == 2
-    assert loaded == len(DISTRIBUTED_CASES) - 3  # all but each strategy's first and the refused one
+    assert computed == 4  # the reference model, and the LoRA runs' base, once per strategy
+    plain = [c for c in DISTRIBUTED_CASES if c not in LORA_CASES]
+    assert loaded == len(plain) - 3  # all but each strategy's first and the refused one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Context, Decimal
 
 import numpy as np
 import pytest
@@ -50,6 +51,56 @@ def test_authors_form_is_clamped_and_unnormalised():
     w = np.minimum(raw, clamp)
     assert raw.max() > clamp  # the clamp is exercised
     assert out.loss.item() == pytest.approx(float(np.mean(w * np.array(LOSSES))), rel=1e-12)
+
+
+def test_authors_form_gradient_is_the_clamped_weight_over_n():
+    """d(loss)/dℓ_i = min(exp((ℓ_i − mean ℓ)/τ), clamp)/n: the weight is a constant (its exponent detached), so the
+    gradient carries no term from differentiating the weight itself."""
+    tau, clamp = 0.5, 10.0
+    losses = torch.tensor(LOSSES, dtype=torch.float64, requires_grad=True)
+    out = KLReweighter(tau=tau, normalize=False, clamp_max=clamp)(PairBatch(losses=losses))
+    (grad,) = torch.autograd.grad(out.loss, losses)
+    values = np.array(LOSSES)
+    raw = np.exp((values - values.mean()) / tau)
+    assert (raw < clamp).sum() >= 3 and (raw > clamp).any()  # both branches of the clamp are exercised
+    assert grad.tolist() == pytest.approx((np.minimum(raw, clamp) / len(LOSSES)).tolist(), rel=1e-12, abs=1e-15)
+
+
+def exact_softmax(values: list[float], tau: float) -> list[float]:
+    """softmax(ℓ/τ) in 60-digit decimal arithmetic: no float rounding to lose the differences between ℓ_i/τ."""
+    context = Context(prec=60)
+    scaled = [context.divide(Decimal(v), Decimal(tau)) for v in values]
+    top = max(scaled)
+    exps = [context.exp(x - top) for x in scaled]
+    total = sum(exps[1:], exps[0])
+    return [float(context.divide(e, total)) for e in exps]
+
+
+EXTREME_LOSSES = {
+    "two tied maxima": [1e4, 3.0, 9999.0, 0.0, 1e4, 0.5],
+    "one maximum": [1e4, 9999.75, 0.0, 5000.0, 1.0],
+    "all equal": [1e4] * 5,
+    "spread": np.linspace(0.0, 1e4, 33).tolist(),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("tau", [1.0, 1e-2, 1e-6, 1e-10, 1e-12])
+@pytest.mark.parametrize("case", list(EXTREME_LOSSES))
+def test_weights_sum_to_one_and_match_exact_softmax_down_to_tiny_tau(dtype, tau, case):
+    """Shifted by the global maximum *before* dividing by τ: at τ = 1e-12 and ℓ = 1e4 (ℓ/τ = 1e16) the weights still
+    sum to 1 (within 1e-12 in float64; float32 weights are each rounded to float32) and equal the exact softmax, and
+    the objective of tied maxima is the maximum (it was 2·1e4 for two tied maxima of 1e4 at τ = 1e-12)."""
+    values = torch.tensor(EXTREME_LOSSES[case], dtype=dtype)
+    losses = values.clone().requires_grad_()
+    out = KLReweighter(tau=tau)(PairBatch(losses=losses))
+    (weights,) = torch.autograd.grad(out.loss, losses)  # d(Σ w·ℓ)/dℓ = w
+    exact = exact_softmax(values.double().tolist(), tau)  # the losses as the dtype holds them
+    rounding = 1e-12 if dtype == torch.float64 else len(exact) * 2.0**-24
+    assert abs(weights.double().sum().item() - 1) <= rounding
+    assert weights.double().tolist() == pytest.approx(exact, rel=rounding, abs=torch.finfo(dtype).tiny)
+    objective = sum(w * v for w, v in zip(exact, values.double().tolist(), strict=True))
+    assert out.loss.item() == pytest.approx(objective, rel=rounding)
 
 
 @pytest.mark.parametrize("tau", [1e-4, 1e-2])

@@ -1,0 +1,349 @@
+"""When does robust preference optimisation pay? Pareto fronts against DPO's early-stopping front, three shifts.
+
+Why this exists
+---------------
+``benchmarks/shift.py`` compared robust methods with DPO's *final* weights, and found that DPO trained for fewer
+epochs matches KLDPO at the same in-distribution loss. The fair baseline is DPO's whole early-stopping curve. Here
+every method logs a validation pass every ``--val-every`` steps to real TensorBoard files; ``rdpo pareto``'s own code
+(:mod:`rdpo_lightning.pareto`) reads them back, builds each method's front of (in-distribution, worst-case) points per
+seed and judges it against DPO's front with the same seed (same data, same initial weights): the per-seed mean
+staircase gap at matched in-distribution level, a t-interval over seeds, "pays" only when the interval clears zero.
+
+Scenarios (``--scenario``)
+--------------------------
+* ``label``: the label shift of shift.py: trained at α₀ = 0.1 (anger/fear), evaluated at α ∈ ``--alphas``; metrics:
+  loss, accuracy, generation reward r(α). Methods: DPO, KLDPO (``--taus``), WDPO (``--rhos``).
+* ``group``: two groups of users with known group ids, 90 % labelling at α = 0.1 and 10 % at α = 0.9 (the minority
+  weighs the other attribute); in-distribution = the population (0.9·majority + 0.1·minority), worst case = the worse
+  group. Methods: DPO, KLDPO, DrDPO (``--beta-primes``), GroupDRO (``--etas``), and CVaR / χ² when the package has them.
+* ``input``: trained at α₀ = 0.1 on the world's usual inputs; evaluated on the usual inputs and on inputs from
+  another generator (longer responses, more neutral words, more mixed attributes), labelled by the same reward at α₀
+  (``AttributeWorldDataModule(input_shifts=...)``); metrics: loss, accuracy. Methods: DPO, KLDPO, WDPO.
+
+    PYTHONPATH=$PWD python benchmarks/pareto.py --scenario label     # default size: see benchmarks/README.md
+    PYTHONPATH=$PWD python benchmarks/pareto.py --scenario group --tiny   # smoke test (writes to a temp dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: shift.py's helpers sit beside it
+
+import shift  # noqa: E402
+
+SCENARIOS = ("label", "group", "input")
+TRAIN = "alpha=0.10"
+MINORITY = "alpha=0.90"
+#: the input shifts of the ``input`` scenario: each a change of the world's prompt/response generator
+INPUT_SHIFTS = {
+    "long": {"response_words": 16},
+    "neutral": {"neutral_share": [0.6, 0.85]},
+    "mixed": {"concentration": 3.0},
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training configuration: family (DPO, KLDPO, ...), its hyperparameter and its robust strategy."""
+
+    family: str
+    hparam: str
+    make_robust: Callable[[], object] = field(compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.family} {self.hparam}".strip()
+
+    @property
+    def directory(self) -> str:
+        return self.name.replace(" ", "_").replace("=", "")
+
+
+def configurations(args: argparse.Namespace) -> list[Config]:
+    """DPO, then every robust family of the scenario at every value of its sweep."""
+    import rdpo_lightning.robust as robust
+
+    configs = [Config("DPO", "", robust.NoRobust)]
+    configs += [Config("KLDPO", f"tau={t:g}", lambda t=t: robust.KLReweighter(tau=t)) for t in args.taus]
+    if args.scenario in ("label", "input"):
+        configs += [
+            Config("WDPO", f"rho={r:g}", lambda r=r: robust.WassersteinPenalty(rho=r, mode="exact")) for r in args.rhos
+        ]
+    if args.scenario == "group":
+        configs += [Config("DrDPO", f"beta'={b:g}", lambda b=b: robust.DrDPO(beta_prime=b)) for b in args.beta_primes]
+        configs += [Config("GroupDRO", f"eta={e:g}", lambda e=e: robust.GroupDRO(2, eta=e)) for e in args.etas]
+        if hasattr(robust, "CVaR"):  # the strategies of another issue, when they have landed
+            configs += [Config("CVaR", f"worst={f:g}", lambda f=f: robust.CVaR(worst_fraction=f)) for f in (0.1, 0.5)]
+        if hasattr(robust, "ChiSquareDRO"):
+            configs += [Config("ChiSquare", f"rho={r:g}", lambda r=r: robust.ChiSquareDRO(rho=r)) for r in (0.1, 0.5)]
+    return configs
+
+
+def metric_axes(scenario: str) -> list:
+    """The (in-distribution, worst-case) axes of each metric, as tags and weighted sums of tags."""
+    from rdpo_lightning.pareto.events import Axis
+    from rdpo_lightning.pareto.report import MetricAxes, preset
+
+    if scenario == "label":
+        return [preset("loss"), preset("accuracy"), preset("reward", TRAIN)]
+    if scenario == "group":
+
+        def population(tag: str) -> str:
+            return f"0.9*{tag.format(TRAIN)} + 0.1*{tag.format(MINORITY)}"
+
+        return [
+            MetricAxes(
+                m, Axis.parse(population(f"val/{{}}/{m}"), m != "loss"), Axis.parse(f"val/worst_case/{m}", m != "loss")
+            )
+            for m in ("loss", "accuracy")
+        ] + [MetricAxes("reward", Axis.parse(population("val/reward/{}")), Axis.parse("val/reward/worst_case"))]
+    return [
+        MetricAxes(m, Axis.parse(f"val/{TRAIN}/{m}", m != "loss"), Axis.parse(f"val/worst_case/{m}", m != "loss"))
+        for m in ("loss", "accuracy")
+    ]
+
+
+# --- one fit, logged to TensorBoard -------------------------------------------------------------------------------
+def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str):
+    """shift.py's world with the scenario's training and validation sets (longer sequences: the input shift's)."""
+    if args.scenario == "label":
+        return shift.make_datamodule(args, seed, cache_dir, max_length=48)
+    if args.scenario == "group":
+        groups = dict(train_alpha=None, train_mixtures=[0.1, 0.9], train_shares=[0.9, 0.1])
+        return shift.make_datamodule(args, seed, cache_dir, val_alphas=[], max_length=48, **groups)
+    return shift.make_datamodule(args, seed, cache_dir, val_alphas=[], input_shifts=INPUT_SHIFTS, max_length=48)
+
+
+def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_dir: str) -> float:
+    """Train one configuration with a validation pass every ``--val-every`` steps; returns the wall seconds."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
+
+    L.seed_everything(seed, verbose=False)
+    datamodule = make_datamodule(args, seed, cache_dir)
+    module = shift.make_module(args, config.make_robust())
+    generation = None
+    if args.scenario != "input":
+        generation = GenerationEvaluation(
+            num_prompts=args.gen_prompts, batch_size=args.gen_prompts, max_new_tokens=args.gen_tokens, seed=seed
+        )
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        max_epochs=args.epochs,
+        val_check_interval=args.val_every,
+        num_sanity_val_steps=0,
+        log_every_n_steps=args.val_every,
+        logger=TensorBoardLogger(runs, name=config.directory, version=f"seed{seed}"),
+        callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule)
+    return time.perf_counter() - start
+
+
+# --- reading the runs back and judging them --------------------------------------------------------------------------
+def judge_runs(args: argparse.Namespace, configs: list[Config], runs: Path) -> dict:
+    """Per metric: every point (per configuration and seed), and the verdicts of each configuration and of each
+    family (its configurations pooled) against DPO, all through :mod:`rdpo_lightning.pareto`."""
+    from rdpo_lightning.pareto.report import RunSpec, collect, verdicts
+
+    specs = [RunSpec(c.name, seed, runs / c.directory / f"seed{seed}") for c in configs for seed in range(args.seeds)]
+    family = {c.name: c.family for c in configs}
+    out = {}
+    for metric in metric_axes(args.scenario):
+        by_config = collect(specs, metric)
+        by_family: dict[str, dict[int, list]] = {}
+        for name, seeds in by_config.items():
+            for seed, points in seeds.items():
+                by_family.setdefault(family[name], {}).setdefault(seed, []).extend(points)
+        out[metric.name] = {
+            "axes": metric,
+            "points": by_config,
+            "families": by_family,
+            "config_verdicts": verdicts(by_config, "DPO", args.confidence),
+            "family_verdicts": verdicts(by_family, "DPO", args.confidence),
+        }
+    return out
+
+
+def final_pass_table(judged: dict, configs: list[Config]) -> str:
+    """Context: the last validation pass of each configuration (mean over seeds), in the metrics' own units."""
+    lines = []
+    header = f"{'configuration':<22}" + "".join(f"{m + ' in-dist':>17}{m + ' worst':>15}" for m in judged)
+    lines += [header, "-" * len(header)]
+    for config in configs:
+        row = f"{config.name:<22}"
+        for entry in judged.values():
+            axes = entry["axes"]
+            last = [
+                max(points, key=lambda p: int(p.label.rsplit(" ", 1)[1]))
+                for points in entry["points"][config.name].values()
+            ]
+            sx = 1 if axes.x.higher_is_better else -1
+            sy = 1 if axes.y.higher_is_better else -1
+            row += f"{shift.cell([sx * p.x for p in last]):>17}{shift.cell([sy * p.y for p in last]):>15}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def format_report(args: argparse.Namespace, configs: list[Config], judged: dict, seconds: float) -> str:
+    from rdpo_lightning.pareto.report import format_verdicts
+
+    size = "TINY smoke-test size" if args.tiny else ("SMALLER configuration: " + args.label if args.label else "")
+    head = (
+        f"Pareto fronts, scenario '{args.scenario}'{' (' + size + ')' if size else ''}: {args.seeds} seeds; "
+        f"{args.num_train} training pairs, {args.num_val} held-out per set, {args.epochs} epochs, batch "
+        f"{args.batch_size}, validation every {args.val_every} steps; GPT-2 {args.layers} layers d={args.hidden}, lr "
+        f"{args.lr:g}, beta {args.beta:g}; wall time {seconds / 60:.1f} min on {platform.machine()} with "
+        f"{os.cpu_count()} CPUs ({args.cpu_name}); every validation pass of every run is a point"
+    )
+    sections = [head]
+    for entry in judged.values():
+        sections.append("Families (all hyperparameter values pooled) against DPO's early-stopping front\n"
+                        + format_verdicts(entry["axes"], entry["family_verdicts"]))  # fmt: skip
+        sections.append("Each configuration against DPO's early-stopping front\n"
+                        + format_verdicts(entry["axes"], entry["config_verdicts"]))  # fmt: skip
+    sections.append(
+        "Last validation pass of each configuration (mean ± std over seeds)\n" + final_pass_table(judged, configs)
+    )
+    return "\n\n".join(sections)
+
+
+def save(args: argparse.Namespace, configs: list[Config], judged: dict, report: str, seconds: float) -> None:
+    from rdpo_lightning.pareto.report import front_figure
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"pareto_{args.scenario}"
+    stem.with_suffix(".txt").write_text(report + "\n")
+    figure = front_figure([(entry["axes"], entry["families"]) for entry in judged.values()], "DPO")
+    figure.suptitle(f"scenario '{args.scenario}': fronts per seed (thin) and pooled over seeds (bold)")
+    figure.savefig(stem.with_suffix(".png"), dpi=90)
+    raw = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "wall_seconds": seconds,
+        "metrics": {
+            name: {
+                "x": entry["axes"].x.text,
+                "y": entry["axes"].y.text,
+                "points": {
+                    config: {str(seed): [asdict(p) for p in pts] for seed, pts in seeds.items()}
+                    for config, seeds in entry["points"].items()
+                },
+                "verdicts": [
+                    {
+                        "method": v.method,
+                        "gaps": v.gaps,
+                        "mean": v.interval.mean,
+                        "low": v.interval.low,
+                        "high": v.interval.high,
+                        "outcome": v.outcome,
+                    }
+                    for v in entry["family_verdicts"] + entry["config_verdicts"]
+                ],  # fmt: skip
+            }
+            for name, entry in judged.items()
+        },
+    }
+    stem.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=lambda v: None if v != v else v) + "\n")
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--scenario", choices=SCENARIOS, required=True)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--taus", type=shift.float_list, default=[0.25, 0.5, 0.75, 1.0], help="KLDPO τ (paper: 0.5-1)")
+    p.add_argument("--rhos", type=shift.float_list, default=[1.0, 50.0, 75.0, 100.0], help="WDPO ρ (paper: 50-100)")
+    p.add_argument("--beta-primes", type=shift.float_list, default=[0.5, 1.0, 2.0], help="DrDPO β'")
+    p.add_argument("--etas", type=shift.float_list, default=[0.01, 0.1, 1.0], help="GroupDRO step size η")
+    p.add_argument("--train-alpha", type=float, default=0.1, help="training α of the label and input scenarios")
+    p.add_argument("--alphas", type=shift.float_list, default=[0.0, 0.5, 1.0], help="label scenario's evaluation α")
+    p.add_argument("--label-temperature", type=float, default=0.05)
+    p.add_argument("--num-train", type=int, default=1024)
+    p.add_argument("--num-val", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--val-every", type=int, default=8, help="training steps between validation passes")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--gen-prompts", type=int, default=32, help="held-out prompts completed per validation pass")
+    p.add_argument("--gen-tokens", type=int, default=12)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--cpu-name", default="2-core AMD EPYC with AVX512-BF16, shared", help="named in the report")
+    p.add_argument("--label", default="", help="say in the report that this is a reduced configuration, and how")
+    p.add_argument("--out", type=Path, default=None, help="default benchmarks/results (--tiny: a temporary directory)")
+    p.add_argument("--runs", type=Path, default=None, help="keep the TensorBoard runs here (default: temporary)")
+    p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run; never writes results/")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.seeds = 2
+        args.taus, args.rhos, args.beta_primes, args.etas = [0.5], [1.0], [1.0], [0.1]
+        args.alphas = [1.0]
+        args.num_train, args.num_val, args.epochs, args.batch_size, args.val_every = 48, 24, 1, 16, 1
+        args.layers, args.hidden, args.warmup_steps = 1, 32, 1
+        args.gen_prompts, args.gen_tokens = 4, 4
+        if args.out is None:
+            args.out = Path(tempfile.mkdtemp(prefix="rdpo-pareto-tiny-"))
+    if args.out is None:
+        args.out = Path("benchmarks/results")
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> str:
+    import torch
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shift.silence_libraries()
+    configs = configurations(args)
+    plan = [(c, s) for s in range(args.seeds) for c in configs]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rdpo-pareto-") as scratch:
+        runs = args.runs or Path(scratch) / "runs"
+        cache = str(Path(scratch) / "cache")
+        for done, (config, seed) in enumerate(plan, start=1):
+            seconds = fit(args, config, seed, runs, cache)
+            if not args.quiet:
+                elapsed = time.perf_counter() - started
+                print(
+                    f"[{done:>3}/{len(plan)}] {config.name}, seed {seed}: {seconds:.1f} s; elapsed {elapsed / 60:.1f} "
+                    f"min, ~{elapsed / done * (len(plan) - done) / 60:.1f} min left",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        judged = judge_runs(args, configs, runs)
+    seconds = time.perf_counter() - started
+    report = format_report(args, configs, judged, seconds)
+    print(report, flush=True)
+    save(args, configs, judged, report, seconds)
+    if not args.quiet:
+        print(f"wrote {args.out}/pareto_{args.scenario}.txt/.png/.json", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

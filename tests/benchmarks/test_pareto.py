@@ -1,0 +1,64 @@
+"""benchmarks/pareto.py at ``--tiny`` for each scenario: real fits logged to real TensorBoard files, read back by
+the package's Pareto code; the saved verdicts follow from the saved points, and ``--tiny`` never writes results/."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from rdpo_lightning.pareto import Point, mean_gap
+from tests.benchmarks.tiny_runs import ROOT, run_tiny
+
+pareto = importlib.import_module("benchmarks.pareto")
+
+EXPECTED = {
+    "label": ({"DPO", "KLDPO", "WDPO"}, {"loss", "accuracy", "reward"}),
+    "group": ({"DPO", "KLDPO", "DrDPO", "GroupDRO"}, {"loss", "accuracy", "reward"}),
+    "input": ({"DPO", "KLDPO", "WDPO"}, {"loss", "accuracy"}),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+def test_tiny_scenario_judges_every_family_from_its_logged_points(scenario: str, tmp_path: Path):
+    results = ROOT / "benchmarks" / "results"
+    before = {p.name: p.stat().st_mtime for p in results.iterdir()}
+    out_args = [] if scenario == "label" else ["--out", str(tmp_path)]  # label: the --tiny default directory
+    run = run_tiny("pareto", "--scenario", scenario, *out_args, cwd=tmp_path)
+    assert {p.name: p.stat().st_mtime for p in results.iterdir()} == before  # --tiny left results/ alone
+    out = Path(re.search(r"wrote (\S+)/pareto_", run.stderr).group(1))
+    assert out == tmp_path or "rdpo-pareto-tiny-" in out.name
+    stem = out / f"pareto_{scenario}"
+    assert stem.with_suffix(".txt").read_text().strip() == run.stdout.strip()
+    assert stem.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert "TINY" in run.stdout
+
+    raw = json.loads(stem.with_suffix(".json").read_text())
+    args = pareto.parse_args(["--scenario", scenario, "--tiny"])
+    families, metrics = EXPECTED[scenario]
+    assert set(raw["metrics"]) == metrics
+    configs = pareto.configurations(args)
+    assert {c.family for c in configs} >= families
+    passes = args.epochs * args.num_train // args.batch_size // args.val_every  # validation passes per run
+    for name, metric in raw["metrics"].items():
+        points = metric["points"]
+        assert set(points) == {c.name for c in configs}
+        for config, seeds in points.items():
+            assert sorted(seeds) == [str(s) for s in range(args.seeds)]
+            for seed_points in seeds.values():
+                assert len(seed_points) == passes, (name, config)
+                assert all(math.isfinite(p["x"]) and math.isfinite(p["y"]) for p in seed_points)
+        verdicts = {v["method"]: v for v in metric["verdicts"]}
+        assert "DPO" not in verdicts and set(verdicts) >= families - {"DPO"}
+        for config in points:  # each configuration's saved gaps follow from its saved points and DPO's
+            if config == "DPO":
+                continue
+            for seed, gap in verdicts[config]["gaps"].items():
+                mine = [Point(p["x"], p["y"]) for p in points[config][seed]]
+                dpo = [Point(p["x"], p["y"]) for p in points["DPO"][seed]]
+                assert gap == pytest.approx(mean_gap(mine, dpo), abs=1e-12)
+            assert verdicts[config]["outcome"] == "too few seeds"  # --tiny runs 2 seeds; a verdict needs 3

@@ -1,0 +1,54 @@
+"""Test helpers shared by the adapter and export tests: a short real fit, and log-probs computed independently of
+the package (an explicit log-softmax and gather)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from rdpo_lightning.data import AttributeWorldDataModule
+from rdpo_lightning.module import RobustDPO
+
+
+def brute_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sequence log-probs (sums over response tokens), float64."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    labels = batch["labels"][:, 1:]
+    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logps * (labels != -100)).sum(-1)
+
+
+def make_data(model_dir: Path, **kwargs) -> AttributeWorldDataModule:
+    args = {"num_train": 8, "num_val": 4, "val_alphas": [], "batch_size": 8, "max_length": 24}
+    return AttributeWorldDataModule(**{**args, **kwargs}, tokenizer_dir=str(model_dir))
+
+
+def fit(model_dir: Path, cache: Path, steps: int = 1, data: dict | None = None, **module_args) -> RobustDPO:
+    """``steps`` SGD steps (lr 1, float64 unless ``torch_dtype`` says otherwise) of a RobustDPO on the world data."""
+    L.seed_everything(0, verbose=False)
+    args = {
+        "model": str(model_dir),
+        "optimizer": functools.partial(torch.optim.SGD, lr=1.0),
+        "min_lr_ratio": 1.0,
+        "gradient_clip_val": None,
+        "torch_dtype": "float64",
+        "reference_cache_dir": str(cache),
+    }
+    module = RobustDPO(**{**args, **module_args})
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=cache,
+    )
+    trainer.fit(module, datamodule=make_data(model_dir, **(data or {})))
+    return module
