@@ -301,10 +301,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.num_train, args.num_val, args.epochs, args.batch_size, args.val_every = 48, 24, 1, 16, 1
         args.layers, args.hidden, args.warmup_steps = 1, 32, 1
         args.gen_prompts, args.gen_tokens = 4, 4
-        if args.out is None:
-            args.out = Path(tempfile.mkdtemp(prefix="rdpo-pareto-tiny-"))
-    if args.out is None:
-        args.out = Path("benchmarks/results")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
     return args
@@ -314,6 +310,8 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     args = parse_args(argv)
+    if args.out is None:  # --tiny never overwrites the published results
+        args.out = Path(tempfile.mkdtemp(prefix="rdpo-pareto-tiny-")) if args.tiny else Path("benchmarks/results")
     torch.set_num_threads(args.threads)
     shift.silence_libraries()
     configs = configurations(args)

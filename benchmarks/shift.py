@@ -214,7 +214,7 @@ def input_gradient_sq_norm(module, datamodule) -> float:
     batch = next(iter(datamodule.val_dataloader()[0]))
     reference = module.reference_logps(batch)
     with torch.enable_grad():
-        pairs, _ = module.policy_forward(batch, reference, capture=True)
+        pairs = module.policy_forward(batch, reference, capture=True)
         (grad,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings)
     module.policy.zero_grad(set_to_none=True)
     return float(pair_gradient_sq_norms(grad).mean())

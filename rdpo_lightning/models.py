@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from rdpo_lightning.errors import InputError
+from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, token_logprobs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -126,3 +127,14 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The logits of a collated batch of pairs (no KV cache: one full forward per sequence)."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+
+
+def token_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], chunk_rows: int | None = DEFAULT_CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(label) of a collated batch under ``model`` and the mask of scored positions, (rows, T-1).
+
+    The one seam every forward that yields log-probs goes through: the policy's training forward, the reference's,
+    and the reference precomputation (also when the strategy redirects it through its wrapper).
+    """
+    return token_logprobs(batch_logits(model, batch), batch["labels"], chunk_rows)

@@ -95,8 +95,8 @@ def test_cached_logps_equal_fresh_computation_and_no_reference_stays(tmp_path, t
     module, data = fit(tiny_model_dir, tmp_path)
     assert outcome(lightning_messages) == {
         "train": "computed",
-        "val/alpha=0.10": "computed",
-        "val/alpha=1.00": "computed",
+        "alpha=0.10": "computed",
+        "alpha=1.00": "computed",
     }
     assert module.reference is None  # no reference model resident during training
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
@@ -252,3 +252,13 @@ def test_validate_a_checkpoint_of_a_cached_run_with_and_without_the_cache(tmp_pa
     assert outcome(lightning_messages) == {}
     assert with_cache["val/loss"] == pytest.approx(without_cache["val/loss"], abs=1e-9)
     assert with_cache["val/loss"] != pytest.approx(0.6931, abs=1e-3)  # the trained policy, not the initial one
+
+
+def test_the_reference_cache_defaults_to_the_data_cache_folder(monkeypatch, tmp_path):
+    """One cache folder (``$RDPO_CACHE``) for tokenised splits and reference log-probs."""
+    from rdpo_lightning.data.datamodule import default_cache_dir
+    from rdpo_lightning.reference_cache import default_reference_cache_dir
+
+    monkeypatch.setenv("RDPO_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    assert default_reference_cache_dir() == tmp_path / "reference_logps"

@@ -3,7 +3,8 @@
 Rows 0..B−1 hold prompt+chosen, rows B..2B−1 prompt+rejected, right-padded; ``labels`` repeat the ids with the
 prompt and the padding set to −100 so only response tokens are scored. Precomputed reference log-probs
 (``reference_chosen_logps`` / ``reference_rejected_logps`` columns) pass through as (B,) float tensors, and the module
-then skips the reference forward.
+then skips the reference forward. Any other per-pair column (e.g. ``group``) passes through under ``columns``, for the
+robust strategy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rdpo_lightning.data.tokenize import TOKEN_COLUMNS
 from rdpo_lightning.logprobs import IGNORE_INDEX
 
 #: precomputed reference log-probs (see ``rdpo_lightning.reference_cache``), passed through when a dataset has them
@@ -47,6 +49,21 @@ class PairCollator:
         for column in REFERENCE_COLUMNS:
             if column in examples[0]:
                 batch[column] = torch.tensor([float(ex[column]) for ex in examples], dtype=torch.float64)
-        if "group" in examples[0]:
-            batch["groups"] = torch.tensor([int(ex["group"]) for ex in examples], dtype=torch.long)
+        columns = {name: per_pair_tensor([ex[name] for ex in examples]) for name in extra_columns(examples[0])}
+        if columns:
+            batch["columns"] = columns
         return batch
+
+
+def extra_columns(example: dict[str, Any]) -> list[str]:
+    """The numeric per-pair data columns beyond the tokens and the reference log-probs (e.g. ``group``): handed to
+    the robust strategy as ``ScoredPairs.columns``. (Text columns, e.g. a drop reason, have no tensor form.)"""
+    skip = (*TOKEN_COLUMNS, *REFERENCE_COLUMNS)
+    return [name for name, value in example.items() if name not in skip and isinstance(value, (bool, int, float))]
+
+
+def per_pair_tensor(values: list[Any]) -> torch.Tensor:
+    """Integers (and booleans) as int64, anything else numeric as float64 (lossless; consumers cast)."""
+    if all(isinstance(v, (bool, int)) for v in values):
+        return torch.tensor([int(v) for v in values], dtype=torch.long)
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)

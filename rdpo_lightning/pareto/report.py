@@ -128,9 +128,9 @@ def front_figure(panels: Sequence[tuple[MetricAxes, Collected]], baseline: str |
     figure = Figure(figsize=(5.2 * len(panels), 4.4), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (metric, collected) in zip(axes, panels, strict=True):
-        methods = sorted(collected, key=lambda m: (m != baseline, m))
+        methods = sorted(collected, key=lambda m: (m == baseline, m))  # the baseline last: drawn on top, in black
         for index, method in enumerate(methods):
-            colour = colormaps["tab10"](index % 10)
+            colour = "black" if method == baseline else colormaps["tab10"](index % 10)
             everything = [p for points in collected[method].values() for p in points]
             ax.scatter(
                 [_signed(p.x, metric.x) for p in everything],
