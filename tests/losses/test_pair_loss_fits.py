@@ -14,6 +14,7 @@ from rdpo_lightning.cli import main
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.losses import RPOLoss, SimPOLoss
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from tests.test_cli import small_run_args
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -41,7 +42,7 @@ def validate(model_dir: Path, reference_dir: Path | None, pair_loss, beta: float
     data = AttributeWorldDataModule(
         num_train=8, num_val=NUM_VAL, val_alphas=[1.0], batch_size=NUM_VAL, max_length=24, tokenizer_dir=str(model_dir)
     )
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer(accelerator="cpu")
     trainer.validate(module, datamodule=data, verbose=False)
     rows = list(data.val_datasets[data.val_names[0]])
     assert len(rows) == NUM_VAL  # one validation batch holds the whole first set
