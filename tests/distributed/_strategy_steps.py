@@ -28,6 +28,7 @@ from peft import LoraConfig
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 
 ROBUST = {
@@ -80,17 +81,12 @@ def run_case(
         padding_free="pf" in flags,
         tokenizer_dir=model_dir,
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1 if single else WORLD,
         strategy=strategy_of(strategy_name),
         max_steps=1,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     try:
         trainer.fit(module, datamodule=data)
