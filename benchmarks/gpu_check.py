@@ -13,7 +13,10 @@ message that explains why. Run through ``benchmarks/gpu_check.sh``, which runs a
 ``...+export`` cases then save the checkpoint the strategy writes (FSDP1: a full state dict file, then a sharded
 directory; FSDP2: a distributed-checkpoint directory; DDP: a file), export it with ``rdpo export`` on rank 0 and check
 that the merged model loads with ``from_pretrained`` and reproduces the policy's logits. ``qlora`` cases load the base
-in 4-bit NF4 with bf16 compute (bitsandbytes) on one GPU.
+in 4-bit NF4 with bf16 compute (bitsandbytes) on one GPU. ``...+pf`` cases pack each batch (``data.padding_free``)
+with the default fused output-layer log-probs; ``...+full`` cases switch the fused path off (``fused_logprobs:
+false``), a baseline for their step time and peak memory (with this small vocabulary the saving is small:
+``benchmarks/scale.py`` measures it at a 128,256-token vocabulary).
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ CASES = {
     "lora+export": (NoRobust, False, True),
     "lora+kl+resident_ref": (functools.partial(KLReweighter, tau=1.0), False, False),
     "lora+wdpo_fd": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False, True),
+    "none+pf": (NoRobust, False, True),
+    "none+full": (NoRobust, False, True),
+    "wdpo_fd+pf": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False, True),
+    "wdpo_exact+pf": (functools.partial(WassersteinPenalty, rho=0.01, mode="exact"), False, True),
     "qlora": (NoRobust, False, True),
     "qlora+export": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False, True),
 }
@@ -128,6 +135,7 @@ def run_case(strategy: str, case: str, steps: int, cache_dir: str, cpu: bool = F
         activation_checkpointing=checkpointing,
         reference_cache_dir=cache_dir,
         precompute_reference=precompute,
+        fused_logprobs=not case.endswith("+full"),
     )
     data = AttributeWorldDataModule(
         num_train=8 * devices * steps,
@@ -135,6 +143,7 @@ def run_case(strategy: str, case: str, steps: int, cache_dir: str, cpu: bool = F
         val_alphas=[0.0],
         batch_size=8,
         max_length=64,
+        padding_free=case.endswith("+pf"),
         tokenizer_dir=adapters.get("model"),
     )
     timer = StepTimer()
@@ -150,13 +159,13 @@ def run_case(strategy: str, case: str, steps: int, cache_dir: str, cpu: bool = F
     try:
         trainer.fit(module, datamodule=data)
     except ValueError as error:
-        refused = case == "wdpo_exact" and strategy != "ddp" and "cannot run under FSDP" in str(error)
+        refused = case.startswith("wdpo_exact") and strategy != "ddp" and "cannot run under FSDP" in str(error)
         return refused, math.nan, ("refused as expected: " if refused else "") + str(error).split(":")[0]
     loss = float(trainer.callback_metrics.get("train/loss", torch.tensor(math.nan)))
     moved = abs(parameter_checksum(module) - timer.before)
     median_ms = 1000 * statistics.median(timer.times[2:] or timer.times)
     ok = trainer.global_step == steps and math.isfinite(loss) and moved > 0
-    if case == "wdpo_exact" and strategy != "ddp":
+    if case.startswith("wdpo_exact") and strategy != "ddp":
         return False, median_ms, "exact WDPO was not refused under FSDP"
     detail = f"steps={trainer.global_step} loss={loss:.4f} |dθ|sum={moved:.3g} peak_mem={peak_gib():.2f}GiB"
     if case.endswith("+export"):

@@ -2,7 +2,8 @@
 # GPU check: a few bf16-mixed steps of every robust objective (NoRobust, KLReweighter, WassersteinPenalty
 # finite_difference with and without activation checkpointing, exact; KL with a resident, sharded reference instead
 # of cached reference log-probs; LoRA adapters with the base as reference, and rdpo export of each strategy's
-# checkpoint) under DDP, FSDP1 and FSDP2, on all visible GPUs, then QLoRA (4-bit NF4 base) on one GPU; prints
+# checkpoint; padding-free batches with the fused log-probs, and the full-logits path) under DDP, FSDP1 and FSDP2,
+# on all visible GPUs, then QLoRA (4-bit NF4 base) on one GPU; prints
 # PASS/FAIL with the median step time. Sized for < 8 minutes on one node. Never run by the tests.
 #   bash benchmarks/gpu_check.sh            (from the repository root; STEPS=6 and PER_STRATEGY_TIMEOUT=150 s by default)
 set -u

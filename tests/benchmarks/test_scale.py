@@ -24,7 +24,7 @@ def test_tiny_run_measures_every_configuration_against_trl(tmp_path: Path) -> No
     assert set(rows) == {"trl-dpo", "ours-dpo", "ours-wdpo"}
     for cells in rows.values():
         peak, tokens_per_s = float(cells[2]), float(cells[4])
-        assert 0.1 < peak < 8 and tokens_per_s > 0
+        assert 0.1 < peak < 8 and tokens_per_s > 0 and float(cells[6]) > 0
     assert rows["trl-dpo"][3] == "1.00"
     assert "not a published figure" in out.read_text()
     assert (PUBLISHED.read_bytes() if PUBLISHED.exists() else None) == before
