@@ -20,8 +20,8 @@ Every configuration runs in a fresh process; its peak memory is the process's re
 whole run: loading, reference pass, training). Speed: real (non-padding) tokens of the measured steps (all but the
 first) over their wall time, each framework timed between its own step-boundary callbacks.
 
-    python benchmarks/scale.py            # the published run (42 min on 2 cores shared at load 4-8); writes results/scale.md
-    python benchmarks/scale.py --tiny     # a seconds-long smoke run (small vocabulary); writes nothing published
+    python benchmarks/scale.py          # published run (42 min, 2 cores shared at load 4-8): results/scale.md
+    python benchmarks/scale.py --tiny   # a short smoke run (small vocabulary); writes nothing published
 """
 
 from __future__ import annotations
