@@ -37,6 +37,7 @@ from peft import LoraConfig
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 
 #: a GPT-2-shaped model big enough that sharding does real work, small enough to build in seconds
@@ -137,18 +138,13 @@ def run_case(strategy: str, case: str, steps: int, cache_dir: str, cpu: bool = F
         tokenizer_dir=adapters.get("model"),
     )
     timer = StepTimer()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu" if cpu else "gpu",
         devices=devices,
         strategy=strategy_of(strategy),
         precision="bf16-mixed",
         max_steps=steps,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[timer],
     )
     try:
