@@ -130,6 +130,7 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
+    from rdpo_lightning.quiet import quiet_trainer
 
     L.seed_everything(seed, verbose=False)
     datamodule = make_datamodule(args, seed, cache_dir)
@@ -139,18 +140,14 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
         generation = GenerationEvaluation(
             num_prompts=args.gen_prompts, batch_size=args.gen_prompts, max_new_tokens=args.gen_tokens, seed=seed
         )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator=args.accelerator,
         devices=1,
         max_epochs=args.epochs,
         val_check_interval=args.val_every,
-        num_sanity_val_steps=0,
         log_every_n_steps=args.val_every,
         logger=TensorBoardLogger(runs, name=config.directory, version=f"seed{seed}"),
         callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule)

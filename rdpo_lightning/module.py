@@ -19,6 +19,7 @@ from torch import Tensor
 
 from rdpo_lightning.adapters import attach_adapters, is_adapted, peft_config_dict, reference_mode, trainable_summary
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_interval, check_non_negative, check_positive
+from rdpo_lightning.data.packing import PACK_INDEX, pack, unpack
 from rdpo_lightning.data.sampler import load_pending_loader_states
 from rdpo_lightning.distributed import (
     apply_activation_checkpointing,
@@ -32,7 +33,7 @@ from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import disable_dropout, load_causal_lm, resolve_dtype, token_logps
+from rdpo_lightning.models import check_packing_support, disable_dropout, load_causal_lm, resolve_dtype, token_logps
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, reconcile_reference_state
 from rdpo_lightning.reproducibility import seed_training_batch
@@ -63,7 +64,11 @@ class RobustDPO(L.LightningModule):
         warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``min_lr_ratio`` × lr.
         gradient_clip_val: gradient-norm clip, applied in automatic and manual optimisation alike.
         disable_policy_dropout: zero dropout in the policy (the reference never has dropout).
-        logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once).
+        logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once) on the
+            full-logits path.
+        fused_logprobs: compute response log-probs through the output layer chunk by chunk from the body's hidden
+            states, never building the (rows, T, vocabulary) logits (:mod:`rdpo_lightning.fused_logprobs`); a model
+            it cannot handle falls back to the full-logits path with one log line.
         torch_dtype, attn_implementation: passed to ``from_pretrained`` / ``from_config``.
         on_nonfinite: a NaN/inf loss or gradient ``stop``s the fit with a checkpoint of the last good state, or the
             step is ``skip``ped with a warning (see :mod:`rdpo_lightning.guards`).
@@ -94,6 +99,7 @@ class RobustDPO(L.LightningModule):
         gradient_clip_val: float | None = 1.0,
         disable_policy_dropout: bool = True,
         logprob_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+        fused_logprobs: bool = True,
         torch_dtype: str | None = None,
         attn_implementation: str | None = None,
         on_nonfinite: str = "stop",
@@ -135,6 +141,7 @@ class RobustDPO(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.disable_policy_dropout = disable_policy_dropout
         self.logprob_chunk_rows = logprob_chunk_rows
+        self.fused_logprobs = bool(fused_logprobs)
         self.torch_dtype = torch_dtype
         self.attn_implementation = attn_implementation
         self.references = ReferenceSource(
@@ -242,7 +249,7 @@ class RobustDPO(L.LightningModule):
 
     def _token_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """A method of the module, so that the strategy's forward redirection can call it by name."""
-        return token_logps(model, batch, self.logprob_chunk_rows)
+        return token_logps(model, batch, self.logprob_chunk_rows, self.fused_logprobs)
 
     def train(self, mode: bool = True) -> RobustDPO:
         """Keep the reference in eval mode whatever Lightning toggles."""
@@ -255,7 +262,7 @@ class RobustDPO(L.LightningModule):
     def _pair_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[PairLogps, Tensor]:
         """Sequence log-probs (summed, or per-token means for a length-normalised loss) and response token counts
         (2B,) of one concatenated forward."""
-        logps, mask = token_logps(model, batch, self.logprob_chunk_rows)
+        logps, mask = self._token_logps(model, batch)
         counts = mask.sum(-1)
         values = logps.sum(-1)
         if self.pair_loss.length_normalized:
@@ -290,14 +297,19 @@ class RobustDPO(L.LightningModule):
         directly does not."""
         captured: list[Tensor] = []
 
-        def hook(_module, _inputs, output):
+        pack_index = batch.get(PACK_INDEX)
+        if pack_index is not None:
+            check_packing_support(self.policy, batch)  # its probe forward must not meet the hook below
+
+        def hook(_module, _inputs, output):  # z in the pair layout (2B, T, H), also for a packed batch
+            embeddings = output if pack_index is None else unpack(output, pack_index)
             if shift is not None:
-                output = output + shift.to(output.dtype)
+                embeddings = embeddings + shift.to(embeddings.dtype)
             if capture:
-                if not output.requires_grad:
-                    output = output.detach().requires_grad_()
-                captured.append(output)
-            return output
+                if not embeddings.requires_grad:
+                    embeddings = embeddings.detach().requires_grad_()
+                captured.append(embeddings)
+            return embeddings if pack_index is None else pack(embeddings, pack_index, output)
 
         hooked = capture or shift is not None
         handle = self.policy.get_input_embeddings().register_forward_hook(hook) if hooked else None

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from rdpo_lightning.adapters import is_adapted, reference_state
 from rdpo_lightning.data.collate import REFERENCE_COLUMNS
+from rdpo_lightning.data.datamodule import default_cache_dir
 from rdpo_lightning.models import frozen_copy, token_logps
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ CHOSEN_COLUMN, REJECTED_COLUMN = REFERENCE_COLUMNS
 
 
 def default_reference_cache_dir() -> Path:
-    return Path(os.environ.get("RDPO_CACHE", Path.home() / ".cache" / "rdpo_lightning")) / "reference_logps"
+    """``reference_logps`` in the one cache folder the tokenised splits also use (``$RDPO_CACHE``)."""
+    return default_cache_dir() / "reference_logps"
 
 
 def weights_digest(model: nn.Module | Mapping[str, Tensor]) -> str:

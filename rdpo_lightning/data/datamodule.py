@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from rdpo_lightning.checks import check_int_at_least
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
-from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler
+from rdpo_lightning.data.sampler import LengthGroupedSampler, ResumableDataLoader, ResumableSampler
 from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, check_lengths
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class PreferenceDataModule(L.LightningDataModule):
         drop_truncated: drop (and count) pairs whose responses would be cut, instead of cutting them.
         cache_dir: where tokenised splits are cached (default ``$RDPO_CACHE`` or ``~/.cache/rdpo_lightning``).
         num_proc: processes for ``datasets.map`` on large data (None: in-process).
+        padding_free: pack each batch's sequences into rows with restarting ``position_ids`` instead of padding
+            them (:mod:`rdpo_lightning.data.packing`); same log-probs, far less padding with uneven lengths.
+        group_by_length: draw training batches of similar lengths (:class:`LengthGroupedSampler`), for models that
+            cannot pack; resumes exactly with the same batch size and process count.
     """
 
     #: texts are already chat-templated (no BOS added to prompts, no EOS to responses); set by subclasses
@@ -65,6 +69,8 @@ class PreferenceDataModule(L.LightningDataModule):
         max_prompt_length: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        padding_free: bool = False,
+        group_by_length: bool = False,
         truncation_mode: str = "keep_end",
         drop_truncated: bool = False,
         cache_dir: str | None = None,
@@ -82,6 +88,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.max_prompt_length = max_prompt_length
         self.num_workers = num_workers
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_free = bool(padding_free)
+        self.group_by_length = bool(group_by_length)
         self.truncation_mode = truncation_mode
         self.drop_truncated = drop_truncated
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -222,7 +230,7 @@ class PreferenceDataModule(L.LightningDataModule):
     # --- what others read and replace ----------------------------------------------------------------------------
     def collator(self) -> PairCollator:
         """The collator of every loader here; also what the reference precomputation batches rows with."""
-        return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
+        return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of, self.padding_free)
 
     def splits(self) -> dict[str, datasets.Dataset]:
         """The tokenised splits by name: ``train`` and every validation set's name (no validation set is named
@@ -247,10 +255,21 @@ class PreferenceDataModule(L.LightningDataModule):
         return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            sampler=ResumableSampler.for_trainer(self.train_dataset, self.trainer),
+            sampler=self._train_sampler(),
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             drop_last=False,
+        )
+
+    def _train_sampler(self) -> ResumableSampler:
+        if not self.group_by_length:
+            return ResumableSampler.for_trainer(self.train_dataset, self.trainer)
+        lengths = [
+            len(prompt) + max(len(chosen), len(rejected))
+            for prompt, chosen, rejected in zip(*(self.train_dataset[c] for c in TOKEN_COLUMNS), strict=True)
+        ]
+        return LengthGroupedSampler.for_trainer(
+            self.train_dataset, self.trainer, lengths=lengths, batch_size=self.batch_size
         )
 
     def val_dataloader(self) -> list[DataLoader]:

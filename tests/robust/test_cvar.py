@@ -86,7 +86,7 @@ def test_training_dtypes_keep_the_loss_dtype_and_a_distribution(dtype):
     assert weights.double().sum().item() == pytest.approx(1.0, abs=1e-2 if dtype == torch.bfloat16 else 1e-6)
 
 
-@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), "half"])
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan"), "half", True])
 def test_bad_worst_fraction_rejected(bad):
     with pytest.raises(ValueError, match="worst_fraction"):
         CVaR(worst_fraction=bad)

@@ -12,6 +12,7 @@ import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import GroupDRO, ScoredPairs
 
 
@@ -110,13 +111,10 @@ def test_group_weights_survive_a_checkpoint_and_resume(tmp_path, tiny_gpt2_confi
         )
         module = RobustDPO(model_config=tiny_gpt2_config, robust=GroupDRO(num_groups=2, eta=2.0))
         record = RecordWeights()
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
             accelerator="cpu",
             max_steps=max_steps,
             limit_val_batches=0,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             default_root_dir=tmp_path,
             callbacks=[record],
         )
