@@ -29,6 +29,7 @@ from rdpo_lightning.distributed import (
     reshard,
 )
 from rdpo_lightning.embeddings import embedding_capture
+from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
@@ -170,10 +171,10 @@ class RobustDPO(L.LightningModule):
         strategy = self.trainer.strategy
         refusal = self.robust.sharding_refusal() if is_sharded(strategy) else None
         if refusal is not None:
-            raise ValueError(f"{refusal} (strategy: {type(strategy).__name__})")
+            raise InputError(f"{refusal} (strategy: {type(strategy).__name__})")
         refusal = self.robust.accumulation_refusal(self.accumulate_grad_batches)
         if refusal is not None:
-            raise ValueError(refusal)
+            raise InputError(refusal)
 
     def configure_model(self) -> None:
         """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
