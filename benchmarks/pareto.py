@@ -21,7 +21,7 @@ Scenarios (``--scenario``)
   (``AttributeWorldDataModule(input_shifts=...)``); metrics: loss, accuracy. Methods: DPO, KLDPO, WDPO.
 
     PYTHONPATH=$PWD python benchmarks/pareto.py --scenario label     # default size: see benchmarks/README.md
-    PYTHONPATH=$PWD python benchmarks/pareto.py --scenario group --tiny   # smoke test (writes to a temp dir)
+    PYTHONPATH=$PWD python benchmarks/pareto.py --scenario group --tiny   # smoke test ($TMPDIR/rdpo_lightning_tiny)
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
+    from rdpo_lightning.quiet import quiet_trainer
 
     L.seed_everything(seed, verbose=False)
     datamodule = make_datamodule(args, seed, cache_dir)
@@ -139,18 +140,14 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
         generation = GenerationEvaluation(
             num_prompts=args.gen_prompts, batch_size=args.gen_prompts, max_new_tokens=args.gen_tokens, seed=seed
         )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator=args.accelerator,
         devices=1,
         max_epochs=args.epochs,
         val_check_interval=args.val_every,
-        num_sanity_val_steps=0,
         log_every_n_steps=args.val_every,
         logger=TensorBoardLogger(runs, name=config.directory, version=f"seed{seed}"),
         callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule)
@@ -292,7 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--cpu-name", default="2-core AMD EPYC with AVX512-BF16, shared", help="named in the report")
     p.add_argument("--label", default="", help="say in the report that this is a reduced configuration, and how")
-    p.add_argument("--out", type=Path, default=None, help="default benchmarks/results (--tiny: a temporary directory)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results; --tiny: $TMPDIR/rdpo_lightning_tiny"
+    )
     p.add_argument("--runs", type=Path, default=None, help="keep the TensorBoard runs here (default: temporary)")
     p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run; never writes results/")
     p.add_argument("--quiet", action="store_true")
@@ -313,8 +312,7 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     args = parse_args(argv)
-    if args.out is None:  # --tiny never overwrites the published results
-        args.out = Path(tempfile.mkdtemp(prefix="rdpo-pareto-tiny-")) if args.tiny else Path("benchmarks/results")
+    args.out = shift.output_dir(args.out, args.tiny)  # --tiny never overwrites the published results
     torch.set_num_threads(args.threads)
     shift.silence_libraries()
     configs = configurations(args)

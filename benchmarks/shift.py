@@ -30,7 +30,7 @@ table gives the mean ± std of these per-seed worst cases over seeds, and the pa
 seed.
 
     PYTHONPATH=$PWD python benchmarks/shift.py            # default size (see --help): 8.7 min, shared 2-core CPU
-    PYTHONPATH=$PWD python benchmarks/shift.py --tiny     # smoke test, about 10 s
+    PYTHONPATH=$PWD python benchmarks/shift.py --tiny     # smoke test, about 10 s; writes to a temp folder
 """
 
 from __future__ import annotations
@@ -159,23 +159,29 @@ def make_module(args: argparse.Namespace, robust):
     )
 
 
+#: the published figures; a --tiny run never writes here
+RESULTS = Path(__file__).resolve().parent / "results"
+#: where a --tiny run writes unless told otherwise
+TINY_OUT = Path(tempfile.gettempdir()) / "rdpo_lightning_tiny"
+
+
+def output_dir(out: Path | None, tiny: bool) -> Path:
+    """``--out``, by default the published results or, for a smoke-test (``--tiny``) run, :data:`TINY_OUT`: a
+    smoke test must never overwrite the published figures."""
+    out = out or (TINY_OUT if tiny else RESULTS)
+    if tiny and out.resolve() == RESULTS:
+        raise SystemExit(f"--tiny would overwrite the published results in {RESULTS}: give another --out")
+    return out
+
+
 #: Trainer accelerator for every fit and evaluation (``--accelerator``)
 ACCELERATOR = "cpu"
 
 
 def quiet_trainer(**kwargs):
-    import lightning as L
+    from rdpo_lightning.quiet import quiet_trainer
 
-    return L.Trainer(
-        accelerator=ACCELERATOR,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **kwargs,
-    )
+    return quiet_trainer(accelerator=ACCELERATOR, devices=1, **kwargs)
 
 
 def evaluate(args: argparse.Namespace, module, datamodule, seed: int) -> dict[str, dict[str, float]]:
@@ -208,7 +214,7 @@ def input_gradient_sq_norm(module, datamodule) -> float:
     batch = next(iter(datamodule.val_dataloader()[0]))
     reference = module.reference_logps(batch)
     with torch.enable_grad():
-        pairs, _ = module.policy_forward(batch, reference, capture=True)
+        pairs = module.policy_forward(batch, reference, capture=True)
         (grad,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings)
     module.policy.zero_grad(set_to_none=True)
     return float(pair_gradient_sq_norms(grad).mean())
@@ -531,7 +537,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="torch threads (1: on a shared 2-core machine two threads are several times slower)",
     )
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="directory for shift.txt/.png/.json")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"directory for shift.txt/.png/.json (default: benchmarks/results; with --tiny: {TINY_OUT})",
+    )
     p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu (default), gpu")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (the table is always printed)")
@@ -625,7 +636,7 @@ def run_all(args: argparse.Namespace, main_methods: list[Method], sweep_methods:
     return Outcome(results, references, data, time.perf_counter() - started)
 
 
-def load_outcome(path: Path, out: Path) -> tuple[argparse.Namespace, Outcome]:
+def load_outcome(path: Path, out: Path | None) -> tuple[argparse.Namespace, Outcome]:
     """A saved ``shift.json``: the arguments it ran with (``out`` replaced; options added since it was saved take
     their defaults) and what it measured."""
     raw = json.loads(path.read_text())
@@ -647,7 +658,9 @@ def main(argv: list[str] | None = None) -> str:
         main_methods, sweep_methods = methods(args)
     else:
         main_methods, sweep_methods = methods(args)
+        args.out = output_dir(args.out, args.tiny)
         outcome = run_all(args, main_methods, sweep_methods)
+    args.out = output_dir(args.out, args.tiny)  # a re-rendered --tiny run is still a --tiny run
     o = outcome
     report = format_report(args, main_methods, sweep_methods, o.results, o.references, o.data, o.seconds)
     print(report, flush=True)

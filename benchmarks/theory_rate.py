@@ -35,12 +35,13 @@ of robustness and does not shrink with n. (For KLDPO under Bradley-Terry it has 
 is exactly theta* tau / (1 + tau), so the reported gap is ||theta*|| / (1 + tau); the tests check this.)
 
     python benchmarks/theory_rate.py                # default size, a few minutes at most on a 2-core CPU
-    python benchmarks/theory_rate.py --tiny         # a few seconds, for smoke tests
+    python benchmarks/theory_rate.py --tiny         # a few seconds, for smoke tests; writes to a temp folder
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ import torch.nn.functional as F
 DTYPE = torch.float64
 METHODS = ("DPO", "KLDPO", "WDPO")
 PAPER_BOUND = {"DPO": -0.5, "KLDPO": -0.25, "WDPO": -0.25}
+#: the published figures; a --tiny run never writes here
+RESULTS = Path(__file__).resolve().parent / "results"
+#: where a --tiny run writes unless told otherwise
+TINY_OUT = Path(tempfile.gettempdir()) / "rdpo_lightning_tiny"
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The bandit and its preference data
@@ -320,12 +325,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tau", type=float, default=1.0, help="KLDPO temperature")
     p.add_argument("--rho", type=float, default=0.5, help="WDPO penalty weight")
     p.add_argument("--env-seed", type=int, default=0, help="seed of the features and theta*")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--out", type=Path, default=None, help=f"default: benchmarks/results; with --tiny: {TINY_OUT}")
     p.add_argument("--tiny", action="store_true", help="smoke-test size: n=200..2000, 3 values, 3 seeds")
     p.add_argument("--quiet", action="store_true", help="no progress lines (the table is always printed)")
     args = p.parse_args(argv)
     if args.tiny:
         args.n_min, args.n_max, args.num_n, args.seeds = 200, 2000, 3, 3
+    args.out = args.out or (TINY_OUT if args.tiny else RESULTS)
+    if args.tiny and args.out.resolve() == RESULTS:  # a smoke test must never overwrite the published figures
+        p.error(f"--tiny would overwrite the published results in {RESULTS}: give another --out")
     if args.n_min < 2 or args.n_max <= args.n_min or args.num_n < 2 or args.actions < 2:
         p.error("need 2 <= n-min < n-max, num-n >= 2 and actions >= 2")
     return args

@@ -281,6 +281,7 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
     from rdpo_lightning.data.datamodule import PreferenceDataModule
     from rdpo_lightning.data.tokenizer import load_tokenizer
     from rdpo_lightning.module import RobustDPO
+    from rdpo_lightning.quiet import quiet_trainer
 
     class FixedPairsDataModule(PreferenceDataModule):
         """The benchmark's pairs through the package's own tokenisation, collator and loaders."""
@@ -314,17 +315,12 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
         # before training, the results carried by the batches, the reference freed; else an online reference.
         precompute_reference=config.precompute,
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
         precision="bf16-mixed" if config.bf16 else "32-true",
         max_steps=settings.total_steps,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[StepTimer()],
     )
     trainer.fit(module, datamodule=datamodule)

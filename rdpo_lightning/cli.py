@@ -37,12 +37,16 @@ class RDPOCLI(LightningCLI):
             self.model.run_config_yaml = self._parser(self.subcommand).dump(self.config[self.subcommand])
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Bad input found once files are read (a missing model, adapter or data path, a missing column) is one
-        line naming its YAML key, as bad configuration values are."""
+        """Bad input found once files are read (a missing model, adapter or data path, a missing column) and a
+        configuration the Trainer's strategy cannot run are one line naming the YAML key, as bad configuration
+        values are: printed once, by global rank 0, however many processes found it."""
         try:
             super()._run_subcommand(subcommand)
-        except InputError as error:
-            print(f"rdpo: error: {error}", file=sys.stderr)
+        except ValueError as error:
+            if not isinstance(error, InputError):
+                raise
+            if self.trainer.is_global_zero:
+                print(f"rdpo: error: {error}", file=sys.stderr)
             raise ConfigError(2) from error
 
 

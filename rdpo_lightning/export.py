@@ -96,9 +96,18 @@ def record_of(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
     return record
 
 
-def rebuild_policy(record: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+def rebuild_policy(
+    record: dict[str, Any], state: dict[str, torch.Tensor], hparams: dict[str, Any] | None = None
+) -> nn.Module:
     """The trained policy from the checkpoint alone: the architecture from its recorded config (parameters
-    allocated empty), the adapters from its recorded adapter config, then every weight from ``state``."""
+    allocated empty), the adapters from its recorded adapter config, then every weight from ``state``.
+
+    A quantized base (QLoRA) is stored quantized; its export loads the run's original base (``model.model``) in the
+    compute dtype instead and puts the trained adapters on it, so the merged model is a full-precision model.
+    """
+    quantization = (hparams or {}).get("quantization")
+    if quantization and record.get("adapter_config") is not None:
+        return _adapters_on_original_base(record, state, hparams["model"], quantization)
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -120,6 +129,24 @@ def rebuild_policy(record: dict[str, Any], state: dict[str, torch.Tensor]) -> nn
             f" {unexpected[:3]}"
         )
     _tie(model)
+    return model.eval()
+
+
+def _adapters_on_original_base(
+    record: dict[str, Any], state: dict[str, torch.Tensor], base_name: str, quantization: dict[str, Any]
+) -> nn.Module:
+    from peft import get_peft_model
+
+    from rdpo_lightning.models import load_causal_lm
+
+    dtype = str(quantization.get("bnb_4bit_compute_dtype", "bfloat16")).replace("torch.", "")
+    base = load_causal_lm(base_name, torch_dtype=dtype, key="model.model (the quantized run's base, read to export)")
+    model = get_peft_model(base, as_peft_config(record["adapter_config"]))
+    trained = {k: v for k, v in state.items() if "lora_" in k or "modules_to_save" in k}
+    _, unexpected = model.load_state_dict(trained, strict=False)
+    wanted = {k for k, _ in model.named_parameters() if "lora_" in k or "modules_to_save" in k}
+    if unexpected or wanted - set(trained):
+        raise InputError(f"the checkpoint's adapter weights do not fit the base {base_name}: {unexpected[:3]}")
     return model.eval()
 
 
@@ -157,7 +184,7 @@ def export_checkpoint(
     record = record_of(meta, checkpoint)
     if adapter_only and record.get("adapter_config") is None:
         raise InputError("--adapter-only: this checkpoint's policy has no adapters (model.peft / model.adapter unset)")
-    model = rebuild_policy(record, policy_state(state))
+    model = rebuild_policy(record, policy_state(state), meta.get("hyper_parameters"))
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)

@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from rdpo_lightning.checks import check_choice
+
 POLICIES = ("stop", "skip")
 
 
@@ -69,8 +71,7 @@ class NonFiniteGuard:
     """What to do when a loss or a gradient is NaN/inf: ``stop`` (checkpoint the last good state) or ``skip``."""
 
     def __init__(self, policy: str = "stop") -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"model.on_nonfinite must be one of {', '.join(map(repr, POLICIES))}; got {policy!r}")
+        check_choice("model.on_nonfinite", policy, POLICIES)
         self.policy = policy
         self.skipped_steps = 0
         self._loss_finite: Tensor | None = None

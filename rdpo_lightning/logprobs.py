@@ -60,7 +60,11 @@ def sequence_logprobs(
     logits: Tensor, labels: Tensor, average: bool = False, chunk_rows: int | None = DEFAULT_CHUNK_ROWS
 ) -> Tensor:
     """Sum (or, with ``average``, mean) of response-token log-probs per row: shape (rows,)."""
-    logps, mask = token_logprobs(logits, labels, chunk_rows)
+    return sequence_sums(*token_logprobs(logits, labels, chunk_rows), average=average)
+
+
+def sequence_sums(logps: Tensor, mask: Tensor, average: bool = False) -> Tensor:
+    """Per-row sum (or, with ``average``, mean over the counted positions) of masked per-token log-probs."""
     total = logps.sum(-1)
     if average:
         return total / mask.sum(-1).clamp(min=1)

@@ -10,7 +10,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from rdpo_lightning.data.packing import PACK_INDEX, unpack_token_logps
 from rdpo_lightning.errors import InputError
+from rdpo_lightning.fused_logprobs import fused_token_logps, unwrap_causal_lm
+from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, token_logprobs
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -123,6 +126,105 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return reference.eval()
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | bool]:
+    """The forward's keyword arguments for a collated batch (no KV cache): a padded batch passes its attention mask,
+    a packed one its restarting ``position_ids`` and no mask (so transformers separates the packed sequences)."""
+    if PACK_INDEX in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+
 def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The logits of a collated batch of pairs (no KV cache: one full forward per sequence)."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    """The logits of a collated batch of pairs (one full forward per sequence)."""
+    return model(**model_inputs(batch)).logits
+
+
+def token_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], chunk_rows: int | None = DEFAULT_CHUNK_ROWS, fused: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token response log-probs and their mask, (2B, T−1) in the pair layout of the collated ``batch``: the one
+    forward that yields log-probs, for training, the reference cache and the DDP-redirected reference forward.
+
+    ``fused``: through the output layer chunk by chunk, never building the logits (:mod:`rdpo_lightning.fused_logprobs`;
+    a model it cannot handle falls back with one log line); otherwise full logits, log-softmaxed a chunk of rows at a
+    time (``chunk_rows``). A packed (padding-free) batch is unpacked to the pair layout.
+    """
+    packed = PACK_INDEX in batch
+    if packed:
+        check_packing_support(model, batch)
+    result = fused_token_logps(model, model_inputs(batch), batch["labels"]) if fused else None
+    if result is None:
+        result = token_logprobs(batch_logits(model, batch), batch["labels"], chunk_rows)
+    return unpack_token_logps(*result, batch[PACK_INDEX]) if packed else result
+
+
+_PACKING_CHECKED = "_rdpo_packing_checked"
+
+
+@torch.no_grad()
+def check_packing_support(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """Refuse a model whose attention lets a packed sequence see the one before it (once per model).
+
+    Two 4-token sequences packed into one row must give the second one the logits it has alone; transformers'
+    masking utilities do this from the restarting ``position_ids`` (sdpa, eager, flash attention), a model with its
+    own masking code may not.
+    """
+    lm = unwrap_causal_lm(model)
+    if getattr(lm, _PACKING_CHECKED, False):
+        return
+    ids = batch["input_ids"].flatten()[:8]
+    if ids.numel() < 8:
+        ids = ids.repeat(8)[:8]
+    first, second = ids[:4].unsqueeze(0), ids[4:].unsqueeze(0)
+    positions = torch.arange(4, device=ids.device).unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    try:
+        together = model(input_ids=torch.cat([first, second], 1), position_ids=positions.repeat(1, 2), use_cache=False)
+        alone = model(input_ids=second, attention_mask=torch.ones_like(second), use_cache=False)
+    finally:
+        model.train(was_training)
+    precise = alone.logits.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(ids.device.type)
+    tolerance = 1e-3 if precise else 5e-2
+    want, got = alone.logits.double(), together.logits[:, 4:].double()
+    if (got - want).abs().max() > tolerance * want.abs().max().clamp(min=1e-6):
+        attention = getattr(lm.config, "_attn_implementation", None)
+        raise ValueError(
+            f"data.padding_free: true needs a model whose attention keeps packed sequences apart by their"
+            f" position_ids; {type(lm).__name__} (attn_implementation={attention!r}) lets one see the other: set"
+            " data.padding_free: false (data.group_by_length: true still cuts most padding)"
+        )
+    object.__setattr__(lm, _PACKING_CHECKED, True)
+
+
+def build_policy(
+    name_or_path: str | None,
+    config: dict[str, Any] | None,
+    tokenizer: Any,
+    torch_dtype: str | None,
+    attn_implementation: str | None,
+    *,
+    quantization: dict[str, Any] | None = None,
+    peft: Any = None,
+    adapter: str | None = None,
+    disable_policy_dropout: bool = True,
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The policy to train: the loaded model, wrapped in fresh (``peft``) or continued (``adapter``) adapters when
+    asked, dropout-free when asked; and the trained adapter's config (None without adapters)."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from rdpo_lightning.adapters import attach_adapters, is_adapted, peft_config_dict, trainable_summary
+
+    policy = load_causal_lm(
+        name_or_path, config, tokenizer, torch_dtype, attn_implementation, quantization=quantization
+    )
+    if quantization is not None and peft is None and adapter is None:
+        raise InputError("model.quantization: a quantized base cannot train; set model.peft (QLoRA) as well")
+    policy = attach_adapters(policy, peft, adapter)
+    adapter_config = None
+    if is_adapted(policy):
+        adapter_config = peft_config_dict(policy.peft_config["default"])
+        rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
+    if disable_policy_dropout:
+        disable_dropout(policy)
+    return policy, adapter_config

@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
 from torch import Tensor
 
-from rdpo_lightning.adapters import (
-    attach_adapters,
-    is_adapted,
-    peft_config_dict,
-    reference_mode,
-    reference_state,
-    trainable_summary,
-)
-from rdpo_lightning.data.collate import PairCollator
+from rdpo_lightning.adapters import peft_config_dict, reference_mode
+from rdpo_lightning.checks import check_choice, check_int_at_least, check_interval, check_non_negative, check_positive
+from rdpo_lightning.data.packing import PACK_INDEX
 from rdpo_lightning.data.sampler import load_pending_loader_states
 from rdpo_lightning.distributed import (
     apply_activation_checkpointing,
@@ -37,44 +28,20 @@ from rdpo_lightning.distributed import (
     prepare_models,
     reshard,
 )
+from rdpo_lightning.embeddings import embedding_capture
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
-from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, sequence_logprobs
+from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import batch_logits, disable_dropout, frozen_copy, load_causal_lm, resolve_dtype
-from rdpo_lightning.reference_cache import (
-    ReferenceCache,
-    ReferenceLogps,
-    ReferencePrecomputation,
-    compute_reference_logps,
-    weights_digest,
-)
+from rdpo_lightning.models import build_policy, check_packing_support, load_causal_lm, resolve_dtype, token_logps
+from rdpo_lightning.pair_scores import PairLogps, PairScores
+from rdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, reconcile_reference_state
 from rdpo_lightning.reproducibility import seed_training_batch
-from rdpo_lightning.robust import NoRobust, PairBatch, RobustLoss
-from rdpo_lightning.robust.base import check_choice, check_non_negative, check_positive
+from rdpo_lightning.robust import NoRobust, RobustLoss, ScoredPairs
 from rdpo_lightning.run_record import KEY as RUN_RECORD_KEY
 from rdpo_lightning.run_record import run_record
-
-
-@dataclass
-class PairLogps:
-    """Sequence log-probs of the chosen and rejected responses, each (B,)."""
-
-    chosen: Tensor
-    rejected: Tensor
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+from rdpo_lightning.schedules import warmup_cosine
 
 
 class RobustDPO(L.LightningModule):
@@ -98,7 +65,11 @@ class RobustDPO(L.LightningModule):
         warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``min_lr_ratio`` × lr.
         gradient_clip_val: gradient-norm clip, applied in automatic and manual optimisation alike.
         disable_policy_dropout: zero dropout in the policy (the reference never has dropout).
-        logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once).
+        logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once) on the
+            full-logits path.
+        fused_logprobs: compute response log-probs through the output layer chunk by chunk from the body's hidden
+            states, never building the (rows, T, vocabulary) logits (:mod:`rdpo_lightning.fused_logprobs`); a model
+            it cannot handle falls back to the full-logits path with one log line.
         torch_dtype, attn_implementation: passed to ``from_pretrained`` / ``from_config``.
         on_nonfinite: a NaN/inf loss or gradient ``stop``s the fit with a checkpoint of the last good state, or the
             step is ``skip``ped with a warning (see :mod:`rdpo_lightning.guards`).
@@ -129,6 +100,7 @@ class RobustDPO(L.LightningModule):
         gradient_clip_val: float | None = 1.0,
         disable_policy_dropout: bool = True,
         logprob_chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+        fused_logprobs: bool = True,
         torch_dtype: str | None = None,
         attn_implementation: str | None = None,
         on_nonfinite: str = "stop",
@@ -144,17 +116,14 @@ class RobustDPO(L.LightningModule):
             raise ValueError("model.model_config needs a 'model_type' key (e.g. gpt2, llama)")
         check_positive("model.beta", beta)
         check_non_negative("model.warmup_steps", warmup_steps)
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"model.min_lr_ratio must lie in [0, 1], got {min_lr_ratio}")
+        check_interval("model.min_lr_ratio", min_lr_ratio, 0.0, 1.0, open_low=False, open_high=False)
         if gradient_clip_val is not None:
             check_positive("model.gradient_clip_val", gradient_clip_val)
-        if logprob_chunk_rows is not None and not (isinstance(logprob_chunk_rows, int) and logprob_chunk_rows >= 1):
-            raise ValueError(f"model.logprob_chunk_rows must be an integer >= 1 or null, got {logprob_chunk_rows!r}")
+        check_int_at_least("model.logprob_chunk_rows", logprob_chunk_rows, 1, allow_none=True)
         resolve_dtype(torch_dtype)
         check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
-        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
-            raise ValueError(f"model.accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}")
+        check_int_at_least("model.accumulate_grad_batches", accumulate_grad_batches, 1)
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer", "peft"])
         self.hparams["peft"] = peft_config_dict(peft)  # plain data: a checkpoint loads without unpickling PEFT classes
         self.peft = peft
@@ -173,16 +142,23 @@ class RobustDPO(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.disable_policy_dropout = disable_policy_dropout
         self.logprob_chunk_rows = logprob_chunk_rows
+        self.fused_logprobs = bool(fused_logprobs)
         self.torch_dtype = torch_dtype
         self.attn_implementation = attn_implementation
-        self.precompute_reference = precompute_reference
-        self.reference_cache_dir = reference_cache_dir
+        self.references = ReferenceSource(
+            precompute_reference,
+            ReferenceCache(reference_cache_dir),
+            {
+                "torch_dtype": torch_dtype,
+                "attn_implementation": attn_implementation,
+                "logprobs": "fused" if fused_logprobs else "full_logits",  # equal to ~1e-7, not bitwise
+            },
+        )
         self.activation_checkpointing = activation_checkpointing
         self.accumulate_grad_batches = accumulate_grad_batches
         self.automatic_optimization = self.robust.automatic_optimization
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
-        self._reference_precomputation: ReferencePrecomputation | None = None
         self._logps_dtype = torch.float32
 
     # --- models ------------------------------------------------------------------------------------------------
@@ -195,87 +171,32 @@ class RobustDPO(L.LightningModule):
         strategy = self.trainer.strategy
         refusal = self.robust.sharding_refusal() if is_sharded(strategy) else None
         if refusal is not None:
-            raise ValueError(f"{refusal} (strategy: {type(strategy).__name__})")
-        if self.accumulate_grad_batches > 1 and self.automatic_optimization:
-            raise ValueError(
-                f"model.accumulate_grad_batches={self.accumulate_grad_batches} is for robust strategies with manual"
-                f" optimisation (WassersteinPenalty finite_difference); {type(self.robust).__name__} runs under"
-                " automatic optimisation: set trainer.accumulate_grad_batches instead"
-            )
+            raise InputError(f"{refusal} (strategy: {type(strategy).__name__})")
+        refusal = self.robust.accumulation_refusal(self.accumulate_grad_batches)
+        if refusal is not None:
+            raise InputError(refusal)
 
     def configure_model(self) -> None:
         """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
         tokenizer exists; then checkpoint and shard them as the Trainer's strategy wants."""
         if self.policy is not None:
             return
-        policy = load_causal_lm(
-            self.model_name,
-            self.model_config,
-            self._tokenizer(),
-            self.torch_dtype,
-            self.attn_implementation,
-            quantization=self.quantization,
-        )
-        if self.quantization is not None and self.peft is None and self.adapter is None:
-            raise InputError("model.quantization: a quantized base cannot train; set model.peft (QLoRA) as well")
-        policy = attach_adapters(policy, self.peft, self.adapter)
-        if is_adapted(policy):
-            self._adapter_config = peft_config_dict(policy.peft_config["default"])
-            rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
-        if self.disable_policy_dropout:
-            disable_dropout(policy)
+        policy, self._adapter_config = build_policy(
+            self.model_name, self.model_config, self._tokenizer(), self.torch_dtype, self.attn_implementation,
+            quantization=self.quantization, peft=self.peft, adapter=self.adapter,
+            disable_policy_dropout=self.disable_policy_dropout,
+        )  # fmt: skip
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
-        reference = (
-            None
-            if self.reference_name is None
-            else load_causal_lm(self.reference_name, None, None, self.torch_dtype, key="model.reference")
-        )
-        precomputation = self._plan_reference_precomputation(policy if reference is None else reference)
-        if reference is None and is_adapted(policy):  # the policy computes the reference: no second model
-            if precomputation is not None and not precomputation.needs_model:
-                precomputation.run(self.trainer, self.pair_loss.length_normalized)
-            elif precomputation is not None and self.trainer.state.fn == TrainerFn.FITTING:
-                self._reference_precomputation = precomputation
-            self._finish_models(policy, None)
-            return
-        if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
-            precomputation.run(self.trainer, self.pair_loss.length_normalized)
-            reference = None
-        elif precomputation is not None and self._may_compute_reference_later():
-            self._reference_precomputation = precomputation
-            reference = None if reference is None else frozen_copy(reference)  # None: the initial policy computes
-        else:
-            reference = frozen_copy(policy if reference is None else reference)  # resident reference model
-        self._finish_models(policy, reference)
-
-    def _finish_models(self, policy: torch.nn.Module, reference: torch.nn.Module | None) -> None:
+        reference = None
+        if self.pair_loss.uses_reference:
+            named = None
+            if self.reference_name is not None:
+                named = load_causal_lm(self.reference_name, None, None, self.torch_dtype, key="model.reference")
+            reference = self.references.build(self._trainer, policy, named, self.pair_loss.length_normalized)
         if self.activation_checkpointing:
             apply_activation_checkpointing(policy)
         strategy = self.trainer.strategy if self._trainer is not None else None
         self.policy, self.reference = prepare_models(strategy, [policy, reference])
-
-    def _plan_reference_precomputation(self, reference: torch.nn.Module) -> ReferencePrecomputation | None:
-        """Which splits of the DataModule (training and validation sets) are cached, for the reference's *initial*
-        weights (before any checkpoint is restored); None when precomputation is off, the stage reads other splits
-        (test, predict), or the DataModule holds no ``datasets`` splits."""
-        if not self.precompute_reference or self._trainer is None:
-            return None
-        if self.trainer.state.fn not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
-            return None
-        settings = {
-            "precision": str(self.trainer.precision),
-            "torch_dtype": self.torch_dtype,
-            "attn_implementation": self.attn_implementation,
-        }
-        digest = self.trainer.strategy.broadcast(weights_digest(reference_state(reference)), src=0)
-        return ReferencePrecomputation.plan(self.trainer, digest, settings, ReferenceCache(self.reference_cache_dir))
-
-    def _may_compute_reference_later(self) -> bool:
-        """Missing log-probs are computed only while fitting, and, when the initial policy is the reference, only
-        if no checkpoint will overwrite its weights first (resuming); otherwise a resident reference model is used."""
-        if self.trainer.state.fn != TrainerFn.FITTING:
-            return False
-        return self.reference_name is not None or self.trainer.ckpt_path is None
 
     def on_fit_start(self) -> None:
         self._equip_reference_logps()  # normally done already, in configure_optimizers
@@ -285,70 +206,44 @@ class RobustDPO(L.LightningModule):
 
         Runs once the models sit on their devices (wrapped and sharded) and before anything builds a training
         DataLoader: ``configure_optimizers`` is the first hook after the strategy's setup, and its
-        ``estimated_stepping_batches`` already builds the loader from ``datamodule.train_dataset``.
+        ``estimated_stepping_batches`` already builds the loader from the DataModule's training split.
         """
-        precomputation, self._reference_precomputation = self._reference_precomputation, None
-        if precomputation is None:
-            return
-        datamodule = precomputation.datamodule
-        strategy = self.trainer.strategy
         model = self.reference if self.reference is not None else self.policy
-        uses_policy = model is self.policy
-        collate = PairCollator(datamodule.tokenizer.pad_token_id, getattr(datamodule, "pad_to_multiple_of", None))
-        batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)
-
-        progress = self.trainer.progress_bar_callback is not None
-
-        def compute(dataset, name: str) -> ReferenceLogps:
-            return compute_reference_logps(
-                model, dataset, collate, batch_size, strategy.root_device, strategy.global_rank, strategy.world_size,
-                gather=self.all_gather, forward=self._reference_forward, progress=progress,
-                description=f"reference log-probs {name}",
-            )  # fmt: skip
-
         was_training = self.training
         self.eval()
         try:
-            with reference_mode(self.policy) if uses_policy else contextlib.nullcontext():
-                precomputation.run(self.trainer, self.pair_loss.length_normalized, compute)
+            with reference_mode(self.policy) if model is self.policy else contextlib.nullcontext():
+                equipped = self.references.equip(
+                    self.trainer, model, self.pair_loss.length_normalized, self._reference_forward, self.all_gather
+                )
         finally:
             self.train(was_training)
-        self.reference = None
-        reshard(self.policy)
+        if equipped:
+            self.reference = None
+            reshard(self.policy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Reconcile the reference weights of a checkpoint with this run's reference (single-file checkpoints).
-
-        A run with precomputed reference log-probs holds no reference model, so its checkpoints carry no
-        ``reference.*`` weights, while a later stage may need a resident one (and the other way round). The resident
-        reference is then the one this run built from ``model`` / ``reference`` (for a randomly initialised
-        ``model_config`` that is the initial policy only under the same seed).
-        """
+        """Reconcile the reference weights of a single-file checkpoint with this run's reference (see
+        :func:`~rdpo_lightning.reference_cache.reconcile_reference_state`)."""
         state = checkpoint.get("state_dict")
-        if state is None:
-            return
-        saved = [key for key in state if key.startswith("reference.")]
-        if self.reference is None:
-            for key in saved:
-                del state[key]
-        elif not saved:
+        if state is not None and reconcile_reference_state(state, self.reference):
             rank_zero_info(
                 "the checkpoint holds no reference weights (they were precomputed): using the reference built from"
                 " the configuration"
             )
-            state.update({f"reference.{k}": v for k, v in self.reference.state_dict().items()})
 
-    def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """Logits of ``model``, routed through the strategy's wrapper of the LightningModule when there is one (DDP),
-        as Lightning routes ``validation_step``."""
+    def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Token log-probs of ``model``, routed through the strategy's wrapper of the LightningModule when there is
+        one (DDP), as Lightning routes ``validation_step``."""
         strategy = self.trainer.strategy
         with strategy.precision_plugin.forward_context():
             if strategy.model is not None and strategy.model is not self:
-                return strategy._forward_redirection(strategy.model, self, "_model_logits", model, batch)
-            return self._model_logits(model, batch)
+                return strategy._forward_redirection(strategy.model, self, "_token_logps", model, batch)
+            return self._token_logps(model, batch)
 
-    #: a method of the module, so that the strategy's forward redirection can call it by name
-    _model_logits = staticmethod(batch_logits)
+    def _token_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """A method of the module, so that the strategy's forward redirection can call it by name."""
+        return token_logps(model, batch, self.logprob_chunk_rows, self.fused_logprobs)
 
     def train(self, mode: bool = True) -> RobustDPO:
         """Keep the reference in eval mode whatever Lightning toggles."""
@@ -358,63 +253,56 @@ class RobustDPO(L.LightningModule):
         return self
 
     # --- forward -----------------------------------------------------------------------------------------------
-    def _logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> PairLogps:
-        logits = batch_logits(model, batch)
-        logps = sequence_logprobs(
-            logits, batch["labels"], average=self.pair_loss.length_normalized, chunk_rows=self.logprob_chunk_rows
-        )
-        half = logps.shape[0] // 2
-        return PairLogps(logps[:half], logps[half:])
+    def _pair_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[PairLogps, Tensor]:
+        """Sequence log-probs (summed, or per-token means for a length-normalised loss) and response token counts
+        (2B,) of one concatenated forward."""
+        logps, mask = self._token_logps(model, batch)
+        counts = mask.sum(-1)
+        values = logps.sum(-1)
+        if self.pair_loss.length_normalized:
+            values = values / counts.clamp(min=1)
+        half = values.shape[0] // 2
+        return PairLogps(values[:half], values[half:]), counts
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps:
+        if not self.pair_loss.uses_reference:  # reference-free loss: log-ratios are the policy's log-probs
+            zeros = batch["input_ids"].new_zeros(batch["input_ids"].shape[0] // 2, dtype=self._logps_dtype)
+            return PairLogps(zeros, zeros)
         if "reference_chosen_logps" in batch:
             chosen, rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
             return PairLogps(chosen.to(self._logps_dtype), rejected.to(self._logps_dtype))
         if self.reference is None and self._adapter_config is not None:  # the base model (+ starting adapter)
             with reference_mode(self.policy):
-                return self._logps(self.policy, batch)
+                return self._pair_logps(self.policy, batch)[0]
         if self.reference is None:
             raise RuntimeError(
                 "this batch carries no precomputed reference log-probs and no reference model is resident: they are"
-                " precomputed for the DataModule's train_dataset and val_datasets only; set"
+                " precomputed for the DataModule's training and validation splits only; set"
                 " model.precompute_reference: false to keep a reference model resident"
             )
-        return self._logps(self.reference, batch)
+        return self._pair_logps(self.reference, batch)[0]
 
     def policy_forward(
         self, batch: dict[str, Tensor], reference: PairLogps, capture: bool = False, shift: Tensor | None = None
-    ) -> tuple[PairBatch, PairLogps]:
-        """Per-pair losses of the policy; with ``capture`` the input-embedding output z is kept (and ``shift``
-        added to it) through a forward hook, which works under FSDP where calling the embedding directly does not."""
-        captured: list[Tensor] = []
-
-        def hook(_module, _inputs, output):
-            if shift is not None:
-                output = output + shift.to(output.dtype)
-            if capture:
-                if not output.requires_grad:
-                    output = output.detach().requires_grad_()
-                captured.append(output)
-            return output
-
-        hooked = capture or shift is not None
-        handle = self.policy.get_input_embeddings().register_forward_hook(hook) if hooked else None
-        try:
-            with self.robust.forward_context():
-                policy = self._logps(self.policy, batch)
-        finally:
-            if handle is not None:
-                handle.remove()
-        losses = self.pair_loss(policy.chosen - reference.chosen, policy.rejected - reference.rejected, self.beta)
-        pairs = PairBatch(
-            losses=losses,
+    ) -> ScoredPairs:
+        """The policy's scores and per-pair losses of a batch. With ``capture`` the input-embedding output z is kept
+        (and ``shift`` added to it) through a forward hook, which works under FSDP where calling the embedding
+        directly does not."""
+        if PACK_INDEX in batch:
+            check_packing_support(self.policy, batch)  # its probe forward must not meet the embedding hook
+        with embedding_capture(self.policy, batch, capture, shift) as captured, self.robust.forward_context():
+            policy, counts = self._pair_logps(self.policy, batch)
+        half = counts.shape[0] // 2
+        scores = PairScores(policy, reference, chosen_tokens=counts[:half], rejected_tokens=counts[half:])
+        return ScoredPairs(
+            losses=self.pair_loss.pair_losses(scores, self.beta),
+            scores=scores,
+            columns=batch.get("columns", {}),
             embeddings=captured[0] if captured else None,
-            groups=batch.get("groups"),
             gather=self._gather,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
         )
-        return pairs, policy
 
     def _gather(self, tensor: Tensor) -> Tensor:
         tensor = tensor.detach()
@@ -427,17 +315,14 @@ class RobustDPO(L.LightningModule):
         reference = self.reference_logps(batch)
         capture = self.robust.needs_embeddings
         if self.automatic_optimization:
-            pairs, policy = self.policy_forward(batch, reference, capture=capture)
+            pairs = self.policy_forward(batch, reference, capture=capture)
             result = self.robust(pairs)
             loss = result.loss
             self.nonfinite.observe_loss(loss)
         else:
-            policies: list[PairLogps] = []
 
-            def forward(shift: Tensor | None) -> PairBatch:
-                pairs, policy = self.policy_forward(batch, reference, capture=shift is None, shift=shift)
-                policies.append(policy)
-                return pairs
+            def forward(shift: Tensor | None) -> ScoredPairs:
+                return self.policy_forward(batch, reference, capture=shift is None, shift=shift)
 
             # manual gradient accumulation: each micro-batch's objective counts 1/accumulate of the step
             accumulate = self.accumulate_grad_batches
@@ -446,14 +331,13 @@ class RobustDPO(L.LightningModule):
                 optimizer.zero_grad()
             pairs, result = self.robust.manual_step(forward, lambda loss: self.manual_backward(loss / accumulate))
             self.nonfinite.observe_loss(result.loss)
-            policy = policies[0]
             if (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch:
                 optimizer.step()  # clipping happens in on_before_optimizer_step, after any loss-scale unscaling
                 scheduler = self.lr_schedulers()
                 if scheduler is not None:
                     scheduler.step()
             loss = None
-        self._log_pairs("train", pairs.losses, policy, reference, prefixes=["train"])
+        self._log_pairs("train", pairs, prefixes=["train"])
         self.log("train/loss", result.loss.detach(), batch_size=pairs.losses.shape[0], sync_dist=True, prog_bar=True)
         for name, value in result.metrics.items():
             self.log(f"train/robust/{name}", value, batch_size=pairs.losses.shape[0], sync_dist=True)
@@ -463,43 +347,25 @@ class RobustDPO(L.LightningModule):
         """Logs the TRL metric set of the in-distribution set (dataloader 0) under ``val/``, and returns the
         per-pair losses and implicit rewards of every set, from which
         :class:`~rdpo_lightning.callbacks.WorstCaseEvaluation` accumulates exact per-mixture metrics."""
-        reference = self.reference_logps(batch)
-        pairs, policy = self.policy_forward(batch, reference)
+        pairs = self.policy_forward(batch, self.reference_logps(batch))
         if dataloader_idx == 0:
-            self._log_pairs("val", pairs.losses, policy, reference, ["val"])
-        return {
-            "losses": pairs.losses.detach(),
-            "chosen_rewards": self.beta * (policy.chosen - reference.chosen).detach(),
-            "rejected_rewards": self.beta * (policy.rejected - reference.rejected).detach(),
-        }
+            self._log_pairs("val", pairs, ["val"])
+        chosen_rewards, rejected_rewards = pairs.scores.rewards(self.beta)
+        return {"losses": pairs.losses.detach(), "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        reference = self.reference_logps(batch)
-        pairs, policy = self.policy_forward(batch, reference)
-        self._log_pairs("test", pairs.losses, policy, reference, [f"test/{self._val_name(dataloader_idx)}"])
+        pairs = self.policy_forward(batch, self.reference_logps(batch))
+        self._log_pairs("test", pairs, [f"test/{self._val_name(dataloader_idx)}"])
 
     def _val_name(self, index: int) -> str:
         names = getattr(getattr(self._trainer, "datamodule", None), "val_names", None) or []
         return names[index] if index < len(names) else str(index)
 
-    def _log_pairs(
-        self, stage: str, losses: Tensor, policy: PairLogps, reference: PairLogps, prefixes: list[str]
-    ) -> None:
-        """The TRL-style metric set under each prefix (``train``, ``val``, ``val/<mixture>``)."""
-        chosen_rewards = self.beta * (policy.chosen - reference.chosen).detach()
-        rejected_rewards = self.beta * (policy.rejected - reference.rejected).detach()
-        values = {
-            "rewards/chosen": chosen_rewards.mean(),
-            "rewards/rejected": rejected_rewards.mean(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-            "logps/chosen": policy.chosen.detach().mean(),
-            "logps/rejected": policy.rejected.detach().mean(),
-        }
-        if stage != "train":
-            values["loss"] = losses.detach().mean()
-        else:
-            values["pair_loss"] = losses.detach().mean()
+    def _log_pairs(self, stage: str, pairs: ScoredPairs, prefixes: list[str]) -> None:
+        """The TRL-style metric set under each prefix (``train``, ``val``, ``test/<name>``)."""
+        losses = pairs.losses
+        values = pairs.scores.metrics(self.beta)
+        values["pair_loss" if stage == "train" else "loss"] = losses.detach().mean()
         on_step = stage == "train"
         for prefix in prefixes:
             for name, value in values.items():

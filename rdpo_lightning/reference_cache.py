@@ -6,7 +6,8 @@ puts into every batch. The cache file is keyed by
 
 * the tokenised split's ``datasets`` fingerprint (the data, its tokenisation and truncation),
 * a digest of the reference weights (blake2b over every parameter's name, dtype, shape and bytes),
-* the settings that change the numbers: trainer precision, attention implementation, model dtype,
+* the settings that change the numbers: trainer precision, attention implementation, model dtype, fused or
+  full-logits log-probs,
 
 so a later run with the same data and reference loads it, and a change of either recomputes it. The file stores
 per-row *sums* of response-token log-probs and the token counts, so a length-normalised pair loss (IPO) reuses it too.
@@ -14,6 +15,10 @@ per-row *sums* of response-token log-probs and the token counts, so a length-nor
 Under data parallelism every rank computes the rows ``rank, rank + W, ...`` (padded so all ranks run the same number
 of forwards, as FSDP requires), the results are all-gathered, and rank 0 writes the file; on a hit rank 0 reads it
 and broadcasts it, so only rank 0's filesystem needs the cache.
+
+The module sees one object, :class:`ReferenceSource`: it asks it which reference model (if any) to keep and tells it
+when the models are in place; the DataModule is read and changed only through its public ``splits``,
+``replace_split`` and ``collator``.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from rdpo_lightning.adapters import is_adapted, reference_state
 from rdpo_lightning.data.collate import REFERENCE_COLUMNS
-from rdpo_lightning.logprobs import token_logprobs
-from rdpo_lightning.models import batch_logits
+from rdpo_lightning.data.datamodule import default_cache_dir
+from rdpo_lightning.models import frozen_copy, token_logps
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,8 @@ CHOSEN_COLUMN, REJECTED_COLUMN = REFERENCE_COLUMNS
 
 
 def default_reference_cache_dir() -> Path:
-    return Path(os.environ.get("RDPO_CACHE", Path.home() / ".cache" / "rdpo_lightning")) / "reference_logps"
+    """``reference_logps`` in the one cache folder the tokenised splits also use (``$RDPO_CACHE``)."""
+    return default_cache_dir() / "reference_logps"
 
 
 def weights_digest(model: nn.Module | Mapping[str, Tensor]) -> str:
@@ -140,28 +149,26 @@ def compute_reference_logps(
     rank: int = 0,
     world_size: int = 1,
     gather: Callable[[Tensor], Tensor] | None = None,
-    forward: Callable[[nn.Module, dict[str, Tensor]], Tensor] | None = None,
-    chunk_rows: int | None = None,
+    forward: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]] | None = None,
     progress: bool = False,
     description: str = "reference log-probs",
 ) -> ReferenceLogps:
     """Sums and counts of response-token log-probs of every row of ``dataset`` under ``model``.
 
-    ``forward(model, batch)`` returns the logits (default: ``model(input_ids, attention_mask).logits``); pass one that
-    routes through the strategy's wrapper when the model is sharded. ``gather`` all-gathers a (per_rank, 4) tensor to
-    (W, per_rank, 4) across ranks. ``progress`` shows a bar on rank 0 (a real model over a real data set takes
-    minutes here).
+    ``forward(model, batch)`` returns per-token log-probs and their mask (default: :func:`models.token_logps`); pass
+    one that routes through the strategy's wrapper when the model is sharded. ``gather`` all-gathers a (per_rank, 4)
+    tensor to (W, per_rank, 4) across ranks. ``progress`` shows a bar on rank 0 (a real model over a real data set
+    takes minutes here).
     """
-    forward = forward or batch_logits
+    forward = forward or token_logps
     rows = len(dataset)
     indices = shard_indices(rows, rank, world_size)
     pieces = []
     starts = range(0, len(indices), batch_size)
     for start in tqdm(starts, desc=description, unit="batch", disable=not progress or rank != 0, leave=False):
         batch = collate([dataset[i] for i in indices[start : start + batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = forward(model, batch)
-        logps, mask = token_logprobs(logits, batch["labels"], chunk_rows)
+        batch = move_data_to_device(batch, device)
+        logps, mask = forward(model, batch)
         sums, counts = logps.double().sum(-1), mask.sum(-1).double()
         half = sums.shape[0] // 2
         pieces.append(torch.stack([sums[:half], sums[half:], counts[:half], counts[half:]], dim=1))
@@ -191,7 +198,7 @@ def fingerprint_of(dataset) -> str | None:
 
 @dataclass
 class SplitPlan:
-    """One split of the DataModule to equip with reference log-probs: ``train`` or a validation set's name."""
+    """One split of the DataModule to equip with reference log-probs, by its name in ``datamodule.splits()``."""
 
     name: str
     key: str
@@ -218,12 +225,15 @@ class ReferencePrecomputation:
         """None when the DataModule holds no tokenizer and map-style ``datasets`` splits (then a resident reference is
         used)."""
         datamodule = getattr(trainer, "datamodule", None)
-        train = getattr(datamodule, "train_dataset", None)
-        vals = getattr(datamodule, "val_datasets", None) or {}
-        named = [("train", train), *((f"val/{name}", ds) for name, ds in vals.items())]
-        if getattr(datamodule, "tokenizer", None) is None or any(fingerprint_of(ds) is None for _, ds in named):
+        if not all(hasattr(datamodule, method) for method in ("splits", "replace_split", "collator")):
             return None
-        splits = [SplitPlan(name, cls._split_key(ds, reference_digest, settings, cache), len(ds)) for name, ds in named]
+        named = datamodule.splits()
+        if any(fingerprint_of(ds) is None for ds in named.values()):
+            return None
+        splits = [
+            SplitPlan(name, cls._split_key(ds, reference_digest, settings, cache), len(ds))
+            for name, ds in named.items()
+        ]
         strategy = trainer.strategy
         if strategy.global_rank == 0:
             for split in splits:
@@ -251,7 +261,7 @@ class ReferencePrecomputation:
 
         strategy = trainer.strategy
         for split in self.splits:
-            dataset = self._dataset(split.name)
+            dataset = self.datamodule.splits()[split.name]
             if split.cached is not None:
                 logps = split.cached
                 where = f"loaded from cache {self.cache.path(split.key)}"
@@ -263,13 +273,114 @@ class ReferencePrecomputation:
                 where += str(self.cache.save(split.key, logps)) if strategy.global_rank == 0 else "(by rank 0)"
                 strategy.barrier()
             rank_zero_info(f"reference log-probs of split {split.name!r} ({split.rows} rows): {where}")
-            self._set_dataset(split.name, attach(dataset, logps, length_normalized))
+            self.datamodule.replace_split(split.name, attach(dataset, logps, length_normalized))
 
-    def _dataset(self, name: str):
-        return self.datamodule.train_dataset if name == "train" else self.datamodule.val_datasets[name[len("val/") :]]
 
-    def _set_dataset(self, name: str, dataset) -> None:
-        if name == "train":
-            self.datamodule.train_dataset = dataset
-        else:
-            self.datamodule.val_datasets[name[len("val/") :]] = dataset
+class ReferenceSource:
+    """Where a run's reference log-probs come from; the module's only view of its reference.
+
+    Either the log-probs are precomputed into the DataModule's splits (from the cache, or computed once by a
+    reference model that is then freed), or a frozen reference model stays resident and scores every batch. The
+    module asks :meth:`build` in ``configure_model`` for the resident model it must prepare (shard, place) alongside
+    the policy, and calls :meth:`equip` once the models sit on their devices, before any training loader is built.
+
+    Args:
+        precompute: cache the reference log-probs of the training and validation splits
+            (``model.precompute_reference``).
+        cache: where cached log-probs live.
+        settings: what besides weights and data changes the numbers (model dtype, attention implementation).
+    """
+
+    def __init__(self, precompute: bool, cache: ReferenceCache, settings: dict[str, str | None]) -> None:
+        self.precompute = precompute
+        self.cache = cache
+        self.settings = settings
+        self._pending: ReferencePrecomputation | None = None
+
+    def build(
+        self, trainer, policy: nn.Module, reference: nn.Module | None, length_normalized: bool
+    ) -> nn.Module | None:
+        """The resident reference model to prepare alongside the policy, or None.
+
+        ``reference``: a separately loaded reference model, or None when the reference is the initial policy. None
+        is returned when every split's log-probs are cached (they are attached now), when they will be computed in
+        :meth:`equip` by the initial policy itself, or when the policy carries adapters (its base, in
+        :func:`~rdpo_lightning.adapters.reference_mode`, is the reference: never copied); a frozen copy otherwise.
+        """
+        precomputation = self._plan(trainer, policy if reference is None else reference)
+        if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
+            precomputation.run(trainer, length_normalized)
+            return None
+        if reference is None and is_adapted(policy):  # the policy computes the reference: no second model
+            if precomputation is not None and trainer.state.fn == TrainerFn.FITTING:
+                self._pending = precomputation
+            return None
+        if precomputation is not None and self._may_compute_later(trainer, reference):
+            self._pending = precomputation
+            return None if reference is None else frozen_copy(reference)  # None: the initial policy computes them
+        return frozen_copy(policy if reference is None else reference)  # a resident reference model
+
+    def _plan(self, trainer, reference: nn.Module) -> ReferencePrecomputation | None:
+        """Which splits are cached, for the reference's *initial* weights (before any checkpoint is restored); None
+        when precomputation is off, the stage reads other splits (test, predict), or the DataModule has no named
+        ``datasets`` splits."""
+        if not self.precompute or trainer is None or trainer.state.fn not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
+            return None
+        settings = {"precision": str(trainer.precision), **self.settings}
+        digest = trainer.strategy.broadcast(weights_digest(reference_state(reference)), src=0)
+        return ReferencePrecomputation.plan(trainer, digest, settings, self.cache)
+
+    @staticmethod
+    def _may_compute_later(trainer, reference: nn.Module | None) -> bool:
+        """Missing log-probs are computed only while fitting, and, when the initial policy is the reference, only if
+        no checkpoint will overwrite its weights first (resuming); otherwise a resident reference model is used."""
+        if trainer.state.fn != TrainerFn.FITTING:
+            return False
+        return reference is not None or trainer.ckpt_path is None
+
+    def equip(
+        self,
+        trainer,
+        model: nn.Module,
+        length_normalized: bool,
+        forward: Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, Tensor]],
+        gather: Callable[[Tensor], Tensor],
+    ) -> bool:
+        """Compute the missing reference log-probs with ``model`` (in eval mode, wrapped and sharded as it is),
+        attach every split's, and say whether it did (the resident reference model can then be freed)."""
+        precomputation, self._pending = self._pending, None
+        if precomputation is None:
+            return False
+        datamodule, strategy = precomputation.datamodule, trainer.strategy
+        collate = datamodule.collator()
+        batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)
+        progress = trainer.progress_bar_callback is not None
+
+        def compute(dataset, name: str) -> ReferenceLogps:
+            return compute_reference_logps(
+                model, dataset, collate, batch_size, strategy.root_device, strategy.global_rank, strategy.world_size,
+                gather=gather, forward=forward, progress=progress, description=f"reference log-probs {name}",
+            )  # fmt: skip
+
+        precomputation.run(trainer, length_normalized, compute)
+        return True
+
+
+def reconcile_reference_state(state: dict[str, Tensor], reference: nn.Module | None) -> bool:
+    """Fit a single-file checkpoint's ``reference.*`` weights to this run's reference; True when the checkpoint had
+    none and this run's were put in (the caller says so).
+
+    A run with precomputed reference log-probs holds no reference model, so its checkpoints carry no ``reference.*``
+    weights, while a later stage may need a resident one (and the other way round). The resident reference is then
+    the one this run built from its configuration (for a randomly initialised ``model_config`` that is the initial
+    policy only under the same seed).
+    """
+    saved = [key for key in state if key.startswith("reference.")]
+    if reference is None:
+        for key in saved:
+            del state[key]
+        return False
+    if saved:
+        return False
+    state.update({f"reference.{k}": v for k, v in reference.state_dict().items()})
+    return True

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 
 from rdpo_lightning.losses import SigmoidLoss
-from rdpo_lightning.robust import PairBatch, RobustLoss, RobustOutput
+from rdpo_lightning.robust import RobustLoss, RobustOutput, ScoredPairs
 
 
 class KillAtStep(L.Callback):
@@ -44,7 +44,7 @@ class RunningBaseline(RobustLoss):
         self.register_buffer("running_loss", torch.zeros(()))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         losses = batch.losses
         weights = 1 + (losses.detach() > self.running_loss).to(losses.dtype)
         if self.training:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 def join(rank: int, world: int, store: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Join through a file rendezvous (no TCP port that a concurrent test could also pick); return the detached
-    all-gather that ``PairBatch.gather`` expects."""
+    all-gather that ``ScoredPairs.gather`` expects."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
 
     def gather(t: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 
 
 def brute_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -38,16 +39,11 @@ def fit(model_dir: Path, cache: Path, steps: int = 1, data: dict | None = None, 
         "reference_cache_dir": str(cache),
     }
     module = RobustDPO(**{**args, **module_args})
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
         max_steps=steps,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=cache,
     )
     trainer.fit(module, datamodule=make_data(model_dir, **(data or {})))

@@ -218,12 +218,12 @@ def test_wdpo_gradient_of_the_adapters_matches_an_independent_computation(world_
         p.grad = None
     reference = module.reference_logps(batch)
     if mode == "exact":
-        pairs, _ = module.policy_forward(batch, reference, capture=True)
+        pairs = module.policy_forward(batch, reference, capture=True)
         with robust.forward_context():
             robust(pairs).loss.backward()
     else:
         robust.manual_step(
-            lambda shift: module.policy_forward(batch, reference, capture=shift is None, shift=shift)[0],
+            lambda shift: module.policy_forward(batch, reference, capture=shift is None, shift=shift),
             lambda loss: loss.backward(),
         )
     got = torch.cat([p.grad.flatten() for p in module.policy.parameters() if p.requires_grad])
@@ -249,3 +249,43 @@ def test_bad_adapter_input_is_one_line_naming_the_key(tiny_model_dir, tmp_path):
         attach_adapters(llama, adapter=str(tmp_path / "gpt2_adapter"))
     with pytest.raises(InputError, match="give one of model.peft"):
         attach_adapters(base_model(tiny_model_dir), lora(), adapter=str(tmp_path / "gpt2_adapter"))
+
+
+def test_adapted_models_go_through_the_log_prob_seams_with_their_adapters(tiny_model_dir, world_tokenizer_dir):
+    """``models.token_logps`` and the fused output-layer path see the adapters, also on the output layer (LoRA on
+    ``lm_head`` starts at B = 0, so a path that read the base weight would agree at first and drift later), and
+    ``reference_mode`` switches them off in both."""
+    from rdpo_lightning.adapters import reference_mode
+    from rdpo_lightning.data.collate import PairCollator
+    from rdpo_lightning.data.tokenize import tokenize_pair
+    from rdpo_lightning.data.tokenizer import load_tokenizer
+    from rdpo_lightning.fused_logprobs import fused_token_logps
+    from rdpo_lightning.models import token_logps
+
+    tokenizer = load_tokenizer(world_tokenizer_dir)
+    rows = [tokenize_pair({"prompt": "the city", "chosen": "happy laugh", "rejected": "grief tears"}, tokenizer, 32)]
+    batch = PairCollator(tokenizer.pad_token_id)(rows)
+    model = attach_adapters(base_model(tiny_model_dir), lora(target_modules=["c_attn", "lm_head"])).eval()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def sums(pair):
+        logps, mask = pair
+        return (logps.double() * mask).sum(-1)
+
+    with torch.no_grad():
+        fused_token_logps(model, inputs, batch["labels"])  # the first call decides whether the fused path is used
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+        want = brute_logps(model, batch)
+        assert (want - brute_logps(base_model(tiny_model_dir), batch)).abs().max() > 1e-2
+        torch.testing.assert_close(sums(token_logps(model, batch)), want, rtol=1e-10, atol=1e-10)
+        fused = fused_token_logps(model, inputs, batch["labels"])
+        assert fused is not None  # the fused path is taken for an adapted GPT-2
+        torch.testing.assert_close(sums(fused), want, rtol=1e-10, atol=1e-10)
+        with reference_mode(model):
+            base = brute_logps(base_model(tiny_model_dir), batch)
+            torch.testing.assert_close(sums(token_logps(model, batch)), base, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(
+                sums(fused_token_logps(model, inputs, batch["labels"])), base, rtol=1e-10, atol=1e-10
+            )

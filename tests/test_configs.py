@@ -4,6 +4,7 @@ the paper configs load and train a couple of steps with the model and data paths
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,20 @@ from rdpo_lightning.cli import main
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EMOTIONS = ["sadness", "joy", "love", "anger", "fear"]
 WORDS = ["happy", "sunny", "gloomy", "rain", "river", "road", "letter", "garden", "night", "rage", "terror", "tears"]
+
+
+def test_every_config_the_docs_and_configs_name_exists():
+    """A command in the README, the docs or a config's comments names only configs that ship (one named a missing
+    configs/base.yaml)."""
+    root = CONFIGS.parent
+    texts = [root / "README.md", root / "CONTRIBUTING.md", *root.glob("docs/*.md"), *root.glob("benchmarks/*.md")]
+    named = {
+        match
+        for path in [*texts, *CONFIGS.rglob("*.yaml")]
+        for match in re.findall(r"configs/[\w./-]+\.yaml", path.read_text())
+    }
+    assert "configs/distributed/multinode.yaml" in named
+    assert sorted(name for name in named if not (root / name).is_file()) == []
 
 
 def run_args(root: Path) -> list[str]:

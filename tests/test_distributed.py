@@ -21,6 +21,7 @@ from rdpo_lightning.distributed import (
     transformer_blocks,
 )
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 from rdpo_lightning.robust.wasserstein import pair_gradient_sq_norms
 
@@ -147,16 +148,11 @@ def one_step(model_dir, robust, batch_size, accumulate=1, max_steps=1, precision
     data = AttributeWorldDataModule(
         num_train=8, num_val=2, val_alphas=[], batch_size=batch_size, max_length=24, tokenizer_dir=str(model_dir)
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         precision=precision,
         max_steps=max_steps,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=data)
     return module, trainer

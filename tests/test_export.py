@@ -36,7 +36,7 @@ def trained(tiny_model_dir, tmp_path_factory):
     batch = next(iter(loaders[0] if isinstance(loaders, list) else loaders))
     module.eval()
     with torch.no_grad():
-        logps = module._logps(module.policy, batch)
+        logps, _ = module._pair_logps(module.policy, batch)
     return root / "trained.ckpt", batch, torch.cat([logps.chosen, logps.rejected]).double()
 
 

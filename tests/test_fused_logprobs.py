@@ -75,8 +75,11 @@ def loss_and_grads(model, inputs, labels, fused: bool, chunk_tokens: int | None 
     captured = []
 
     def hook(_m, _i, out):
+        if not out.requires_grad:  # frozen embeddings (PEFT): a leaf for the input gradient
+            out = out.detach().requires_grad_()
         out.retain_grad()
         captured.append(out)
+        return out
 
     handle = model.get_input_embeddings().register_forward_hook(hook)
     try:
@@ -90,7 +93,11 @@ def loss_and_grads(model, inputs, labels, fused: bool, chunk_tokens: int | None 
         handle.remove()
     loss = objective(logps, mask)
     loss.backward()
-    grads = {n.replace("._checkpoint_wrapped_module", ""): p.grad.clone() for n, p in model.named_parameters()}
+    grads = {
+        n.replace("._checkpoint_wrapped_module", ""): p.grad.clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
     return loss.detach(), grads, captured[0].grad.clone(), logps.detach()
 
 
@@ -284,3 +291,30 @@ def test_rows_without_scored_tokens():
     labels[:] = IGNORE_INDEX
     logps, mask = fused_token_logps(model, inputs, labels)
     assert not mask.any() and (logps == 0).all() and logps.shape == (6, 12)
+
+
+def test_a_peft_wrapped_model_takes_the_fused_path_with_adapters_on_and_off():
+    """LoRA on the attention and the output layer: the adapters' gradients match the full-logits path, and with the
+    adapters disabled (the reference under PEFT) the log-probs are the base model's."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = llama(False).double().eval()
+    plain = [p.detach().clone() for p in base.parameters()]
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
+    model = get_peft_model(base, config).eval()
+    inputs, labels = batch()
+    full = loss_and_grads(model, inputs, labels, fused=False)
+    fused = loss_and_grads(model, inputs, labels, fused=True)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    assert_same(fused, full, 1e-10)
+    with model.disable_adapter():
+        off, _ = fused_token_logps(model, inputs, labels)
+    reference = llama(False).double().eval()
+    with torch.no_grad():
+        for p, value in zip(reference.parameters(), plain, strict=True):
+            p.copy_(value)
+    want, _ = token_logprobs(reference(**inputs).logits, labels)
+    torch.testing.assert_close(off, want, rtol=0, atol=1e-10)
+    assert (off - fused[3]).abs().max() > 1e-3  # the adapters do change the log-probs

@@ -13,6 +13,7 @@ from rdpo_lightning.cli import main
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.guards import NonFiniteError, NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 
 TESTS = Path(__file__).resolve().parent
@@ -64,15 +65,11 @@ def fit(tmp_path, tokenizer_dir, robust, pair_loss=None, on_nonfinite="stop", ca
     data = AttributeWorldDataModule(
         num_train=32, num_val=8, batch_size=8, val_alphas=[0.0], tokenizer_dir=str(tokenizer_dir), max_length=32
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         max_steps=steps,
-        logger=False,
         enable_checkpointing=checkpoints,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
         default_root_dir=tmp_path,
         callbacks=list(callbacks),
     )

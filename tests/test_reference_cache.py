@@ -12,6 +12,7 @@ import torch
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.losses import IPOLoss
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.reference_cache import ReferenceCache, shard_indices, unshard
 
 
@@ -56,15 +57,10 @@ def fit(model_dir, cache_dir, seed=0, reference=None, precompute=True, max_steps
     data = AttributeWorldDataModule(
         num_train=12, num_val=4, val_alphas=[1.0], seed=seed, batch_size=4, max_length=24, tokenizer_dir=str(model_dir)
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         max_steps=max_steps,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=data)
     return module, data
@@ -99,8 +95,8 @@ def test_cached_logps_equal_fresh_computation_and_no_reference_stays(tmp_path, t
     module, data = fit(tiny_model_dir, tmp_path)
     assert outcome(lightning_messages) == {
         "train": "computed",
-        "val/alpha=0.10": "computed",
-        "val/alpha=1.00": "computed",
+        "alpha=0.10": "computed",
+        "alpha=1.00": "computed",
     }
     assert module.reference is None  # no reference model resident during training
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
@@ -232,7 +228,7 @@ def validate(model_dir, cache_dir, checkpoint):
     data = AttributeWorldDataModule(
         num_train=12, num_val=4, val_alphas=[1.0], batch_size=4, max_length=24, tokenizer_dir=str(model_dir)
     )
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer(accelerator="cpu")
     trainer.validate(module, datamodule=data, ckpt_path=str(checkpoint), verbose=False)
     return module, {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -256,3 +252,13 @@ def test_validate_a_checkpoint_of_a_cached_run_with_and_without_the_cache(tmp_pa
     assert outcome(lightning_messages) == {}
     assert with_cache["val/loss"] == pytest.approx(without_cache["val/loss"], abs=1e-9)
     assert with_cache["val/loss"] != pytest.approx(0.6931, abs=1e-3)  # the trained policy, not the initial one
+
+
+def test_the_reference_cache_defaults_to_the_data_cache_folder(monkeypatch, tmp_path):
+    """One cache folder (``$RDPO_CACHE``) for tokenised splits and reference log-probs."""
+    from rdpo_lightning.data.datamodule import default_cache_dir
+    from rdpo_lightning.reference_cache import default_reference_cache_dir
+
+    monkeypatch.setenv("RDPO_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    assert default_reference_cache_dir() == tmp_path / "reference_logps"

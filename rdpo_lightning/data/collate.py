@@ -1,9 +1,11 @@
 """Batching tokenised pairs into the one concatenated (2B, T) forward the module runs.
 
 Rows 0..B−1 hold prompt+chosen, rows B..2B−1 prompt+rejected, right-padded; ``labels`` repeat the ids with the
-prompt and the padding set to −100 so only response tokens are scored. Precomputed reference log-probs
+prompt and the padding set to −100 so only response tokens are scored. With ``padding_free`` the same 2B sequences
+are packed into fewer rows instead (see :mod:`rdpo_lightning.data.packing`). Precomputed reference log-probs
 (``reference_chosen_logps`` / ``reference_rejected_logps`` columns) pass through as (B,) float tensors, and the module
-then skips the reference forward.
+then skips the reference forward. Any other per-pair column (e.g. ``group``) passes through under ``columns``, for the
+robust strategy.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import torch
 
+from rdpo_lightning.data.packing import pack_sequences
+from rdpo_lightning.data.tokenize import TOKEN_COLUMNS
 from rdpo_lightning.logprobs import IGNORE_INDEX
 
 #: precomputed reference log-probs (see ``rdpo_lightning.reference_cache``), passed through when a dataset has them
@@ -20,11 +24,13 @@ REFERENCE_COLUMNS = ("reference_chosen_logps", "reference_rejected_logps")
 
 
 class PairCollator:
-    """Pads to the longest row of the batch (rounded up to ``pad_to_multiple_of``)."""
+    """Pads to the longest row of the batch (rounded up to ``pad_to_multiple_of``), or packs the rows
+    (``padding_free``)."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, padding_free: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_free = padding_free
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows, prompt_lengths = [], []
@@ -32,6 +38,19 @@ class PairCollator:
             for ex in examples:
                 rows.append(list(ex["prompt_ids"]) + list(ex[key]))
                 prompt_lengths.append(len(ex["prompt_ids"]))
+        if self.padding_free:
+            batch = pack_sequences(rows, prompt_lengths, self.pad_token_id, self.pad_to_multiple_of)
+        else:
+            batch = self._pad(rows, prompt_lengths)
+        for column in REFERENCE_COLUMNS:
+            if column in examples[0]:
+                batch[column] = torch.tensor([float(ex[column]) for ex in examples], dtype=torch.float64)
+        columns = {name: per_pair_tensor([ex[name] for ex in examples]) for name in extra_columns(examples[0])}
+        if columns:
+            batch["columns"] = columns
+        return batch
+
+    def _pad(self, rows: list[list[int]], prompt_lengths: list[int]) -> dict[str, torch.Tensor]:
         length = max(len(r) for r in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -43,10 +62,18 @@ class PairCollator:
             input_ids[i, : len(row)] = ids
             attention_mask[i, : len(row)] = 1
             labels[i, plen : len(row)] = ids[plen:]
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        for column in REFERENCE_COLUMNS:
-            if column in examples[0]:
-                batch[column] = torch.tensor([float(ex[column]) for ex in examples], dtype=torch.float64)
-        if "group" in examples[0]:
-            batch["groups"] = torch.tensor([int(ex["group"]) for ex in examples], dtype=torch.long)
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def extra_columns(example: dict[str, Any]) -> list[str]:
+    """The numeric per-pair data columns beyond the tokens and the reference log-probs (e.g. ``group``): handed to
+    the robust strategy as ``ScoredPairs.columns``. (Text columns, e.g. a drop reason, have no tensor form.)"""
+    skip = (*TOKEN_COLUMNS, *REFERENCE_COLUMNS)
+    return [name for name, value in example.items() if name not in skip and isinstance(value, (bool, int, float))]
+
+
+def per_pair_tensor(values: list[Any]) -> torch.Tensor:
+    """Integers (and booleans) as int64, anything else numeric as float64 (lossless; consumers cast)."""
+    if all(isinstance(v, (bool, int)) for v in values):
+        return torch.tensor([int(v) for v in values], dtype=torch.long)
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)

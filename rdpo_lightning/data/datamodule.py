@@ -25,20 +25,16 @@ from datasets.fingerprint import Hasher
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
+from rdpo_lightning.checks import check_int_at_least
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
-from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler
+from rdpo_lightning.data.sampler import LengthGroupedSampler, ResumableDataLoader, ResumableSampler
 from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, check_lengths
 
 log = logging.getLogger(__name__)
 
 #: bump when the row checks or tokenisation change what they write, so old cache files are not reused
 PIPELINE_VERSION = "pairs-v3"
-
-
-def check_unit_interval(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
 def default_cache_dir() -> Path:
@@ -55,6 +51,10 @@ class PreferenceDataModule(L.LightningDataModule):
         drop_truncated: drop (and count) pairs whose responses would be cut, instead of cutting them.
         cache_dir: where tokenised splits are cached (default ``$RDPO_CACHE`` or ``~/.cache/rdpo_lightning``).
         num_proc: processes for ``datasets.map`` on large data (None: in-process).
+        padding_free: pack each batch's sequences into rows with restarting ``position_ids`` instead of padding
+            them (:mod:`rdpo_lightning.data.packing`); same log-probs, far less padding with uneven lengths.
+        group_by_length: draw training batches of similar lengths (:class:`LengthGroupedSampler`), for models that
+            cannot pack; resumes exactly with the same batch size and process count.
     """
 
     #: texts are already chat-templated (no BOS added to prompts, no EOS to responses); set by subclasses
@@ -69,19 +69,18 @@ class PreferenceDataModule(L.LightningDataModule):
         max_prompt_length: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        padding_free: bool = False,
+        group_by_length: bool = False,
         truncation_mode: str = "keep_end",
         drop_truncated: bool = False,
         cache_dir: str | None = None,
         num_proc: int | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        for name, value in (("val_batch_size", val_batch_size), ("pad_to_multiple_of", pad_to_multiple_of)):
-            if value is not None and value < 1:
-                raise ValueError(f"data.{name} must be >= 1 or null, got {value}")
-        if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        check_int_at_least("data.batch_size", batch_size, 1)
+        check_int_at_least("data.val_batch_size", val_batch_size, 1, allow_none=True)
+        check_int_at_least("data.pad_to_multiple_of", pad_to_multiple_of, 1, allow_none=True)
+        check_int_at_least("data.num_workers", num_workers, 0)
         check_lengths(max_length, max_prompt_length, truncation_mode)
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -89,6 +88,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.max_prompt_length = max_prompt_length
         self.num_workers = num_workers
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_free = bool(padding_free)
+        self.group_by_length = bool(group_by_length)
         self.truncation_mode = truncation_mode
         self.drop_truncated = drop_truncated
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -119,6 +120,11 @@ class PreferenceDataModule(L.LightningDataModule):
             reasons = self.drop_reasons.setdefault(split, {})
             reasons[reason] = reasons.get(reason, 0) + int(count)
             self.dropped[split] = self.dropped.get(split, 0) + int(count)
+
+    @property
+    def pair_columns(self) -> tuple[str, ...]:
+        """Per-pair columns kept through tokenisation and handed to the robust strategy (``ScoredPairs.columns``)."""
+        return ("group",)
 
     # --- Lightning hooks ---------------------------------------------------------------------------------------
     @property
@@ -173,7 +179,7 @@ class PreferenceDataModule(L.LightningDataModule):
         key = Hasher.hash([dataset._fingerprint, self._tokenizer_key, settings, PIPELINE_VERSION])
         directory = self.cache_dir / "tokenized"
         directory.mkdir(parents=True, exist_ok=True)
-        keep_columns = ["group"] if "group" in dataset.column_names else []
+        keep_columns = [c for c in self.pair_columns if c in dataset.column_names]
         tokenized = dataset.map(
             check_and_tokenize,
             fn_kwargs={"split": split, **kwargs},
@@ -221,24 +227,54 @@ class PreferenceDataModule(L.LightningDataModule):
             else:  # rows removed before pairs were formed (e.g. scored completions)
                 log.warning("%s: dropped %s", split, self._reason_text(split))
 
+    # --- what others read and replace ----------------------------------------------------------------------------
+    def collator(self) -> PairCollator:
+        """The collator of every loader here; also what the reference precomputation batches rows with."""
+        return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of, self.padding_free)
+
+    def splits(self) -> dict[str, datasets.Dataset]:
+        """The tokenised splits by name: ``train`` and every validation set's name (no validation set is named
+        ``train``)."""
+        return {"train": self.train_dataset, **self.val_datasets}
+
+    def replace_split(self, name: str, dataset: datasets.Dataset) -> None:
+        """Swap a split (e.g. for one carrying reference log-prob columns) keeping its row order and name."""
+        if name not in self.splits():
+            raise KeyError(f"no split named {name!r}; the splits are {list(self.splits())}")
+        if len(dataset) != len(self.splits()[name]):
+            raise ValueError(f"split {name!r} has {len(self.splits()[name])} rows, its replacement {len(dataset)}")
+        if name == "train":
+            self.train_dataset = dataset
+        else:
+            self.val_datasets[name] = dataset
+
     # --- loaders -----------------------------------------------------------------------------------------------
-    def _collator(self) -> PairCollator:
-        return PairCollator(self.tokenizer.pad_token_id, self.pad_to_multiple_of)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled per epoch from (seed, epoch) and sharded by data-parallel rank; resumes mid-epoch exactly."""
         return ResumableDataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            sampler=ResumableSampler.for_trainer(self.train_dataset, self.trainer),
-            collate_fn=self._collator(),
+            sampler=self._train_sampler(),
+            collate_fn=self.collator(),
             num_workers=self.num_workers,
             drop_last=False,
         )
 
+    def _train_sampler(self) -> ResumableSampler:
+        if not self.group_by_length:
+            return ResumableSampler.for_trainer(self.train_dataset, self.trainer)
+        lengths = [
+            len(prompt) + max(len(chosen), len(rejected))
+            for prompt, chosen, rejected in zip(*(self.train_dataset[c] for c in TOKEN_COLUMNS), strict=True)
+        ]
+        return LengthGroupedSampler.for_trainer(
+            self.train_dataset, self.trainer, lengths=lengths, batch_size=self.batch_size
+        )
+
     def val_dataloader(self) -> list[DataLoader]:
         return [
-            DataLoader(ds, batch_size=self.val_batch_size, collate_fn=self._collator(), num_workers=self.num_workers)
+            DataLoader(ds, batch_size=self.val_batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
             for ds in self.val_datasets.values()
         ]
 

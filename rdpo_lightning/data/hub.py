@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rdpo_lightning.data.file_problems import first_problem, silent_problem
+from rdpo_lightning.errors import InputError
 
 #: file extensions read as a single local file, and the ``datasets`` builder that reads them
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -58,10 +59,10 @@ def load_table(
         return datasets.load_dataset(path, name, split=split, revision=revision)
     except ValueError as error:
         if str(error).startswith(key):
-            raise
-        raise ValueError(f"{key}={path}: {error}") from error
+            raise InputError(str(error)) from error
+        raise InputError(f"{key}={path}: {error}") from error
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError) as error:
-        raise ValueError(
+        raise InputError(
             f"{key}={path}: not a local file or directory, and the Hub data set could not be loaded ({error})"
         ) from error
 
@@ -137,8 +138,3 @@ def csv_options(file: Path, text_columns: Sequence[str]) -> dict[str, Any]:
 def take(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     """The first ``limit`` rows (all when ``limit`` is None): quick runs on a slice of a large data set."""
     return dataset if limit is None or limit >= len(dataset) else dataset.select(range(limit))
-
-
-def check_fraction(key: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{key} must lie in (0, 1), got {value}")

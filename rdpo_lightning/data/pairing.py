@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rdpo_lightning.checks import check_choice
 from rdpo_lightning.data.mixture import Mixture, label_pairs
 
 PAIRINGS = ("best_vs_worst", "bradley_terry")
@@ -30,8 +31,7 @@ class PromptCompletions:
 
 
 def check_pairing(pairing: str) -> None:
-    if pairing not in PAIRINGS:
-        raise ValueError(f"data.pairing must be one of {PAIRINGS}, got {pairing!r}")
+    check_choice("data.pairing", pairing, PAIRINGS)
 
 
 def compared_completions(groups: Sequence[PromptCompletions], rng: np.random.Generator) -> list[tuple[int, int]]:

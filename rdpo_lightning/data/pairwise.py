@@ -16,9 +16,10 @@ import numpy as np
 from datasets.fingerprint import Hasher
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
 from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
-from rdpo_lightning.data.hub import check_fraction, load_table, take
+from rdpo_lightning.data.hub import load_table, take
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
 
@@ -98,6 +99,8 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         max_prompt_length: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        padding_free: bool = False,
+        group_by_length: bool = False,
         truncation_mode: str = "keep_end",
         drop_truncated: bool = False,
         cache_dir: str | None = None,

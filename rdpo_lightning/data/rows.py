@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 
 from rdpo_lightning.data.tokenize import DROP_COLUMN, tokenize_pair
+from rdpo_lightning.errors import InputError
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -28,7 +29,7 @@ def require_columns(dataset: datasets.Dataset, columns: Iterable[str], where: st
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         hint = f" (set by {', '.join(keys)})" if keys else ""
-        raise ValueError(f"{where}: missing column(s) {missing}{hint}; the data has columns {dataset.column_names}")
+        raise InputError(f"{where}: missing column(s) {missing}{hint}; the data has columns {dataset.column_names}")
 
 
 def pair_problem(example: dict[str, Any], index: int, split: str) -> str:

@@ -134,3 +134,62 @@ def load_pending_loader_states(trainer: Any) -> None:
     load = getattr(getattr(trainer, "fit_loop", None), "_load_combined_loader_states", None)
     if callable(load):
         load()
+
+
+class LengthGroupedSampler(ResumableSampler):
+    """A :class:`ResumableSampler` whose epoch order puts pairs of similar length into the same batch.
+
+    For models or attention implementations that cannot take packed (padding-free) batches: a batch padded to its
+    longest pair wastes little when its pairs are about as long. Each epoch's random order (from ``(seed, epoch)``,
+    as in the parent) is cut into mega-batches of ``group_batches`` global batches (``batch_size`` × replicas pairs
+    each); a mega-batch is sorted by length, longest first, and cut into global batches, and the global batches are
+    shuffled by the same generator. Every replica takes a stride of each global batch, so the replicas' batches are
+    alike in length too. The order depends on ``batch_size`` and the replica count, so a checkpoint resumes only with
+    the same ones (refused otherwise).
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        lengths: list[int],
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        group_batches: int = 50,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        if len(lengths) != len(dataset):
+            raise ValueError(f"lengths has {len(lengths)} entries for {len(dataset)} pairs")
+        self.lengths = list(lengths)
+        self.batch_size = int(batch_size)
+        self.group_batches = int(group_batches)
+
+    def epoch_order(self) -> list[int]:
+        order = super().epoch_order()
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch + 1)
+        global_batch = self.batch_size * self.num_replicas
+        mega = global_batch * self.group_batches
+        batches: list[list[int]] = []
+        for start in range(0, len(order), mega):
+            group = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [group[i : i + global_batch] for i in range(0, len(group), global_batch)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return [index for batch in batches for index in batch]
+
+    def state_dict(self) -> dict[str, int]:
+        return {**super().state_dict(), "batch_size": self.batch_size, "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        saved = (state.get("batch_size", self.batch_size), state.get("num_replicas", self.num_replicas))
+        if saved != (self.batch_size, self.num_replicas):
+            raise ValueError(
+                f"cannot resume the length-grouped training order: the checkpoint's data.batch_size × replicas was"
+                f" {saved[0]} × {saved[1]}, this run's is {self.batch_size} × {self.num_replicas} (resume with the same"
+                " ones, or set data.group_by_length: false)"
+            )
+        super().load_state_dict(state)

@@ -22,9 +22,10 @@ from typing import Any
 import datasets
 import numpy as np
 
+from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
 from rdpo_lightning.data.datamodule import batching_arguments
-from rdpo_lightning.data.hub import check_fraction, load_table
+from rdpo_lightning.data.hub import load_table
 from rdpo_lightning.data.mixture import MixtureEntry
 from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits, mixture_arguments
 from rdpo_lightning.data.pairing import PromptCompletions
@@ -102,6 +103,8 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         max_prompt_length: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        padding_free: bool = False,
+        group_by_length: bool = False,
         truncation_mode: str = "keep_end",
         drop_truncated: bool = False,
         cache_dir: str | None = None,

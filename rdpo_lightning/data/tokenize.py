@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rdpo_lightning.checks import check_choice, check_int_at_least
+
 DROP_COLUMN = "drop_reason"
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -69,9 +71,7 @@ def tokenize_pair(
 
 
 def check_lengths(max_length: int, max_prompt_length: int | None, truncation_mode: str = "keep_end") -> None:
-    if max_length < 2:
-        raise ValueError(f"data.max_length must be >= 2, got {max_length}")
+    check_int_at_least("data.max_length", max_length, 2)
     if max_prompt_length is not None and not 1 <= max_prompt_length < max_length:
         raise ValueError(f"data.max_prompt_length must lie in [1, max_length), got {max_prompt_length}")
-    if truncation_mode not in TRUNCATION_MODES:
-        raise ValueError(f"data.truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+    check_choice("data.truncation_mode", truncation_mode, TRUNCATION_MODES)

@@ -12,6 +12,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from rdpo_lightning.errors import InputError
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
 
@@ -29,9 +31,19 @@ def save_word_tokenizer(words: Sequence[str], directory: str | Path) -> Path:
     return directory
 
 
-def load_tokenizer(name_or_path: str | Path):
-    """Load any tokenizer the way users do, and make sure it can pad (GPT-2 style tokenizers ship without a pad)."""
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+def load_tokenizer(name_or_path: str | Path, key: str = "data.tokenizer"):
+    """Load any tokenizer the way users do, and make sure it can pad (GPT-2 style tokenizers ship without a pad).
+    ``key``: the YAML key naming it, for a one-line error when it cannot be loaded."""
+    from rdpo_lightning.models import looks_local
+
+    name = str(name_or_path)
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise InputError(f"{key}={name}: no such directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(name).expanduser()) if looks_local(name) else name)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise InputError(f"{key}={name}: cannot load a tokenizer from it ({first})") from error
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {name_or_path} has neither a pad nor an eos token to pad with")

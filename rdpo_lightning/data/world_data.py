@@ -74,6 +74,8 @@ class AttributeWorldDataModule(MixturePairsDataModule):
         max_prompt_length: int | None = None,
         num_workers: int = 0,
         pad_to_multiple_of: int | None = None,
+        padding_free: bool = False,
+        group_by_length: bool = False,
         truncation_mode: str = "keep_end",
         drop_truncated: bool = False,
         cache_dir: str | None = None,

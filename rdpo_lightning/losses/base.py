@@ -4,26 +4,28 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from rdpo_lightning.pair_scores import PairScores
+
 
 class PairLoss(nn.Module):
-    """Maps the log-ratios of a batch of preference pairs to one loss per pair.
+    """Maps the scores of a batch of preference pairs to one loss per pair.
 
     Losses are per pair (shape (B,)), never reduced: turning them into the training objective is the job of the
     robust strategy (``rdpo_lightning.robust``). ``length_normalized`` asks the module for mean instead of summed
-    token log-probs (IPO is defined on length-normalised log-probs).
+    token log-probs (IPO is defined on length-normalised log-probs). ``uses_reference = False`` (reference-free
+    losses such as SimPO) lets the module skip the reference model and its log-probs altogether.
+
+    Most losses are functions of the two log-ratios and implement :meth:`forward`; a loss that needs more (the raw
+    policy log-probs, the response lengths) overrides :meth:`pair_losses`, which is what the module calls.
     """
 
     length_normalized: bool = False
+    uses_reference: bool = True
 
     def forward(self, chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
         """``*_logratios`` = log π(y|x) − log π_ref(y|x) for the chosen / rejected responses, shape (B,)."""
         raise NotImplementedError
 
-
-def check_probability(name: str, value: float, upper_open: bool = True) -> None:
-    """Reject a smoothing probability outside [0, 0.5) (or [0, 0.5] when ``upper_open`` is False)."""
-    bad = not (isinstance(value, (int, float)) and value == value) or value < 0 or value > 0.5  # value != value: NaN
-    bad = bad or (upper_open and value == 0.5)
-    if bad:
-        bound = "[0, 0.5)" if upper_open else "[0, 0.5]"
-        raise ValueError(f"{name} must lie in {bound}, got {value}")
+    def pair_losses(self, scores: PairScores, beta: float) -> Tensor:
+        """Per-pair losses (B,) of a scored batch; by default a function of the log-ratios alone."""
+        return self(scores.chosen_logratios, scores.rejected_logratios, beta)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from rdpo_lightning.losses.base import PairLoss, check_probability
+from rdpo_lightning.checks import check_probability
+from rdpo_lightning.losses.base import PairLoss
 
 
 class SigmoidLoss(PairLoss):

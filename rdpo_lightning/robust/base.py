@@ -1,19 +1,21 @@
 """The robust-strategy interface: turn per-pair losses into the objective to optimise.
 
-The module never asks *which* robust method it runs. It hands a :class:`PairBatch` to its :class:`RobustLoss` and
+The module never asks *which* robust method it runs. It hands :class:`ScoredPairs` to its :class:`RobustLoss` and
 gets back the scalar to back-propagate and the numbers worth logging. Strategies that must drive the backward passes
-themselves (WDPO without double backward) set ``automatic_optimization = False`` and implement :meth:`manual_step`.
+themselves (WDPO without double backward) set ``automatic_optimization = False`` and implement :meth:`manual_step`;
+what a strategy cannot run with (sharded parameters, the module's own accumulation) it says itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from rdpo_lightning.pair_scores import PairScores
 
 
 def local_gather(tensor: Tensor) -> Tensor:
@@ -22,20 +24,32 @@ def local_gather(tensor: Tensor) -> Tensor:
 
 
 @dataclass
-class PairBatch:
-    """What a strategy sees of one (per-rank) training batch.
+class ScoredPairs:
+    """What a strategy sees of one (per-rank) training batch once the policy has scored it.
 
-    ``losses``: per-pair losses (B,), differentiable. ``embeddings``: the input-embedding output z (2B, T, D) the
-    losses were computed from (rows 0..B-1 chosen, B..2B-1 rejected), captured only when the strategy asks.
-    ``groups``: optional int group id per pair. ``gather``: detached all-gather over data-parallel ranks returning a
-    flat (world_size·B,) tensor; ``world_size``: how many ranks DDP averages gradients over.
+    ``losses``: per-pair losses (B,), differentiable. ``scores``: the policy and reference log-probs behind them and
+    the response lengths (None only where a caller builds losses by hand, e.g. in tests). ``columns``: extra per-pair
+    columns of the data, by name (``"group"``: an int group id per pair). ``embeddings``: the input-embedding output
+    z (2B, T, D) the losses were computed from (rows 0..B-1 chosen, B..2B-1 rejected), captured only when the
+    strategy asks. ``gather``: detached all-gather over data-parallel ranks returning a flat (world_size·B,) tensor;
+    ``world_size``: how many ranks DDP averages gradients over.
     """
 
     losses: Tensor
+    scores: PairScores | None = None
+    columns: dict[str, Tensor] = field(default_factory=dict)
     embeddings: Tensor | None = None
-    groups: Tensor | None = None
     gather: Callable[[Tensor], Tensor] = local_gather
     world_size: int = 1
+
+    @property
+    def groups(self) -> Tensor | None:
+        """The ``group`` column, if the data has one."""
+        return self.columns.get("group")
+
+
+#: the former name of :class:`ScoredPairs`
+PairBatch = ScoredPairs
 
 
 @dataclass
@@ -47,7 +61,7 @@ class RobustOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
-ForwardFn = Callable[[Tensor | None], PairBatch]
+ForwardFn = Callable[[Tensor | None], ScoredPairs]
 BackwardFn = Callable[[Tensor], None]
 
 
@@ -59,14 +73,14 @@ class RobustLoss(nn.Module):
     #: False when the strategy runs its own backward passes through :meth:`manual_step`
     automatic_optimization: bool = True
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         raise NotImplementedError
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         """A context the policy's training forward runs in (e.g. the math attention path for double backward)."""
         return contextlib.nullcontext()
 
-    def manual_step(self, forward: ForwardFn, backward: BackwardFn) -> tuple[PairBatch, RobustOutput]:
+    def manual_step(self, forward: ForwardFn, backward: BackwardFn) -> tuple[ScoredPairs, RobustOutput]:
         """Run forward(s) and backward(s) for one step; ``forward(shift)`` adds ``shift`` to z before the model."""
         raise NotImplementedError(f"{type(self).__name__} uses automatic optimisation")
 
@@ -74,20 +88,16 @@ class RobustLoss(nn.Module):
         """Why this strategy, as configured, cannot run with sharded parameters (FSDP), or None if it can."""
         return None
 
-
-def check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def check_non_negative(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    def accumulation_refusal(self, accumulate_grad_batches: int) -> str | None:
+        """Why ``model.accumulate_grad_batches`` (the module's accumulation, for strategies that drive their own
+        backward passes) cannot be used with this strategy, or None if it can."""
+        if accumulate_grad_batches > 1 and self.automatic_optimization:
+            return (
+                f"model.accumulate_grad_batches={accumulate_grad_batches} is for robust strategies with manual"
+                f" optimisation; {type(self).__name__} runs under automatic optimisation: set"
+                " trainer.accumulate_grad_batches instead"
+            )
+        return None
 
 
 def global_softmax_weights(losses: Tensor, gather: Callable[[Tensor], Tensor], temperature: float) -> Tensor:

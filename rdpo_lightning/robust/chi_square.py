@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rdpo_lightning.robust.base import check_positive
+from rdpo_lightning.checks import check_positive
 from rdpo_lightning.robust.reweighting import GlobalReweighting
 
 

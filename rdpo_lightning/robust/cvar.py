@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rdpo_lightning.checks import check_interval
 from rdpo_lightning.robust.reweighting import GlobalReweighting
 
 
@@ -59,8 +60,7 @@ class CVaR(GlobalReweighting):
 
     def __init__(self, worst_fraction: float = 0.5) -> None:
         super().__init__()
-        if not (isinstance(worst_fraction, (int, float)) and 0 < worst_fraction <= 1):
-            raise ValueError(f"worst_fraction must lie in (0, 1], got {worst_fraction!r}")
+        check_interval("worst_fraction", worst_fraction, 0.0, 1.0, open_low=True, open_high=False)
         self.worst_fraction = float(worst_fraction)
 
     def weight_rule(self, global_losses: Tensor) -> CVaRWeights:

@@ -6,11 +6,11 @@ import math
 
 import torch
 
+from rdpo_lightning.checks import check_positive
 from rdpo_lightning.robust.base import (
-    PairBatch,
     RobustLoss,
     RobustOutput,
-    check_positive,
+    ScoredPairs,
     effective_sample_fraction,
     global_softmax_weights,
 )
@@ -32,7 +32,7 @@ class DrDPO(RobustLoss):
         check_positive("beta_prime", beta_prime)
         self.beta_prime = float(beta_prime)
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         losses = batch.losses
         weights = global_softmax_weights(losses, batch.gather, -self.beta_prime)
         global_losses = batch.gather(losses).double()

@@ -1,14 +1,15 @@
 """Group DRO over preference groups (GRPO-style): the worst groups' losses get the weight.
 
 Groups come from the data (a pair's mixture component, or a ``group`` column); each pair carries its id in
-``PairBatch.groups``.
+``ScoredPairs.groups``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput, check_positive
+from rdpo_lightning.checks import check_positive
+from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
 from rdpo_lightning.robust.reweighting import weighted_objective
 
 
@@ -68,7 +69,7 @@ class GroupDRO(RobustLoss):
         self.group_weights.copy_(torch.softmax(log_weights, dim=0))
         return means, counts
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         losses = batch.losses
         groups = self._check_groups(batch.groups).to(losses.device)
         global_groups = self._check_groups(batch.gather(groups)).to(losses.device)

@@ -6,11 +6,11 @@ import math
 
 import torch
 
+from rdpo_lightning.checks import check_positive
 from rdpo_lightning.robust.base import (
-    PairBatch,
     RobustLoss,
     RobustOutput,
-    check_positive,
+    ScoredPairs,
     effective_sample_fraction,
     global_softmax_weights,
 )
@@ -33,7 +33,7 @@ class KLReweighter(RobustLoss):
         self.normalize = normalize
         self.clamp_max = float(clamp_max)
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         losses = batch.losses
         if self.normalize:
             weights = global_softmax_weights(losses, batch.gather, self.tau)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput
+from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
 
 
 class NoRobust(RobustLoss):
     """Ordinary empirical risk: mean over the batch. DDP's gradient average makes it the global mean."""
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         return RobustOutput(loss=batch.losses.mean())

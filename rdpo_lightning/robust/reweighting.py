@@ -11,10 +11,10 @@ from typing import Protocol
 
 from torch import Tensor
 
-from rdpo_lightning.robust.base import PairBatch, RobustLoss, RobustOutput, effective_sample_fraction
+from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs, effective_sample_fraction
 
 
-def weighted_objective(batch: PairBatch, local_weights: Tensor, objective: Tensor) -> Tensor:
+def weighted_objective(batch: ScoredPairs, local_weights: Tensor, objective: Tensor) -> Tensor:
     """The per-rank loss of a strategy with detached global weights: Σ w_i ℓ_i over this rank's pairs, scaled by
     ``world_size`` so that DDP's gradient average is the gradient of the global Σ w ℓ; its *value* is replaced by the
     global ``objective`` (the same on every rank), without touching the gradient."""
@@ -40,7 +40,7 @@ class GlobalReweighting(RobustLoss):
     def weight_rule(self, global_losses: Tensor) -> WeightRule:
         raise NotImplementedError
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         global_losses = batch.gather(batch.losses)
         rule = self.weight_rule(global_losses)
         global_weights = rule(global_losses)

@@ -18,15 +18,13 @@ import contextlib
 import torch
 from torch import Tensor
 
+from rdpo_lightning.checks import check_choice, check_non_negative, check_positive
 from rdpo_lightning.robust.base import (
     BackwardFn,
     ForwardFn,
-    PairBatch,
     RobustLoss,
     RobustOutput,
-    check_choice,
-    check_non_negative,
-    check_positive,
+    ScoredPairs,
     math_attention,
 )
 
@@ -126,7 +124,7 @@ class WassersteinPenalty(RobustLoss):
                 per_pair = (factor * norms) * norms
         return (self.rho * per_pair.mean()).to(dtype)
 
-    def forward(self, batch: PairBatch) -> RobustOutput:
+    def forward(self, batch: ScoredPairs) -> RobustOutput:
         """Exact mode: penalty with create_graph, optimised by one ordinary backward of the returned loss."""
         mean_loss = batch.losses.mean()
         if self.rho == 0:
@@ -142,7 +140,7 @@ class WassersteinPenalty(RobustLoss):
             return self.epsilon
         return 2 * self.rho if self.form == "squared" else self.rho
 
-    def manual_step(self, forward: ForwardFn, backward: BackwardFn) -> tuple[PairBatch, RobustOutput]:
+    def manual_step(self, forward: ForwardFn, backward: BackwardFn) -> tuple[ScoredPairs, RobustOutput]:
         """Finite-difference mode: gradient w.r.t. z alone, then one or two ordinary backward passes."""
         epsilon = self._step_size()
         weight = (2 * self.rho if self.form == "squared" else self.rho) / epsilon  # c in the module docstring

@@ -39,10 +39,29 @@ def test_cell_is_mean_and_sample_std():
     assert shift.cell([math.nan]) == "—"
 
 
+def published() -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(shift.RESULTS.iterdir()) if path.is_file()}
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    out = tmp_path_factory.mktemp("shift")
-    return run_tiny("shift", "--out", str(out), cwd=out), out
+    """``--tiny`` as a user runs it, without ``--out``: it writes to a temp folder (``TMPDIR`` points it here), and
+    the published results are byte for byte what they were."""
+    temp = tmp_path_factory.mktemp("shift")
+    before = published()
+    run = run_tiny("shift", cwd=temp, TMPDIR=str(temp))
+    assert published() == before
+    return run, temp / shift.TINY_OUT.name
+
+
+def test_tiny_refuses_to_write_over_the_published_results(tiny_run):
+    _, out = tiny_run
+    before = published()
+    with pytest.raises(SystemExit, match="--tiny would overwrite the published results"):
+        shift.main(["--tiny", "--out", str(shift.RESULTS), "--quiet"])  # before any training
+    with pytest.raises(SystemExit, match="--tiny would overwrite the published results"):  # a saved --tiny run too
+        shift.main(["--from-json", str(out / "shift.json"), "--out", str(shift.RESULTS), "--quiet"])
+    assert published() == before
 
 
 def test_tiny_run_writes_table_plot_and_raw_results(tiny_run):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 
 from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 
 
 def _validate(devices: int, policy: Path, reference: Path, tokenizer_dir: Path) -> dict[str, float]:
@@ -22,15 +22,11 @@ def _validate(devices: int, policy: Path, reference: Path, tokenizer_dir: Path) 
         val_alphas=[0.0, 1.0], num_train=8, num_val=37, batch_size=8, max_length=32, tokenizer_dir=str(tokenizer_dir)
     )
     generation = GenerationEvaluation(num_prompts=7, batch_size=3, max_new_tokens=4, do_sample=False)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
-        logger=False,
         callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
     )
     trainer.validate(RobustDPO(model=str(policy), reference=str(reference)), datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -22,6 +22,7 @@ from rdpo_lightning.data import AttributeWorld
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.tokenizer import load_tokenizer
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 
 
 class ReversedShift(L.LightningDataModule):
@@ -80,16 +81,11 @@ def test_early_stopping_stops_on_the_worst_case_while_in_distribution_improves(
     L.seed_everything(0)
     stopper = EarlyStopping(monitor="val/worst_case/loss", mode="min", patience=2)
     history = History()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=12,
-        logger=False,
         callbacks=[WorstCaseEvaluation(plot_name=None), stopper, history],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        num_sanity_val_steps=0,
     )
     module = RobustDPO(model=str(tiny_model_dir), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     trainer.fit(module, datamodule=ReversedShift(world_tokenizer_dir))

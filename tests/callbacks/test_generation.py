@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
@@ -23,6 +22,7 @@ from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorld, AttributeWorldDataModule
 from rdpo_lightning.data.tokenizer import load_tokenizer
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 
 LENGTH = 4
 P_RAGE = 0.75
@@ -87,14 +87,10 @@ def test_generated_reward_matches_the_closed_form_mean_and_worst_case(
     )
     generation = GenerationEvaluation(num_prompts=num_prompts, batch_size=64, max_new_tokens=LENGTH, seed=3)
     callback = WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
-        logger=False,
         callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
         limit_val_batches=1,
     )
     trainer.validate(RobustDPO(model=str(two_word_policy_dir)), datamodule=datamodule, verbose=False)

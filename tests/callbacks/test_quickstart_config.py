@@ -5,6 +5,8 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rdpo_lightning.callbacks import WorstCaseEvaluation
@@ -43,3 +45,9 @@ def test_quickstart_logs_worst_case_and_reward_tags_and_writes_the_shift_curve(t
     assert {f"val/reward/{n}" for n in names} <= scalars
     assert {"val/worst_case/loss", "val/worst_case/accuracy", "val/reward/worst_case", "val/loss"} <= scalars
     assert len(events.Scalars("val/worst_case/loss")) == 2 and len(events.Scalars("val/reward/worst_case")) == 1
+
+    # last.ckpt, the documented resume point, is the newest state whether or not the worst case improved
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert [(c.monitor, bool(c.save_last)) for c in checkpoints] == [("val/worst_case/loss", False), (None, True)]
+    last = torch.load(next(Path(tmp_path).rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert last["global_step"] == cli.trainer.global_step == 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ from rdpo_lightning.callbacks import WorstCaseEvaluation
 from rdpo_lightning.callbacks.report import MixtureResult, ShiftReport, format_table, mixture_coordinates
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 
 BETA = 0.1
 
@@ -73,14 +73,11 @@ def test_per_mixture_metrics_and_worst_case_match_a_hand_computation(
 ) -> None:
     datamodule = _datamodule(world_tokenizer_dir)
     callback = WorstCaseEvaluation()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
         logger=TensorBoardLogger(tmp_path, name="tb"),
         callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
     )
     module = RobustDPO(model=str(tiny_model_dir), reference=str(tiny_reference_dir), beta=BETA)
     trainer.validate(module, datamodule=datamodule, verbose=False)

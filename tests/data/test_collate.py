@@ -50,8 +50,8 @@ def test_precomputed_reference_gives_the_online_losses(tiny_model_dir) -> None:
     ]
     precomputed = PairCollator(pad_token_id=0)(examples)
     module.reference = None  # the precomputed path must not need it
-    pairs_online, _ = module.policy_forward(online, reference)
-    pairs_precomputed, _ = module.policy_forward(precomputed, module.reference_logps(precomputed))
+    pairs_online = module.policy_forward(online, reference)
+    pairs_precomputed = module.policy_forward(precomputed, module.reference_logps(precomputed))
     torch.testing.assert_close(pairs_precomputed.losses, pairs_online.losses)
     assert pairs_online.losses.abs().sum() > 0
     with pytest.raises(RuntimeError, match="no reference model is resident"):  # the dropped reference is needed

@@ -617,7 +617,7 @@ def test_group_ids_are_consistent_or_an_error_naming_the_row(groups, workdir, wo
         return
     batch = run_to_a_batch(dm)
     ids = list(dm.train_dataset["group"])
-    assert len(ids) == len(groups) and batch["groups"].shape[0] == min(4, len(groups))
+    assert len(ids) == len(groups) and batch["columns"]["group"].shape[0] == min(4, len(groups))
     if all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in groups):
         assert ids == groups  # integer ids pass through
     else:  # names: one id per distinct value, 0..n-1 (a column of ints and floats is all floats: 0 is 0.0)

@@ -109,7 +109,7 @@ def test_training_mixtures_become_groups_with_their_own_labels():
     assert list(vals)[:2] == ["alpha=0.00", "joy=1.00"]
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
-    assert batch["groups"].shape == (8,)
+    assert batch["columns"]["group"].shape == (8,)
 
 
 def test_responses_sampled_from_a_policy(tiny_model_dir, world_tokenizer_dir, tmp_path, monkeypatch):

@@ -2,11 +2,13 @@
 
 Run as a script (Lightning re-executes it for rank 1):
 ``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
-with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save]``. For each case rank 0 writes
-``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the message of a
-refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away from its base, which is
-the reference; no separate reference model); ``resident``: no precomputed reference log-probs (the base computes them
-every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a directory under FSDP2).
+with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save][+pf][+full]``. For each case rank 0
+writes ``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the
+message of a refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away from its
+base, which is the reference; no separate reference model); ``resident``: no precomputed reference log-probs (the base
+computes them every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a directory
+under FSDP2); ``pf``: padding-free batches; ``full``: the full-logits path instead of the default fused output-layer
+log-probs.
 Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
 The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
 """
@@ -26,6 +28,7 @@ from peft import LoraConfig
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 
 ROBUST = {
@@ -66,6 +69,7 @@ def run_case(
         gradient_clip_val=0.05 if "clip" in flags else None,
         torch_dtype="float64",
         activation_checkpointing="ac" in flags,
+        fused_logprobs="full" not in flags,
         reference_cache_dir=cache_dir,
     )
     data = AttributeWorldDataModule(
@@ -74,19 +78,15 @@ def run_case(
         val_alphas=[],
         batch_size=GLOBAL_BATCH if single else GLOBAL_BATCH // WORLD,
         max_length=24,
+        padding_free="pf" in flags,
         tokenizer_dir=model_dir,
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1 if single else WORLD,
         strategy=strategy_of(strategy_name),
         max_steps=1,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     try:
         trainer.fit(module, datamodule=data)

@@ -29,10 +29,12 @@ DISTRIBUTED_CASES = [
     "fsdp2:wdpo_fd",
     "fsdp2:wdpo_fd_eps",
     "fsdp2:wdpo_fd+ac",
+    "fsdp2:wdpo_fd+pf",
     "ddp:none",
     "ddp:kl",
     "ddp:wdpo_fd",
     "ddp:wdpo_exact",
+    "ddp:wdpo_exact+pf",
 ]
 #: LoRA adapters: the reference is the policy's base, computed through the strategy (cached, or every step)
 LORA_CASES = ["fsdp2:none+lora+save", "fsdp2:wdpo_fd+lora+resident", "ddp:kl+lora", "ddp:wdpo_exact+lora+resident"]
@@ -104,13 +106,33 @@ def _deltas(params: dict[str, torch.Tensor], model_dir: Path) -> dict[str, torch
 @pytest.mark.parametrize("case", [c for c in DISTRIBUTED_CASES if c != REFUSED and c not in LORA_CASES])
 def test_distributed_step_equals_single_process_full_batch(case, distributed_runs, single_runs, tiny_model_dir):
     out, _ = distributed_runs
-    robust = case.split(":")[1].replace("+ac", "")  # activation checkpointing must not change the update
+    # activation checkpointing and padding-free batches must not change the update
+    robust = case.split(":")[1].replace("+ac", "").replace("+pf", "")
     got = _deltas(torch.load(out / f"{case}.pt"), tiny_model_dir)
     want = _deltas(single_runs[robust], tiny_model_dir)
     size = sum(d.pow(2).sum() for d in want.values()).sqrt()
     assert size > 0.04  # a real update (0.05 is the clipped norm)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=ATOL, msg=f"{case}: {name}")
+
+
+@pytest.mark.parametrize("case", ["none+full", "wdpo_exact+full", "wdpo_fd+pf", "wdpo_exact+pf", "kl+pf"])
+def test_full_logits_and_padding_free_single_steps_equal_the_default(
+    case, single_runs, tiny_model_dir, reference_dir, tmp_path
+):
+    """The default (fused log-probs, padded batches) against the full-logits path and against packed batches."""
+    script = _load_script()
+    params, refusal = script.run_case(f"single:{case}", str(tiny_model_dir), str(reference_dir), str(tmp_path))
+    assert refusal is None, refusal
+    got = _deltas(params, tiny_model_dir)
+    want = _deltas(single_runs[case.split("+")[0]], tiny_model_dir)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=ATOL, msg=f"{case}: {name}")
+
+
+def test_the_fused_path_ran_under_every_strategy(distributed_runs):
+    _, log = distributed_runs
+    assert "full-logits path" not in log
 
 
 @pytest.mark.parametrize("case", LORA_CASES)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -22,6 +21,7 @@ from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.pareto import Point, mean_gap, read_scalars, run_directories
 from rdpo_lightning.pareto.report import main
+from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust
 from tests.conftest import TINY_GPT2
 
@@ -47,17 +47,13 @@ def fit(root: Path, name: str, robust, seed: int, tokenizer_dir: Path) -> dict[i
     )  # fmt: skip
     module = RobustDPO(model_config=dict(TINY_GPT2), beta=0.1, robust=robust, warmup_steps=0)
     recorder = Recorder()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=1,
         val_check_interval=2,  # 6 batches: passes at steps 2, 4, 6
-        num_sanity_val_steps=0,
         logger=TensorBoardLogger(root, name=name, version=f"seed{seed}"),
         callbacks=[WorstCaseEvaluation(plot_name=None, print_table=False), recorder],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
     )
     trainer.fit(module, datamodule)
     return recorder.passes
@@ -65,7 +61,6 @@ def fit(root: Path, name: str, robust, seed: int, tokenizer_dir: Path) -> dict[i
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, world_tokenizer_dir):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pareto_runs")
     recorded = {}
     for name, make in (("DPO", NoRobust), ("KLDPO", lambda: KLReweighter(tau=0.25))):

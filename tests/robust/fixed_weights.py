@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from rdpo_lightning.robust import PairBatch, RobustLoss
+from rdpo_lightning.robust import RobustLoss, ScoredPairs
 
 
 def pair_losses(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ def fixed_weight_gradient(weights_of: Callable[[list[float]], torch.Tensor], x: 
 
 def assert_gradient_is_fixed_weight_gradient(strategy: RobustLoss, weights_of, x: torch.Tensor, rtol: float) -> None:
     model = fresh_model()
-    strategy(PairBatch(losses=pair_losses(model, x))).loss.backward()
+    strategy(ScoredPairs(losses=pair_losses(model, x))).loss.backward()
     _, expected = fixed_weight_gradient(weights_of, x)
     for got, want in zip([p.grad for p in model.parameters()], expected, strict=True):
         torch.testing.assert_close(got, want, rtol=rtol, atol=1e-14)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rdpo_lightning.robust import ChiSquareDRO, NoRobust, PairBatch
+from rdpo_lightning.robust import ChiSquareDRO, NoRobust, ScoredPairs
 from tests.robust.fixed_weights import assert_gradient_is_fixed_weight_gradient
 
 RNG = np.random.default_rng(7)
@@ -69,7 +69,7 @@ def random_feasible_points(n: int, rho: float, count: int) -> list[np.ndarray]:
 
 def worst_case(values: list[float], rho: float) -> tuple[np.ndarray, float, dict]:
     losses = torch.tensor(values, dtype=torch.float64, requires_grad=True)
-    out = ChiSquareDRO(rho=rho)(PairBatch(losses=losses))
+    out = ChiSquareDRO(rho=rho)(ScoredPairs(losses=losses))
     (weights,) = torch.autograd.grad(out.loss, losses)  # d(Σ p·ℓ)/dℓ = p
     return weights.numpy(), out.loss.item(), {k: v.item() for k, v in out.metrics.items()}
 
@@ -133,8 +133,8 @@ def test_a_ball_that_reaches_the_point_mass_puts_it_on_the_maxima():
 
 def test_tiny_rho_approaches_the_mean():
     losses = torch.tensor(LOSS_SETS["outliers"], dtype=torch.float64)
-    mean = NoRobust()(PairBatch(losses=losses)).loss.item()
-    assert ChiSquareDRO(rho=1e-12)(PairBatch(losses=losses)).loss.item() == pytest.approx(mean, rel=1e-5)
+    mean = NoRobust()(ScoredPairs(losses=losses)).loss.item()
+    assert ChiSquareDRO(rho=1e-12)(ScoredPairs(losses=losses)).loss.item() == pytest.approx(mean, rel=1e-5)
 
 
 def test_parameter_gradient_is_the_weighted_gradient():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rdpo_lightning.robust import ChiSquareDRO, CVaR, PairBatch
+from rdpo_lightning.robust import ChiSquareDRO, CVaR, ScoredPairs
 from tests import gloo_ranks  # the repository root is on the path, for spawned ranks too
 from tests.robust.fixed_weights import fixed_weight_gradient, fresh_model, pair_losses
 from tests.robust.test_chi_square import best_point_by_bisection
@@ -41,7 +41,7 @@ def _worker(rank: int, world: int, store: str, queue) -> None:
     for name, strategy in strategies().items():
         model = torch.nn.parallel.DistributedDataParallel(fresh_model())
         losses = pair_losses(model, pairs().chunk(world)[rank])
-        out = strategy(PairBatch(losses=losses, gather=gather, world_size=world))
+        out = strategy(ScoredPairs(losses=losses, gather=gather, world_size=world))
         out.loss.backward()
         results[name] = (out.loss.item(), [p.grad.tolist() for p in model.parameters()])
         del model  # DDP's reducer goes before its process group

@@ -12,7 +12,8 @@ import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.robust import GroupDRO, PairBatch
+from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.robust import GroupDRO, ScoredPairs
 
 
 def reference_step(weights: list[float], losses: torch.Tensor, groups: list[int], eta: float):
@@ -38,7 +39,7 @@ def test_weights_move_toward_the_worst_group():
     losses = torch.tensor([group_loss[g] for g in groups.tolist()], dtype=torch.float64)
     history = []
     for _ in range(steps):
-        strategy(PairBatch(losses=losses, groups=groups))
+        strategy(ScoredPairs(losses=losses, columns={"group": groups}))
         history.append(strategy.group_weights.tolist())
     worst = [h[1] for h in history]
     assert all(b > a for a, b in zip(worst, worst[1:], strict=False))  # the worst group gains every step
@@ -53,7 +54,9 @@ def test_objective_and_gradient_match_a_direct_computation():
     theta = torch.tensor([0.3, -0.4, 0.2], dtype=torch.float64, requires_grad=True)
     strategy = GroupDRO(num_groups=4, eta=eta)
     strategy.group_weights.copy_(torch.tensor([0.1, 0.4, 0.3, 0.2], dtype=torch.float64))
-    out = strategy(PairBatch(losses=torch.nn.functional.softplus(-(x @ theta)), groups=torch.tensor(groups)))
+    out = strategy(
+        ScoredPairs(losses=torch.nn.functional.softplus(-(x @ theta)), columns={"group": torch.tensor(groups)})
+    )
     out.loss.backward()
     ours = theta.grad.clone()
 
@@ -72,7 +75,7 @@ def test_objective_and_gradient_match_a_direct_computation():
 
 def test_weights_are_a_float64_buffer_in_the_state_dict():
     strategy = GroupDRO(num_groups=2, eta=1.0)
-    strategy(PairBatch(losses=torch.tensor([0.1, 2.0]), groups=torch.tensor([0, 1])))
+    strategy(ScoredPairs(losses=torch.tensor([0.1, 2.0]), columns={"group": torch.tensor([0, 1])}))
     state = strategy.state_dict()
     assert "group_weights" in state and state["group_weights"][1] > 0.5
     restored = GroupDRO(num_groups=2)
@@ -83,12 +86,12 @@ def test_weights_are_a_float64_buffer_in_the_state_dict():
 
 def test_evaluation_does_not_move_the_weights_and_bad_groups_are_errors():
     strategy = GroupDRO(num_groups=2, eta=1.0).eval()
-    strategy(PairBatch(losses=torch.tensor([0.1, 2.0]), groups=torch.tensor([0, 1])))
+    strategy(ScoredPairs(losses=torch.tensor([0.1, 2.0]), columns={"group": torch.tensor([0, 1])}))
     assert strategy.group_weights.tolist() == [0.5, 0.5]
     with pytest.raises(ValueError, match="needs a group id per pair"):
-        strategy(PairBatch(losses=torch.tensor([0.1, 2.0])))
+        strategy(ScoredPairs(losses=torch.tensor([0.1, 2.0])))
     with pytest.raises(ValueError, match=r"group ids must lie in \[0, 2\) .* ids \[0, 5\]"):
-        strategy(PairBatch(losses=torch.tensor([0.1, 2.0]), groups=torch.tensor([0, 5])))
+        strategy(ScoredPairs(losses=torch.tensor([0.1, 2.0]), columns={"group": torch.tensor([0, 5])}))
     with pytest.raises(ValueError, match="num_groups"):
         GroupDRO(num_groups=0)
 
@@ -108,13 +111,10 @@ def test_group_weights_survive_a_checkpoint_and_resume(tmp_path, tiny_gpt2_confi
         )
         module = RobustDPO(model_config=tiny_gpt2_config, robust=GroupDRO(num_groups=2, eta=2.0))
         record = RecordWeights()
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
             accelerator="cpu",
             max_steps=max_steps,
             limit_val_batches=0,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             default_root_dir=tmp_path,
             callbacks=[record],
         )

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rdpo_lightning.robust import DrDPO, GroupDRO, PairBatch
+from rdpo_lightning.robust import DrDPO, GroupDRO, ScoredPairs
 from tests import gloo_ranks  # the repository root is on the path, for spawned ranks too
 
 BETA_PRIME, ETA, NUM_GROUPS = 0.5, 0.7, 3
@@ -32,7 +32,9 @@ def _worker(rank: int, world: int, store: str, x: torch.Tensor, queue) -> None:
         for _step in range(2):  # the second step uses the weights the first one moved
             model.zero_grad()
             losses = per_pair_losses(model, x.chunk(world)[rank])
-            batch = PairBatch(losses=losses, groups=GROUPS.chunk(world)[rank], gather=gather, world_size=world)
+            batch = ScoredPairs(
+                losses=losses, columns={"group": GROUPS.chunk(world)[rank]}, gather=gather, world_size=world
+            )
             out = strategy(batch)
             out.loss.backward()
         weights = strategy.group_weights.tolist() if isinstance(strategy, GroupDRO) else None
@@ -54,7 +56,7 @@ def test_distributed_equals_full_batch(tmp_path):
         model = torch.nn.Linear(3, 1).double()
         for _step in range(2):
             model.zero_grad()
-            out = strategy(PairBatch(losses=per_pair_losses(model, x), groups=GROUPS))
+            out = strategy(ScoredPairs(losses=per_pair_losses(model, x), columns={"group": GROUPS}))
             out.loss.backward()
         for rank in (0, 1):
             value, grads, weights = by_rank[rank][name]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rdpo_lightning.robust import KLReweighter, NoRobust, PairBatch
+from rdpo_lightning.robust import KLReweighter, NoRobust, ScoredPairs
 from tests import gloo_ranks  # the repository root is on the path, for spawned ranks too
 
 LOSSES = [0.3, 1.2, 0.05, 2.5, 0.7, 0.7]
@@ -19,7 +19,7 @@ LOSSES = [0.3, 1.2, 0.05, 2.5, 0.7, 0.7]
 def test_normalised_weights_are_softmax_of_loss_over_tau():
     tau = 0.5
     losses = torch.tensor(LOSSES, dtype=torch.float64, requires_grad=True)
-    out = KLReweighter(tau=tau)(PairBatch(losses=losses))
+    out = KLReweighter(tau=tau)(ScoredPairs(losses=losses))
     expected_w = np.exp(np.array(LOSSES) / tau) / np.exp(np.array(LOSSES) / tau).sum()
     assert out.loss.item() == pytest.approx(float(expected_w @ np.array(LOSSES)), rel=1e-12)
     out.loss.backward()
@@ -35,7 +35,7 @@ def test_gradient_is_that_of_the_dual_objective():
     theta = torch.tensor([0.4, -0.2], dtype=torch.float64, requires_grad=True)
     x = torch.tensor([[1.0, 2.0], [0.5, -1.0], [-2.0, 0.3], [0.1, 0.1]], dtype=torch.float64)
     losses = torch.nn.functional.softplus(-(x @ theta))
-    KLReweighter(tau=tau)(PairBatch(losses=losses)).loss.backward()
+    KLReweighter(tau=tau)(ScoredPairs(losses=losses)).loss.backward()
     ours = theta.grad.clone()
     theta.grad = None
     losses = torch.nn.functional.softplus(-(x @ theta))
@@ -46,7 +46,7 @@ def test_gradient_is_that_of_the_dual_objective():
 def test_authors_form_is_clamped_and_unnormalised():
     tau, clamp = 0.25, 10.0
     losses = torch.tensor(LOSSES, dtype=torch.float64)
-    out = KLReweighter(tau=tau, normalize=False, clamp_max=clamp)(PairBatch(losses=losses))
+    out = KLReweighter(tau=tau, normalize=False, clamp_max=clamp)(ScoredPairs(losses=losses))
     raw = np.exp((np.array(LOSSES) - np.mean(LOSSES)) / tau)
     w = np.minimum(raw, clamp)
     assert raw.max() > clamp  # the clamp is exercised
@@ -58,7 +58,7 @@ def test_authors_form_gradient_is_the_clamped_weight_over_n():
     gradient carries no term from differentiating the weight itself."""
     tau, clamp = 0.5, 10.0
     losses = torch.tensor(LOSSES, dtype=torch.float64, requires_grad=True)
-    out = KLReweighter(tau=tau, normalize=False, clamp_max=clamp)(PairBatch(losses=losses))
+    out = KLReweighter(tau=tau, normalize=False, clamp_max=clamp)(ScoredPairs(losses=losses))
     (grad,) = torch.autograd.grad(out.loss, losses)
     values = np.array(LOSSES)
     raw = np.exp((values - values.mean()) / tau)
@@ -93,7 +93,7 @@ def test_weights_sum_to_one_and_match_exact_softmax_down_to_tiny_tau(dtype, tau,
     the objective of tied maxima is the maximum (it was 2·1e4 for two tied maxima of 1e4 at τ = 1e-12)."""
     values = torch.tensor(EXTREME_LOSSES[case], dtype=dtype)
     losses = values.clone().requires_grad_()
-    out = KLReweighter(tau=tau)(PairBatch(losses=losses))
+    out = KLReweighter(tau=tau)(ScoredPairs(losses=losses))
     (weights,) = torch.autograd.grad(out.loss, losses)  # d(Σ w·ℓ)/dℓ = w
     exact = exact_softmax(values.double().tolist(), tau)  # the losses as the dtype holds them
     rounding = 1e-12 if dtype == torch.float64 else len(exact) * 2.0**-24
@@ -107,7 +107,7 @@ def test_weights_sum_to_one_and_match_exact_softmax_down_to_tiny_tau(dtype, tau,
 def test_finite_for_small_tau_and_huge_losses(tau):
     losses = torch.tensor([1e4, 3.0, 9999.0, 0.0], requires_grad=True)
     for normalize in (True, False):
-        out = KLReweighter(tau=tau, normalize=normalize)(PairBatch(losses=losses))
+        out = KLReweighter(tau=tau, normalize=normalize)(ScoredPairs(losses=losses))
         assert torch.isfinite(out.loss)
         (grad,) = torch.autograd.grad(out.loss, losses)
         assert torch.isfinite(grad).all()
@@ -115,8 +115,8 @@ def test_finite_for_small_tau_and_huge_losses(tau):
 
 def test_large_tau_approaches_the_mean():
     losses = torch.tensor(LOSSES)
-    kl = KLReweighter(tau=1e6)(PairBatch(losses=losses)).loss
-    assert kl.item() == pytest.approx(NoRobust()(PairBatch(losses=losses)).loss.item(), rel=1e-5)
+    kl = KLReweighter(tau=1e6)(ScoredPairs(losses=losses)).loss
+    assert kl.item() == pytest.approx(NoRobust()(ScoredPairs(losses=losses)).loss.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("kwargs", [{"tau": 0}, {"tau": -1.0}, {"tau": float("nan")}, {"clamp_max": 0}])
@@ -139,7 +139,7 @@ def _ddp_worker(rank: int, world: int, store: str, x: torch.Tensor, tau: float, 
 
     local = x.chunk(world)[rank]
     losses = _per_pair_losses(model, local)
-    out = KLReweighter(tau=tau, normalize=normalize)(PairBatch(losses=losses, gather=gather, world_size=world))
+    out = KLReweighter(tau=tau, normalize=normalize)(ScoredPairs(losses=losses, gather=gather, world_size=world))
     out.loss.backward()
     if rank == 0:
         queue.put([p.grad.tolist() for p in model.parameters()])
@@ -160,7 +160,7 @@ def test_distributed_weighted_gradient_equals_full_batch(normalize, tmp_path):
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1).double()
-    KLReweighter(tau=tau, normalize=normalize)(PairBatch(losses=_per_pair_losses(model, x))).loss.backward()
+    KLReweighter(tau=tau, normalize=normalize)(ScoredPairs(losses=_per_pair_losses(model, x))).loss.backward()
     for got, want in zip(distributed, [p.grad for p in model.parameters()], strict=True):
         torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), want, rtol=1e-12, atol=1e-12)
 
@@ -171,7 +171,7 @@ def test_weights_are_a_finite_distribution_at_extreme_tau_and_losses(dtype, tau)
     """τ down to 1e-4, losses up to 1e4, in the dtypes training runs in: ℓ/τ reaches 1e8, far past exp's range."""
     values = [1e4, 3.0, 9999.0, 0.0, 1e4, 0.5]
     losses = torch.tensor(values, dtype=dtype, requires_grad=True)
-    out = KLReweighter(tau=tau)(PairBatch(losses=losses))
+    out = KLReweighter(tau=tau)(ScoredPairs(losses=losses))
     (weights,) = torch.autograd.grad(out.loss, losses)  # d(Σ w·ℓ)/dℓ = w: the weights themselves
     assert torch.isfinite(weights).all() and (weights >= 0).all()
     assert weights.double().sum().item() == pytest.approx(1.0, abs=1e-2 if dtype == torch.bfloat16 else 1e-6)
@@ -180,7 +180,7 @@ def test_weights_are_a_finite_distribution_at_extreme_tau_and_losses(dtype, tau)
         assert weights[top].double().sum().item() == pytest.approx(1.0, abs=1e-2)
     assert all(torch.isfinite(v) for v in out.metrics.values())
 
-    clamped = KLReweighter(tau=tau, normalize=False, clamp_max=10.0)(PairBatch(losses=losses))
+    clamped = KLReweighter(tau=tau, normalize=False, clamp_max=10.0)(ScoredPairs(losses=losses))
     (raw,) = torch.autograd.grad(clamped.loss, losses)
     assert torch.isfinite(raw).all() and (raw * len(values) <= 10.0 * 1.01).all()
     assert all(torch.isfinite(v) for v in clamped.metrics.values())

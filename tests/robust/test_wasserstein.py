@@ -9,7 +9,7 @@ from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.tokenize import tokenize_pair
 from rdpo_lightning.data.tokenizer import load_tokenizer
 from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.robust import PairBatch, WassersteinPenalty
+from rdpo_lightning.robust import ScoredPairs, WassersteinPenalty
 from rdpo_lightning.robust.base import math_attention
 from rdpo_lightning.robust.wasserstein import pair_gradient_sq_norms
 
@@ -50,9 +50,9 @@ def independent_gradient(module: RobustDPO, batch: dict, form: str) -> torch.Ten
     terms = []
     with math_attention():  # double backward needs the math attention path
         for i in range(half):
-            rows = {k: v[[i, half + i]] for k, v in batch.items() if k != "groups"}
+            rows = {k: v[[i, half + i]] for k, v in batch.items() if k != "columns"}
             ref_i = type(reference)(reference.chosen[[i]], reference.rejected[[i]])
-            pairs, _ = module.policy_forward(rows, ref_i, True)
+            pairs = module.policy_forward(rows, ref_i, True)
             (g,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings, create_graph=True)
             sq = g.pow(2).sum()
             terms.append(pairs.losses.sum() + RHO * (sq if form == "squared" else sq.sqrt()))
@@ -61,7 +61,7 @@ def independent_gradient(module: RobustDPO, batch: dict, form: str) -> torch.Ten
 
 
 def run_exact(module: RobustDPO, batch: dict) -> torch.Tensor:
-    pairs, _ = module.policy_forward(batch, module.reference_logps(batch), capture=True)
+    pairs = module.policy_forward(batch, module.reference_logps(batch), capture=True)
     with module.robust.forward_context():
         module.robust(pairs).loss.backward()
     return grads(module)
@@ -70,7 +70,7 @@ def run_exact(module: RobustDPO, batch: dict) -> torch.Tensor:
 def run_manual(module: RobustDPO, batch: dict) -> torch.Tensor:
     reference = module.reference_logps(batch)
     module.robust.manual_step(
-        lambda shift: module.policy_forward(batch, reference, capture=shift is None, shift=shift)[0],
+        lambda shift: module.policy_forward(batch, reference, capture=shift is None, shift=shift),
         lambda loss: loss.backward(),
     )
     return grads(module)
@@ -102,9 +102,9 @@ def test_default_step_is_the_adversarial_form(batch):
     batch, vocab = batch
     module = make_module(vocab, WassersteinPenalty(rho=RHO))
     reference = module.reference_logps(batch)
-    pairs, _ = module.policy_forward(batch, reference, capture=True)
+    pairs = module.policy_forward(batch, reference, capture=True)
     (g,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings)
-    shifted, _ = module.policy_forward(batch, reference, shift=2 * RHO * g)
+    shifted = module.policy_forward(batch, reference, shift=2 * RHO * g)
     want = torch.cat(
         [x.flatten() for x in torch.autograd.grad(shifted.losses.mean(), list(module.policy.parameters()))]
     )
@@ -121,7 +121,7 @@ def test_zero_rho_is_plain_dpo(batch):
     batch, vocab = batch
     module = make_module(vocab, WassersteinPenalty(rho=0.0))
     assert module.automatic_optimization
-    pairs, _ = module.policy_forward(batch, module.reference_logps(batch), capture=True)
+    pairs = module.policy_forward(batch, module.reference_logps(batch), capture=True)
     assert module.robust(pairs).loss.item() == pytest.approx(pairs.losses.mean().item())
 
 
@@ -144,9 +144,9 @@ def independent_clamped_gradient(module: RobustDPO, batch: dict, max_norm: float
     terms, norms = [], []
     with math_attention():
         for i in range(half):
-            rows = {k: v[[i, half + i]] for k, v in batch.items() if k != "groups"}
+            rows = {k: v[[i, half + i]] for k, v in batch.items() if k != "columns"}
             ref_i = type(reference)(reference.chosen[[i]], reference.rejected[[i]])
-            pairs, _ = module.policy_forward(rows, ref_i, True)
+            pairs = module.policy_forward(rows, ref_i, True)
             (g,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings, create_graph=True)
             sq = g.pow(2).sum()
             norms.append(sq.item() ** 0.5)
@@ -171,12 +171,12 @@ def test_clamped_penalty_matches_independent_gradient(batch, mode):
     assert (got - want).norm() / want.norm() < (1e-9 if mode == "exact" else 1e-5)
 
 
-def overflowing_pairs() -> PairBatch:
+def overflowing_pairs() -> ScoredPairs:
     """float32 losses whose input gradient has ‖g‖² ≈ 1e62: past float32's 3.4e38, fine in float64."""
     z = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0)).requires_grad_()
     w = torch.randn(5, generator=torch.Generator().manual_seed(1))
     rows = 1e30 * torch.tanh(z @ w).sum(1)
-    return PairBatch(losses=rows[:2] + rows[2:], embeddings=z)
+    return ScoredPairs(losses=rows[:2] + rows[2:], embeddings=z)
 
 
 def test_overflowing_gradient_norms_stay_finite_with_a_clamp():
@@ -205,6 +205,6 @@ def test_exactly_zero_gradient_pair_gives_a_finite_clamped_gradient():
     z = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
     rows = torch.tanh(z.sum((1, 2)))
     losses = torch.stack([rows[0] + rows[2], rows[1].detach() * 0 + rows[3].detach()])  # pair 1: no dependence on z
-    out = WassersteinPenalty(rho=0.1, mode="exact", max_grad_norm=1e-3)(PairBatch(losses=losses, embeddings=z))
+    out = WassersteinPenalty(rho=0.1, mode="exact", max_grad_norm=1e-3)(ScoredPairs(losses=losses, embeddings=z))
     (grad,) = torch.autograd.grad(out.loss, z)
     assert torch.isfinite(grad).all()

@@ -1,0 +1,366 @@
+"""Memory and speed at a realistic scale: our DPO / KLDPO / WDPO against TRL's ``DPOTrainer`` on a Llama-style model.
+
+The model: Llama architecture, 8 layers, hidden 512, 8 heads (4 key/value heads), MLP 1,376, an untied vocabulary of
+128,256 (Llama 3's size) — 157 M parameters, two thirds of them in the embedding and the output layer, as in small
+real models. Random weights, saved with ``save_pretrained`` and loaded with ``from_pretrained`` by both frameworks.
+A word-level tokenizer of 128,256 words makes every text exactly as many tokens as it has words.
+
+The pairs: ``--lengths long_tailed`` draws each sequence length (prompt + longer response) from a log-normal with
+median 256 and σ = 0.9, clipped to [64, 2,048] (about 5 % of sequences above 1,000 tokens: most are short, a few are
+very long, as in real preference data); the prompt takes a uniform 10-50 % of it and the two responses differ by up
+to 30 %. ``--lengths equal``: every sequence has the long-tailed mean length, prompt 25 %, equal responses.
+
+Like for like: float32 on CPU, precomputed reference log-probs on both sides (``precompute_reference`` /
+``precompute_ref_log_probs``), AdamW with the same learning rate, no gradient checkpointing, the same pairs in the
+same order (sequential sampling on both sides), the same batch. Ours runs with its defaults (fused output-layer
+log-probs) and, unless ``--no-padding-free``, ``data.padding_free: true``. TRL 1.16 runs its fused LM head (its
+default) and pads each batch to its longest sequence (its padding-free mode is disabled in 1.16).
+
+Every configuration runs in a fresh process; its peak memory is the process's resident high-water mark (``VmHWM``,
+whole run: loading, reference pass, training). Speed: real (non-padding) tokens of the measured steps (all but the
+first) over their wall time, each framework timed between its own step-boundary callbacks.
+
+    python benchmarks/scale.py            # the published run (~15 min on 2 cores); writes benchmarks/results/scale.md
+    python benchmarks/scale.py --tiny     # a seconds-long smoke run (small vocabulary); writes nothing published
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scale.md"
+BETA = 0.1
+LR = 1e-6
+CONFIGS = ("trl-dpo", "ours-dpo", "ours-kldpo", "ours-wdpo")
+PADDED = "ours-dpo-padded"  # ours without padding-free: what packing adds on top of the fused log-probs
+
+
+@dataclass
+class Settings:
+    vocab: int = 128_256
+    layers: int = 8
+    hidden: int = 512
+    heads: int = 8
+    kv_heads: int = 4
+    mlp: int = 1376
+    batch_size: int = 4
+    steps: int = 3  # measured steps, after one warm-up step
+    min_length: int = 64
+    max_length: int = 2048
+    median_length: int = 256
+    seed: int = 0
+    threads: int = 2
+
+
+TINY = Settings(vocab=2000, layers=2, hidden=64, heads=4, kv_heads=2, mlp=128, batch_size=2, steps=1,
+                min_length=16, max_length=128, median_length=32)  # fmt: skip
+
+
+# --- shared inputs ----------------------------------------------------------------------------------------------------
+def sequence_shapes(settings: Settings, lengths: str) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts per pair (responses include the end-of-sequence token)."""
+    import numpy as np
+
+    rng = np.random.default_rng(settings.seed)
+    pairs = settings.batch_size * (settings.steps + 1)
+    total = np.exp(rng.normal(np.log(settings.median_length), 0.9, size=pairs))
+    total = [int(x) for x in np.clip(total, settings.min_length, settings.max_length)]
+    if lengths == "equal":
+        total = [int(np.mean(total))] * pairs
+        fractions, shrink = np.full(pairs, 0.25), np.ones(pairs)
+    else:
+        fractions, shrink = rng.uniform(0.1, 0.5, pairs), rng.uniform(0.7, 1.0, pairs)
+    shapes = []
+    for length, fraction, factor in zip(total, fractions, shrink, strict=True):
+        prompt = max(1, int(length * fraction))
+        longer = length - prompt
+        shorter = max(1, int(longer * factor))
+        shapes.append((prompt, longer, shorter) if rng.random() < 0.5 else (prompt, shorter, longer))
+    return shapes
+
+
+def prepare(workdir: Path, settings: Settings, lengths: str) -> dict[str, str]:
+    """Tokenizer, model weights and pairs, written once and loaded by every configuration."""
+    import datasets
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
+
+    words = [f"w{i}" for i in range(settings.vocab - 4)]  # + <pad> <unk> <bos> <eos>
+    tokenizer_dir = save_word_tokenizer(words, workdir / "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(settings.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=settings.hidden, intermediate_size=settings.mlp,
+        num_hidden_layers=settings.layers, num_attention_heads=settings.heads, num_key_value_heads=settings.kv_heads,
+        max_position_embeddings=settings.max_length, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model_dir = workdir / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rng = np.random.default_rng(settings.seed + 1)
+
+    def text(n: int) -> str:
+        return " ".join(words[i] for i in rng.integers(0, len(words), n))
+
+    shapes = sequence_shapes(settings, lengths)
+    # each response gets an <eos> from both frameworks (the word-level tokenizer adds no <bos>)
+    pairs = datasets.Dataset.from_dict(
+        {
+            "prompt": [text(p) for p, _, _ in shapes],
+            "chosen": [" " + text(c - 1) for _, c, _ in shapes],
+            "rejected": [" " + text(r - 1) for _, _, r in shapes],
+        }
+    )
+    pairs.save_to_disk(workdir / "pairs")
+    return {"tokenizer": str(tokenizer_dir), "model": str(model_dir), "pairs": str(workdir / "pairs"),
+            "work": str(workdir), "shapes": json.dumps(shapes)}  # fmt: skip
+
+
+class StepClock:
+    """Wall time and real tokens of each step, from the frameworks' own step-boundary callbacks."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+        self._start = 0.0
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def stop(self, tokens: int) -> None:
+        self.times.append(time.perf_counter() - self._start)
+        self.tokens.append(tokens)
+
+
+def real_tokens(shapes: list[tuple[int, int, int]], batch_index: int, batch_size: int) -> int:
+    """Non-padding tokens of batch ``batch_index`` in dataset order: both sequences of each of its pairs."""
+    pairs = shapes[batch_index * batch_size : (batch_index + 1) * batch_size]
+    return sum(2 * p + c + r for p, c, r in pairs)
+
+
+# --- ours -------------------------------------------------------------------------------------------------------------
+def run_ours(name: str, settings: Settings, paths: dict[str, str], padding_free: bool) -> dict[str, Any]:
+    import functools
+
+    import datasets
+    import lightning as L
+    import torch
+
+    from rdpo_lightning.data.datamodule import PreferenceDataModule
+    from rdpo_lightning.data.sampler import ResumableSampler
+    from rdpo_lightning.data.tokenizer import load_tokenizer
+    from rdpo_lightning.module import RobustDPO
+    from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
+
+    robust = {"dpo": NoRobust, "kldpo": lambda: KLReweighter(tau=1.0), "wdpo": lambda: WassersteinPenalty(rho=0.01)}
+    shapes = json.loads(paths["shapes"])
+
+    class FixedPairs(PreferenceDataModule):
+        """The benchmark's pairs through the package's own tokenisation, collator and loader, in dataset order."""
+
+        templated = False
+
+        def build_tokenizer(self):
+            return load_tokenizer(paths["tokenizer"])
+
+        def build_splits(self):
+            train = datasets.load_from_disk(paths["pairs"])
+            return train, {"held_out": train.select(range(1))}
+
+        def _train_sampler(self):
+            return ResumableSampler(self.train_dataset, shuffle=False)
+
+    clock = StepClock()
+
+    class StepTimer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            clock.start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            clock.stop(real_tokens(shapes, batch_idx, settings.batch_size))
+
+    L.seed_everything(settings.seed, verbose=False)
+    data = FixedPairs(batch_size=settings.batch_size, max_length=settings.max_length, padding_free=padding_free,
+                      cache_dir=str(Path(paths["work"]) / f"cache-{name}"))  # fmt: skip
+    module = RobustDPO(
+        model=paths["model"], beta=BETA, robust=robust[name.split("-")[1]](),
+        optimizer=functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0), min_lr_ratio=1.0,
+        precompute_reference=True, reference_cache_dir=str(Path(paths["work"]) / f"reference-{name}"),
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, precision="32-true", max_steps=settings.steps + 1, limit_val_batches=0,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[StepTimer()],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return {"times": clock.times, "tokens": clock.tokens}
+
+
+# --- TRL --------------------------------------------------------------------------------------------------------------
+def run_trl(settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    import datasets
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    shapes = json.loads(paths["shapes"])
+    clock = StepClock()
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs) -> None:
+            clock.start()
+
+        def on_step_end(self, args, state, control, **kwargs) -> None:
+            clock.stop(real_tokens(shapes, state.global_step - 1, settings.batch_size))
+
+    class InOrder(DPOTrainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    args = DPOConfig(
+        output_dir=str(Path(paths["work"]) / "trl"), per_device_train_batch_size=settings.batch_size,
+        max_length=settings.max_length, max_steps=settings.steps + 1, learning_rate=LR, weight_decay=0.0,
+        beta=BETA, seed=settings.seed, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True,
+        bf16=False, gradient_checkpointing=False, dataloader_num_workers=0, logging_strategy="no",
+        optim="adamw_torch", lr_scheduler_type="constant", precompute_ref_log_probs=True,
+    )  # fmt: skip
+    trainer = InOrder(
+        model=paths["model"], args=args, train_dataset=datasets.load_from_disk(paths["pairs"]),
+        processing_class=AutoTokenizer.from_pretrained(paths["tokenizer"]), callbacks=[StepTimer()],
+    )  # fmt: skip
+    trainer.train()
+    return {"times": clock.times, "tokens": clock.tokens}
+
+
+def peak_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def worker(name: str, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    import logging
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    warnings.filterwarnings("ignore")
+    for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    start = time.perf_counter()
+    if name == "trl-dpo":
+        result = run_trl(settings, paths)
+    else:
+        result = run_ours(name.removesuffix("-padded"), settings, paths, padding_free=not name.endswith("-padded"))
+    return {**result, "peak_rss_kib": peak_rss_kib(), "wall": time.perf_counter() - start}
+
+
+def run_fresh(name: str, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    """One configuration in a fresh interpreter (its own resident high-water mark)."""
+    out = Path(paths["work"]) / f"{name}.json"
+    spec = json.dumps({"name": name, "settings": asdict(settings), "paths": paths, "out": str(out)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, __file__, "--worker", spec], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
+    result = json.loads(out.read_text())
+    print(f"  {name}: {result['wall']:.0f} s, peak {result['peak_rss_kib'] / 2**20:.2f} GiB", file=sys.stderr)
+    return result
+
+
+# --- report -----------------------------------------------------------------------------------------------------------
+def summarise(result: dict[str, Any]) -> dict[str, float]:
+    times, tokens = result["times"][1:] or result["times"], result["tokens"][1:] or result["tokens"]
+    return {"peak_gib": result["peak_rss_kib"] / 2**20, "tokens_per_s": sum(tokens) / sum(times),
+            "step_s": sum(times) / len(times)}  # fmt: skip
+
+
+TARGETS = {"long_tailed": (0.5, 1.5), "equal": (1.0, 1.0)}  # (peak memory <= x TRL, real tokens/s >= y TRL)
+
+
+def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, tiny: bool) -> str:
+    lines = [
+        "# Scale: our DPO / KLDPO / WDPO against TRL's DPOTrainer (Llama-style, vocabulary 128,256)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {settings.threads} threads "
+        "(the 2-core AMD EPYC with AVX512-BF16 of this project's CPU runs), float32. Written by `benchmarks/scale.py`"
+        + (" --tiny (not a published figure)." if tiny else "."),
+        "",
+        f"Model: Llama, {settings.layers} layers, hidden {settings.hidden}, MLP {settings.mlp}, {settings.heads} heads"
+        f" ({settings.kv_heads} KV), untied vocabulary {settings.vocab:,}. Batch: {settings.batch_size} pairs;"
+        f" {settings.steps} measured steps after one warm-up. Peak memory: resident high-water mark of the run's own"
+        " process. Speed: real (non-padding) tokens per second of the measured steps.",
+        "",
+        "| lengths | configuration | peak memory (GiB) | × TRL | real tokens/s | × TRL | s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for lengths, rows in cases.items():
+        trl = rows["trl-dpo"]
+        for name, row in rows.items():
+            memory, speed = row["peak_gib"] / trl["peak_gib"], row["tokens_per_s"] / trl["tokens_per_s"]
+            lines.append(f"| {lengths} | {name} | {row['peak_gib']:.2f} | {memory:.2f} | {row['tokens_per_s']:.0f} |"
+                         f" {speed:.2f} | {row['step_s']:.1f} |")  # fmt: skip
+            if name == "ours-dpo":
+                max_memory, min_speed = TARGETS[lengths]
+                verdicts.append(
+                    f"- {lengths}: peak memory {memory:.2f}× TRL (target ≤ {max_memory}×:"
+                    f" {'met' if memory <= max_memory else 'missed'}), real tokens/s {speed:.2f}× TRL (target ≥"
+                    f" {min_speed}×: {'met' if speed >= min_speed else 'missed'})"
+                )
+    return "\n".join([*lines, "", "Targets (our DPO against TRL's):", *verdicts, ""])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run; publishes nothing")
+    parser.add_argument("--lengths", nargs="+", default=["long_tailed", "equal"], choices=["long_tailed", "equal"])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=[*CONFIGS, PADDED])
+    parser.add_argument("--steps", type=int, default=None, help="measured steps (after one warm-up)")
+    parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    if args.worker is not None:
+        spec = json.loads(args.worker)
+        result = worker(spec["name"], Settings(**spec["settings"]), spec["paths"])
+        Path(spec["out"]).write_text(json.dumps(result))
+        return ""
+    settings = TINY if args.tiny else Settings()
+    if args.steps is not None:
+        settings.steps = args.steps
+    cases: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="rdpo-scale-") as tmp:
+        for lengths in args.lengths:
+            print(f"{lengths}:", file=sys.stderr)
+            paths = prepare(Path(tmp) / lengths, settings, lengths)
+            names = ["trl-dpo", *(n for n in args.configs if n != "trl-dpo")]
+            cases[lengths] = {name: summarise(run_fresh(name, settings, paths)) for name in names}
+    report = render(cases, settings, args.tiny)
+    output = args.output or (None if args.tiny else RESULTS)
+    if output is not None:
+        output.write_text(report)
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
