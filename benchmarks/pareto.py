@@ -21,7 +21,7 @@ Scenarios (``--scenario``)
   (``AttributeWorldDataModule(input_shifts=...)``); metrics: loss, accuracy. Methods: DPO, KLDPO, WDPO.
 
     PYTHONPATH=$PWD python benchmarks/pareto.py --scenario label     # default size: see benchmarks/README.md
-    PYTHONPATH=$PWD python benchmarks/pareto.py --scenario group --tiny   # smoke test (writes to a temp dir)
+    PYTHONPATH=$PWD python benchmarks/pareto.py --scenario group --tiny   # smoke test ($TMPDIR/rdpo_lightning_tiny)
 """
 
 from __future__ import annotations
@@ -289,7 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--cpu-name", default="2-core AMD EPYC with AVX512-BF16, shared", help="named in the report")
     p.add_argument("--label", default="", help="say in the report that this is a reduced configuration, and how")
-    p.add_argument("--out", type=Path, default=None, help="default benchmarks/results (--tiny: a temporary directory)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results; --tiny: $TMPDIR/rdpo_lightning_tiny"
+    )
     p.add_argument("--runs", type=Path, default=None, help="keep the TensorBoard runs here (default: temporary)")
     p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run; never writes results/")
     p.add_argument("--quiet", action="store_true")
@@ -310,8 +312,7 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     args = parse_args(argv)
-    if args.out is None:  # --tiny never overwrites the published results
-        args.out = Path(tempfile.mkdtemp(prefix="rdpo-pareto-tiny-")) if args.tiny else Path("benchmarks/results")
+    args.out = shift.output_dir(args.out, args.tiny)  # --tiny never overwrites the published results
     torch.set_num_threads(args.threads)
     shift.silence_libraries()
     configs = configurations(args)

@@ -43,20 +43,11 @@ class RDPOCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except ValueError as error:
-            if not (isinstance(error, InputError) or refused_in_setup(error)):
+            if not isinstance(error, InputError):
                 raise
             if self.trainer.is_global_zero:
                 print(f"rdpo: error: {error}", file=sys.stderr)
             raise ConfigError(2) from error
-
-
-def refused_in_setup(error: BaseException) -> bool:
-    """Raised by :meth:`RobustDPO.setup` itself, whose one job is to refuse, naming the YAML key, what the chosen
-    Trainer strategy cannot run (exact WDPO under FSDP, ...); an error from deeper down keeps its traceback."""
-    frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
-    return (
-        bool(frames) and frames[-1].f_code.co_name == "setup" and isinstance(frames[-1].f_locals.get("self"), RobustDPO)
-    )
 
 
 def innermost_cause(error: BaseException) -> BaseException:

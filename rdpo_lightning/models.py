@@ -195,3 +195,36 @@ def check_packing_support(model: nn.Module, batch: dict[str, torch.Tensor]) -> N
             " data.padding_free: false (data.group_by_length: true still cuts most padding)"
         )
     object.__setattr__(lm, _PACKING_CHECKED, True)
+
+
+def build_policy(
+    name_or_path: str | None,
+    config: dict[str, Any] | None,
+    tokenizer: Any,
+    torch_dtype: str | None,
+    attn_implementation: str | None,
+    *,
+    quantization: dict[str, Any] | None = None,
+    peft: Any = None,
+    adapter: str | None = None,
+    disable_policy_dropout: bool = True,
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The policy to train: the loaded model, wrapped in fresh (``peft``) or continued (``adapter``) adapters when
+    asked, dropout-free when asked; and the trained adapter's config (None without adapters)."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from rdpo_lightning.adapters import attach_adapters, is_adapted, peft_config_dict, trainable_summary
+
+    policy = load_causal_lm(
+        name_or_path, config, tokenizer, torch_dtype, attn_implementation, quantization=quantization
+    )
+    if quantization is not None and peft is None and adapter is None:
+        raise InputError("model.quantization: a quantized base cannot train; set model.peft (QLoRA) as well")
+    policy = attach_adapters(policy, peft, adapter)
+    adapter_config = None
+    if is_adapted(policy):
+        adapter_config = peft_config_dict(policy.peft_config["default"])
+        rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
+    if disable_policy_dropout:
+        disable_dropout(policy)
+    return policy, adapter_config

@@ -17,9 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
 from torch import Tensor
 
-from rdpo_lightning.adapters import attach_adapters, is_adapted, peft_config_dict, reference_mode, trainable_summary
+from rdpo_lightning.adapters import peft_config_dict, reference_mode
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_interval, check_non_negative, check_positive
-from rdpo_lightning.data.packing import PACK_INDEX, pack, unpack
+from rdpo_lightning.data.packing import PACK_INDEX
 from rdpo_lightning.data.sampler import load_pending_loader_states
 from rdpo_lightning.distributed import (
     apply_activation_checkpointing,
@@ -28,12 +28,13 @@ from rdpo_lightning.distributed import (
     prepare_models,
     reshard,
 )
+from rdpo_lightning.embeddings import embedding_capture
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import check_packing_support, disable_dropout, load_causal_lm, resolve_dtype, token_logps
+from rdpo_lightning.models import build_policy, check_packing_support, load_causal_lm, resolve_dtype, token_logps
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, reconcile_reference_state
 from rdpo_lightning.reproducibility import seed_training_batch
@@ -147,7 +148,11 @@ class RobustDPO(L.LightningModule):
         self.references = ReferenceSource(
             precompute_reference,
             ReferenceCache(reference_cache_dir),
-            {"torch_dtype": torch_dtype, "attn_implementation": attn_implementation},
+            {
+                "torch_dtype": torch_dtype,
+                "attn_implementation": attn_implementation,
+                "logprobs": "fused" if fused_logprobs else "full_logits",  # equal to ~1e-7, not bitwise
+            },
         )
         self.activation_checkpointing = activation_checkpointing
         self.accumulate_grad_batches = accumulate_grad_batches
@@ -166,32 +171,21 @@ class RobustDPO(L.LightningModule):
         strategy = self.trainer.strategy
         refusal = self.robust.sharding_refusal() if is_sharded(strategy) else None
         if refusal is not None:
-            raise ValueError(f"{refusal} (strategy: {type(strategy).__name__})")
+            raise InputError(f"{refusal} (strategy: {type(strategy).__name__})")
         refusal = self.robust.accumulation_refusal(self.accumulate_grad_batches)
         if refusal is not None:
-            raise ValueError(refusal)
+            raise InputError(refusal)
 
     def configure_model(self) -> None:
         """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
         tokenizer exists; then checkpoint and shard them as the Trainer's strategy wants."""
         if self.policy is not None:
             return
-        policy = load_causal_lm(
-            self.model_name,
-            self.model_config,
-            self._tokenizer(),
-            self.torch_dtype,
-            self.attn_implementation,
-            quantization=self.quantization,
-        )
-        if self.quantization is not None and self.peft is None and self.adapter is None:
-            raise InputError("model.quantization: a quantized base cannot train; set model.peft (QLoRA) as well")
-        policy = attach_adapters(policy, self.peft, self.adapter)
-        if is_adapted(policy):
-            self._adapter_config = peft_config_dict(policy.peft_config["default"])
-            rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
-        if self.disable_policy_dropout:
-            disable_dropout(policy)
+        policy, self._adapter_config = build_policy(
+            self.model_name, self.model_config, self._tokenizer(), self.torch_dtype, self.attn_implementation,
+            quantization=self.quantization, peft=self.peft, adapter=self.adapter,
+            disable_policy_dropout=self.disable_policy_dropout,
+        )  # fmt: skip
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
         reference = None
         if self.pair_loss.uses_reference:
@@ -295,30 +289,10 @@ class RobustDPO(L.LightningModule):
         """The policy's scores and per-pair losses of a batch. With ``capture`` the input-embedding output z is kept
         (and ``shift`` added to it) through a forward hook, which works under FSDP where calling the embedding
         directly does not."""
-        captured: list[Tensor] = []
-
-        pack_index = batch.get(PACK_INDEX)
-        if pack_index is not None:
-            check_packing_support(self.policy, batch)  # its probe forward must not meet the hook below
-
-        def hook(_module, _inputs, output):  # z in the pair layout (2B, T, H), also for a packed batch
-            embeddings = output if pack_index is None else unpack(output, pack_index)
-            if shift is not None:
-                embeddings = embeddings + shift.to(embeddings.dtype)
-            if capture:
-                if not embeddings.requires_grad:
-                    embeddings = embeddings.detach().requires_grad_()
-                captured.append(embeddings)
-            return embeddings if pack_index is None else pack(embeddings, pack_index, output)
-
-        hooked = capture or shift is not None
-        handle = self.policy.get_input_embeddings().register_forward_hook(hook) if hooked else None
-        try:
-            with self.robust.forward_context():
-                policy, counts = self._pair_logps(self.policy, batch)
-        finally:
-            if handle is not None:
-                handle.remove()
+        if PACK_INDEX in batch:
+            check_packing_support(self.policy, batch)  # its probe forward must not meet the embedding hook
+        with embedding_capture(self.policy, batch, capture, shift) as captured, self.robust.forward_context():
+            policy, counts = self._pair_logps(self.policy, batch)
         half = counts.shape[0] // 2
         scores = PairScores(policy, reference, chosen_tokens=counts[:half], rejected_tokens=counts[half:])
         return ScoredPairs(

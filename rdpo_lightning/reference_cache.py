@@ -6,7 +6,8 @@ puts into every batch. The cache file is keyed by
 
 * the tokenised split's ``datasets`` fingerprint (the data, its tokenisation and truncation),
 * a digest of the reference weights (blake2b over every parameter's name, dtype, shape and bytes),
-* the settings that change the numbers: trainer precision, attention implementation, model dtype,
+* the settings that change the numbers: trainer precision, attention implementation, model dtype, fused or
+  full-logits log-probs,
 
 so a later run with the same data and reference loads it, and a change of either recomputes it. The file stores
 per-row *sums* of response-token log-probs and the token counts, so a length-normalised pair loss (IPO) reuses it too.

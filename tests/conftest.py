@@ -15,6 +15,26 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+_DEFAULT_THREADS = _default_threads()  # read at collection, before any test runs
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test (or a benchmark run in-process) that changes torch's thread count must not change it for the tests
+    after it: a different count reorders float reductions, and the bitwise resume tests compare an in-process fit
+    with one from a subprocess that runs at the default count."""
+    import torch
+
+    yield
+    torch.set_num_threads(_DEFAULT_THREADS)
+
+
 @pytest.fixture(scope="session")
 def world_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rdpo_lightning.data import AttributeWorld

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rdpo_lightning.cli import main, refused_in_setup
-from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAIR_TAGS = [
@@ -85,26 +84,3 @@ def test_unknown_strategy_hyper_parameter_is_a_clear_error(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert "at model.robust: tau must be a finite number > 0, got -1.0" in err
     assert "Traceback" not in err
-
-
-def test_only_errors_raised_by_the_modules_setup_itself_lose_their_traceback():
-    """``RobustDPO.setup`` refuses configurations (one line); an error from code it calls may be a bug (traceback)."""
-
-    def deeper() -> None:
-        raise ValueError("a bug")
-
-    class Refusing(RobustDPO):
-        def setup(self, stage: str) -> None:
-            raise ValueError("model.robust.mode='exact' cannot run under FSDP")
-
-    class Failing(RobustDPO):
-        def setup(self, stage: str) -> None:
-            deeper()
-
-    caught = []
-    for module in (Refusing(model_config={"model_type": "gpt2"}), Failing(model_config={"model_type": "gpt2"})):
-        try:
-            module.setup("fit")
-        except ValueError as error:
-            caught.append(refused_in_setup(error))
-    assert caught == [True, False]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -62,7 +61,6 @@ def fit(root: Path, name: str, robust, seed: int, tokenizer_dir: Path) -> dict[i
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, world_tokenizer_dir):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pareto_runs")
     recorded = {}
     for name, make in (("DPO", NoRobust), ("KLDPO", lambda: KLReweighter(tau=0.25))):
