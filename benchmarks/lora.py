@@ -48,9 +48,12 @@ from benchmarks.throughput import (  # noqa: E402
     THREADS,
     TRL_PRELOAD,
     StepClock,
+    fixed_pairs_datamodule,
+    lightning_step_timer,
     peak_rss,
     reset_peak_rss,
     token_digest,
+    trl_step_timer,
 )
 
 RESULTS = Path(__file__).parent / "results" / "lora.md"
@@ -152,35 +155,15 @@ def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
 def run_ours(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
     import functools
 
-    import datasets
     import lightning as L
     import torch
 
-    from rdpo_lightning.data.datamodule import PreferenceDataModule
-    from rdpo_lightning.data.tokenizer import load_tokenizer
     from rdpo_lightning.module import RobustDPO
     from rdpo_lightning.quiet import quiet_trainer
 
-    class FixedPairsDataModule(PreferenceDataModule):
-        def build_tokenizer(self):
-            return load_tokenizer(paths["tokenizer"])
-
-        def build_splits(self):
-            train = datasets.load_from_disk(paths["pairs"])
-            return train, {"held_out": train.select(range(settings.batch_size))}
-
     clock = StepClock()
-
-    class StepTimer(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.tokens = int(batch["attention_mask"].sum())
-            clock.start()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            clock.stop(self.tokens)
-
     L.seed_everything(settings.seed, verbose=False)
-    datamodule = FixedPairsDataModule(batch_size=settings.batch_size, max_length=settings.seq_len)
+    datamodule = fixed_pairs_datamodule(paths, settings.batch_size, settings.seq_len)
     module = RobustDPO(
         model=paths["model"],
         peft=lora_config(settings) if lora else None,
@@ -189,8 +172,9 @@ def run_ours(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str,
         gradient_clip_val=1.0,
         precompute_reference=False,
     )
+    timer = lightning_step_timer(clock)
     trainer = quiet_trainer(
-        accelerator="cpu", devices=1, max_steps=settings.total_steps, limit_val_batches=0, callbacks=[StepTimer()]
+        accelerator="cpu", devices=1, max_steps=settings.total_steps, limit_val_batches=0, callbacks=[timer]
     )
     trainer.fit(module, datamodule=datamodule)
     trainable = sum(p.numel() for p in module.policy.parameters() if p.requires_grad)
@@ -199,21 +183,10 @@ def run_ours(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str,
 
 def run_trl(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
     import datasets
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     clock = StepClock()
-
-    class StepTimer(TrainerCallback):
-        trainer: DPOTrainer
-
-        def on_step_begin(self, args, state, control, **kwargs) -> None:
-            self.seen = self.trainer._total_train_tokens
-            clock.start()
-
-        def on_step_end(self, args, state, control, **kwargs) -> None:
-            clock.stop(int(self.trainer._total_train_tokens - self.seen))
-
     args = DPOConfig(
         output_dir=str(Path(paths["work"]) / f"trl-{'lora' if lora else 'full'}"),
         per_device_train_batch_size=settings.batch_size,
@@ -236,7 +209,7 @@ def run_trl(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str, 
         lr_scheduler_type="constant",
         precompute_ref_log_probs=False,
     )
-    timer = StepTimer()
+    timer = trl_step_timer(clock)
     trainer = DPOTrainer(
         model=paths["model"],
         args=args,

@@ -274,37 +274,15 @@ def return_freed_blocks_to_kernel() -> None:
 def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
     import functools
 
-    import datasets
     import lightning as L
     import torch
 
-    from rdpo_lightning.data.datamodule import PreferenceDataModule
-    from rdpo_lightning.data.tokenizer import load_tokenizer
     from rdpo_lightning.module import RobustDPO
     from rdpo_lightning.quiet import quiet_trainer
 
-    class FixedPairsDataModule(PreferenceDataModule):
-        """The benchmark's pairs through the package's own tokenisation, collator and loaders."""
-
-        def build_tokenizer(self):
-            return load_tokenizer(paths["tokenizer"])
-
-        def build_splits(self):
-            train = datasets.load_from_disk(paths["pairs"])
-            return train, {"held_out": train.select(range(settings.batch_size))}
-
     clock = StepClock()
-
-    class StepTimer(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.tokens = int(batch["attention_mask"].sum())
-            clock.start()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            clock.stop(self.tokens)
-
     L.seed_everything(settings.seed, verbose=False)
-    datamodule = FixedPairsDataModule(batch_size=settings.batch_size, max_length=settings.seq_len)
+    datamodule = fixed_pairs_datamodule(paths, settings.batch_size, settings.seq_len)
     module = RobustDPO(
         model=paths["model"],
         beta=BETA,
@@ -321,30 +299,70 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
         precision="bf16-mixed" if config.bf16 else "32-true",
         max_steps=settings.total_steps,
         limit_val_batches=0,
-        callbacks=[StepTimer()],
+        callbacks=[lightning_step_timer(clock)],
     )
     trainer.fit(module, datamodule=datamodule)
     return {**clock.result(), "digest": token_digest(datamodule.train_dataset)}
 
 
-# --- TRL's side ------------------------------------------------------------------------------------------------------
-def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+def fixed_pairs_datamodule(paths: dict[str, str], batch_size: int, seq_len: int):
+    """The benchmark's pairs through the package's own tokenisation, collator and loaders."""
     import datasets
-    from transformers import AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
 
-    clock = StepClock()
+    from rdpo_lightning.data.datamodule import PreferenceDataModule
+    from rdpo_lightning.data.tokenizer import load_tokenizer
+
+    class FixedPairsDataModule(PreferenceDataModule):
+        def build_tokenizer(self):
+            return load_tokenizer(paths["tokenizer"])
+
+        def build_splits(self):
+            train = datasets.load_from_disk(paths["pairs"])
+            return train, {"held_out": train.select(range(batch_size))}
+
+    return FixedPairsDataModule(batch_size=batch_size, max_length=seq_len)
+
+
+def lightning_step_timer(clock: StepClock):
+    """A Lightning callback timing each training batch (start → end) on ``clock``, with its tokens."""
+    import lightning as L
+
+    class StepTimer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.tokens = int(batch["attention_mask"].sum())
+            clock.start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            clock.stop(self.tokens)
+
+    return StepTimer()
+
+
+def trl_step_timer(clock: StepClock):
+    """A ``TrainerCallback`` timing each step on ``clock`` with TRL's own token count (attention-mask sums); set its
+    ``trainer`` once the DPOTrainer exists."""
+    from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        trainer: DPOTrainer
+        trainer: Any
 
         def on_step_begin(self, args, state, control, **kwargs) -> None:
-            self.seen = self.trainer._total_train_tokens  # TRL's own count: attention-mask sums
+            self.seen = self.trainer._total_train_tokens
             clock.start()
 
         def on_step_end(self, args, state, control, **kwargs) -> None:
             clock.stop(int(self.trainer._total_train_tokens - self.seen))
 
+    return StepTimer()
+
+
+# --- TRL's side ------------------------------------------------------------------------------------------------------
+def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    clock = StepClock()
     common = {
         "output_dir": str(Path(paths["work"]) / f"trl-{config.name}"),
         "per_device_train_batch_size": settings.batch_size,
@@ -373,7 +391,7 @@ def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[s
             lr_scheduler_type="constant",
             precompute_ref_log_probs=config.precompute,
         )
-    timer = StepTimer()
+    timer = trl_step_timer(clock)
     trainer = DPOTrainer(
         model=paths["model"],
         args=args,
