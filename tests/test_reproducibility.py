@@ -36,6 +36,15 @@ STRATEGIES = {
         "--model.robust.init_args.mode=exact",
     ],
     "buffer": ["--model.robust=fit_components.RunningBaseline", "--model.precompute_reference=false"],
+    # padding-free batches drawn by the length-grouped sampler, end to end (the world's pairs differ little in length,
+    # so the sampler's own resume logic is tested on long-tailed lengths in tests/data/test_length_grouped_sampler.py)
+    "wdpo_packed_grouped": [
+        "-c",
+        str(CONFIGS / "robust" / "wasserstein.yaml"),
+        "--model.robust.init_args.rho=0.5",
+        "--data.init_args.padding_free=true",
+        "--data.init_args.group_by_length=true",
+    ],
 }
 RESIDENT_REFERENCE = {"buffer"}  # the others use the default precomputed reference log-probs
 
