@@ -36,7 +36,7 @@ STRATEGIES = {
         "--model.robust.init_args.mode=exact",
     ],
     "buffer": ["--model.robust=fit_components.RunningBaseline", "--model.precompute_reference=false"],
-    # padding-free batches drawn by the length-grouped sampler, end to end (the world's pairs differ little in length,
+    # padding-free batches drawn by the length-grouped sampler, end to end (the world's pairs all have one length,
     # so the sampler's own resume logic is tested on long-tailed lengths in tests/data/test_length_grouped_sampler.py)
     "wdpo_packed_grouped": [
         "-c",
