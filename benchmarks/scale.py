@@ -43,7 +43,8 @@ RESULTS = HERE / "results" / "scale.md"
 BETA = 0.1
 LR = 1e-6
 CONFIGS = ("trl-dpo", "ours-dpo", "ours-kldpo", "ours-wdpo")
-PADDED = "ours-dpo-padded"  # ours without padding-free: what packing adds on top of the fused log-probs
+#: ours without padding-free (what packing adds to the fused log-probs), and without both (the path before issue 12)
+EXTRA = ("ours-dpo-padded", "ours-dpo-full")
 
 
 @dataclass
@@ -162,7 +163,9 @@ def real_tokens(shapes: list[tuple[int, int, int]], batch_index: int, batch_size
 
 
 # --- ours -------------------------------------------------------------------------------------------------------------
-def run_ours(name: str, settings: Settings, paths: dict[str, str], padding_free: bool) -> dict[str, Any]:
+def run_ours(
+    name: str, settings: Settings, paths: dict[str, str], padding_free: bool, fused: bool = True
+) -> dict[str, Any]:
     import functools
 
     import datasets
@@ -209,6 +212,7 @@ def run_ours(name: str, settings: Settings, paths: dict[str, str], padding_free:
         model=paths["model"], beta=BETA, robust=robust[name.split("-")[1]](),
         optimizer=functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.0), min_lr_ratio=1.0,
         precompute_reference=True, reference_cache_dir=str(Path(paths["work"]) / f"reference-{name}"),
+        fused_logprobs=fused,
     )  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=settings.steps + 1, limit_val_batches=0,
@@ -274,7 +278,8 @@ def worker(name: str, settings: Settings, paths: dict[str, str]) -> dict[str, An
     if name == "trl-dpo":
         result = run_trl(settings, paths)
     else:
-        result = run_ours(name.removesuffix("-padded"), settings, paths, padding_free=not name.endswith("-padded"))
+        plain = not name.endswith(("-padded", "-full"))  # each name its own caches: nothing is shared between runs
+        result = run_ours(name, settings, paths, padding_free=plain, fused=not name.endswith("-full"))
     load = [load, os.getloadavg()[0]]
     return {**result, "peak_rss_kib": peak_rss_kib(), "wall": time.perf_counter() - start, "load": load}
 
@@ -347,7 +352,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run; publishes nothing")
     parser.add_argument("--lengths", nargs="+", default=["long_tailed", "equal"], choices=["long_tailed", "equal"])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=[*CONFIGS, PADDED])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=[*CONFIGS, *EXTRA])
     parser.add_argument("--steps", type=int, default=None, help="measured steps (after one warm-up)")
     parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
