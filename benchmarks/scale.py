@@ -176,6 +176,7 @@ def run_ours(
     from rdpo_lightning.data.sampler import ResumableSampler
     from rdpo_lightning.data.tokenizer import load_tokenizer
     from rdpo_lightning.module import RobustDPO
+    from rdpo_lightning.quiet import quiet_trainer
     from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 
     robust = {"dpo": NoRobust, "kldpo": lambda: KLReweighter(tau=1.0), "wdpo": lambda: WassersteinPenalty(rho=0.01)}
@@ -214,10 +215,9 @@ def run_ours(
         precompute_reference=True, reference_cache_dir=str(Path(paths["work"]) / f"reference-{name}"),
         fused_logprobs=fused,
     )  # fmt: skip
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu", devices=1, precision="32-true", max_steps=settings.steps + 1, limit_val_batches=0,
-        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[StepTimer()],
+        callbacks=[StepTimer()],
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
     return clock.result()
