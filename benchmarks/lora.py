@@ -48,10 +48,9 @@ from benchmarks.throughput import (  # noqa: E402
     THREADS,
     TRL_PRELOAD,
     StepClock,
-    fixed_pairs_datamodule,
-    lightning_step_timer,
     peak_rss,
     reset_peak_rss,
+    time_our_fit,
     token_digest,
     trl_step_timer,
 )
@@ -153,32 +152,11 @@ def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
 
 
 def run_ours(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
-    import functools
-
-    import lightning as L
-    import torch
-
-    from rdpo_lightning.module import RobustDPO
-    from rdpo_lightning.quiet import quiet_trainer
-
-    clock = StepClock()
-    L.seed_everything(settings.seed, verbose=False)
-    datamodule = fixed_pairs_datamodule(paths, settings.batch_size, settings.seq_len)
-    module = RobustDPO(
-        model=paths["model"],
-        peft=lora_config(settings) if lora else None,
-        beta=BETA,
-        optimizer=functools.partial(torch.optim.AdamW, lr=settings.lr, weight_decay=0.0),
-        gradient_clip_val=1.0,
-        precompute_reference=False,
+    result, module = time_our_fit(
+        settings, paths, peft=lora_config(settings) if lora else None, precompute_reference=False
     )
-    timer = lightning_step_timer(clock)
-    trainer = quiet_trainer(
-        accelerator="cpu", devices=1, max_steps=settings.total_steps, limit_val_batches=0, callbacks=[timer]
-    )
-    trainer.fit(module, datamodule=datamodule)
     trainable = sum(p.numel() for p in module.policy.parameters() if p.requires_grad)
-    return {**clock.result(), "digest": token_digest(datamodule.train_dataset), "trainable": trainable}
+    return {**result, "trainable": trainable}
 
 
 def run_trl(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:

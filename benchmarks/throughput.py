@@ -272,6 +272,21 @@ def return_freed_blocks_to_kernel() -> None:
 
 # --- our side: Lightning ---------------------------------------------------------------------------------------------
 def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+    result, _ = time_our_fit(
+        settings,
+        paths,
+        precision="bf16-mixed" if config.bf16 else "32-true",
+        robust=config.robust(),
+        # As TRL's precompute_ref_log_probs: the package's own path, one no-grad pass of the reference over the data
+        # before training, the results carried by the batches, the reference freed; else an online reference.
+        precompute_reference=config.precompute,
+    )
+    return result
+
+
+def time_our_fit(settings, paths: dict[str, str], precision: str = "32-true", **module_args: Any):
+    """One timed ``RobustDPO`` fit on the benchmark's pairs (AdamW, clip 1.0, no validation); ``module_args`` say
+    what the configuration changes. Returns the step timings with the pairs' digest, and the fitted module."""
     import functools
 
     import lightning as L
@@ -286,23 +301,20 @@ def run_ours(config: Config, settings: Settings, paths: dict[str, str]) -> dict[
     module = RobustDPO(
         model=paths["model"],
         beta=BETA,
-        robust=config.robust(),
         optimizer=functools.partial(torch.optim.AdamW, lr=settings.lr, weight_decay=0.0),
         gradient_clip_val=1.0,
-        # As TRL's precompute_ref_log_probs: the package's own path, one no-grad pass of the reference over the data
-        # before training, the results carried by the batches, the reference freed; else an online reference.
-        precompute_reference=config.precompute,
+        **module_args,
     )
     trainer = quiet_trainer(
         accelerator="cpu",
         devices=1,
-        precision="bf16-mixed" if config.bf16 else "32-true",
+        precision=precision,
         max_steps=settings.total_steps,
         limit_val_batches=0,
         callbacks=[lightning_step_timer(clock)],
     )
     trainer.fit(module, datamodule=datamodule)
-    return {**clock.result(), "digest": token_digest(datamodule.train_dataset)}
+    return {**clock.result(), "digest": token_digest(datamodule.train_dataset)}, module
 
 
 def fixed_pairs_datamodule(paths: dict[str, str], batch_size: int, seq_len: int):

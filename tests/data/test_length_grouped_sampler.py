@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rdpo_lightning.data.sampler import LengthGroupedSampler, ResumableDataLoader
+from tests.data.test_sampler import batches
 
 N, BATCH = 103, 4
 
@@ -21,15 +22,6 @@ def loader(num_replicas: int = 1, rank: int = 0, seed: int = 5, group_batches: i
         data, lengths(), BATCH, num_replicas=num_replicas, rank=rank, seed=seed, group_batches=group_batches
     )
     return ResumableDataLoader(data, batch_size=BATCH, sampler=sampler)
-
-
-def batches(iterable, limit: int | None = None) -> list[list[int]]:
-    out = []
-    for batch in iterable:
-        out.append(batch.tolist())
-        if limit is not None and len(out) == limit:
-            break
-    return out
 
 
 def padded_tokens(all_batches: list[list[int]]) -> int:
