@@ -29,7 +29,7 @@ from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.quiet import quiet_trainer
-from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
+from rdpo_lightning.robust import DrDPO, GroupDRO, KLReweighter, NoRobust, WassersteinPenalty
 
 ROBUST = {
     "none": NoRobust,
@@ -37,7 +37,11 @@ ROBUST = {
     "wdpo_fd": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference"),
     "wdpo_fd_eps": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference", epsilon=1e-3),
     "wdpo_exact": functools.partial(WassersteinPenalty, rho=0.05, mode="exact"),
+    "dr_dpo": functools.partial(DrDPO, beta_prime=0.5),
+    "group_dro": functools.partial(GroupDRO, num_groups=2, eta=0.5),
 }
+#: GroupDRO's data: two training mixtures, whose index is each pair's ``group`` column
+GROUPED = {"train_alpha": None, "train_mixtures": [0.1, 0.9]}
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_fc"], "init_lora_weights": False}
 GLOBAL_BATCH = 8
 WORLD = 2
@@ -80,6 +84,7 @@ def run_case(
         max_length=24,
         padding_free="pf" in flags,
         tokenizer_dir=model_dir,
+        **(GROUPED if robust_name == "group_dro" else {}),
     )
     trainer = quiet_trainer(
         accelerator="cpu",
