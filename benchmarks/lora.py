@@ -18,7 +18,7 @@ in its own fresh process forked from a server that has only imported the librari
 frameworks' own step callbacks, peak memory as the growth of the peak RSS (VmHWM) over the RSS after imports (the
 "peak growth"); the peak RSS itself (imports included) is reported too.
 
-    python benchmarks/lora.py                       # default size: about 10 minutes on 2 CPU cores
+    python benchmarks/lora.py                       # default size: about 1 minute on 2 idle CPU cores
     python benchmarks/lora.py --tiny --out t.md     # seconds; what the test runs (never writes benchmarks/results/)
 """
 
@@ -61,7 +61,7 @@ CONFIGS = ("ours-lora", "trl-lora", "ours-full", "trl-full")
 
 @dataclass(frozen=True)
 class Settings:
-    steps: int = 3
+    steps: int = 6
     warmup: int = 1
     batch_size: int = 2
     seq_len: int = 128
