@@ -17,10 +17,15 @@ log-probs) and, unless ``--no-padding-free``, ``data.padding_free: true``. TRL 1
 default) and pads each batch to its longest sequence (its padding-free mode is disabled in 1.16).
 
 Every configuration runs in a fresh process; its peak memory is the process's resident high-water mark (``VmHWM``,
-whole run: loading, reference pass, training). Speed: real (non-padding) tokens of the measured steps (all but the
-first) over their wall time, each framework timed between its own step-boundary callbacks.
+whole run: loading, reference pass, training). That counts what glibc keeps of freed blocks as much as what is alive,
+so the configurations in ``--live-configs`` (default: TRL's and our DPO) also run a second, short time with
+``mallopt(M_MMAP_THRESHOLD, 64 KiB)``, as ``throughput.py`` does: every block above 64 KiB is then its own mapping,
+unmapped when freed, and the high-water mark ("live peak") tracks the memory actually alive, the quantity a GPU's
+allocator would report. That run stops after the batch with the most tokens (padded or real), and after at least two
+steps, so the optimizer state exists during a forward and backward pass. Speed: real (non-padding) tokens of the
+measured steps (all but the first) over their wall time, each framework timed between its own step-boundary callbacks.
 
-    python benchmarks/scale.py          # published run (42 min, 2 cores shared at load 4-8): results/scale.md
+    python benchmarks/scale.py          # published run: about 17 min on 2 idle cores; results/scale.md
     python benchmarks/scale.py --tiny   # a short smoke run (small vocabulary); writes nothing published
 """
 
@@ -62,6 +67,10 @@ class Settings:
     median_length: int = 256
     seed: int = 0
     threads: int = 2
+    tied: bool = False  # tie the output layer to the input embeddings (Llama 3.2 1B's shape; largest_batch.py)
+    device: str = "cpu"  # "cuda": bf16 and a memory budget become meaningful (largest_batch.py)
+    bf16: bool = False  # bf16 mixed precision on both sides (ours "bf16-mixed", TRL's bf16=True)
+    memory_budget_gib: float | None = None  # on a GPU: the process's memory cap (set_per_process_memory_fraction)
 
 
 TINY = Settings(vocab=2000, layers=2, hidden=64, heads=4, kv_heads=2, mlp=128, batch_size=2, steps=1,
@@ -91,28 +100,44 @@ def sequence_shapes(settings: Settings, lengths: str) -> list[tuple[int, int, in
     return shapes
 
 
+def vocabulary(settings: Settings) -> list[str]:
+    return [f"w{i}" for i in range(settings.vocab - 4)]  # + <pad> <unk> <bos> <eos>
+
+
 def prepare(workdir: Path, settings: Settings, lengths: str) -> dict[str, str]:
     """Tokenizer, model weights and pairs, written once and loaded by every configuration."""
-    import datasets
-    import numpy as np
+    return prepare_pairs(workdir, settings, lengths, prepare_model(workdir, settings))
+
+
+def prepare_model(workdir: Path, settings: Settings) -> dict[str, str]:
+    """The word-level tokenizer and the random Llama-style model, saved with ``save_pretrained``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 
-    words = [f"w{i}" for i in range(settings.vocab - 4)]  # + <pad> <unk> <bos> <eos>
-    tokenizer_dir = save_word_tokenizer(words, workdir / "tokenizer")
+    tokenizer_dir = save_word_tokenizer(vocabulary(settings), workdir / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(settings.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=settings.hidden, intermediate_size=settings.mlp,
         num_hidden_layers=settings.layers, num_attention_heads=settings.heads, num_key_value_heads=settings.kv_heads,
-        max_position_embeddings=settings.max_length, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=settings.max_length, tie_word_embeddings=settings.tied,
+        pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     model_dir = workdir / "model"
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    return {"tokenizer": str(tokenizer_dir), "model": str(model_dir)}
+
+
+def prepare_pairs(workdir: Path, settings: Settings, lengths: str, model: dict[str, str]) -> dict[str, str]:
+    """The pairs (``settings.batch_size`` × (``steps`` + 1) of them), for the model ``prepare_model`` wrote."""
+    import datasets
+    import numpy as np
+
+    words = vocabulary(settings)
     rng = np.random.default_rng(settings.seed + 1)
 
     def text(n: int) -> str:
@@ -128,8 +153,7 @@ def prepare(workdir: Path, settings: Settings, lengths: str) -> dict[str, str]:
         }
     )
     pairs.save_to_disk(workdir / "pairs")
-    return {"tokenizer": str(tokenizer_dir), "model": str(model_dir), "pairs": str(workdir / "pairs"),
-            "work": str(workdir), "shapes": json.dumps(shapes)}  # fmt: skip
+    return {**model, "pairs": str(workdir / "pairs"), "work": str(workdir), "shapes": json.dumps(shapes)}
 
 
 class StepClock:
@@ -216,7 +240,8 @@ def run_ours(
         fused_logprobs=fused,
     )  # fmt: skip
     trainer = quiet_trainer(
-        accelerator="cpu", devices=1, precision="32-true", max_steps=settings.steps + 1, limit_val_batches=0,
+        accelerator="gpu" if settings.device == "cuda" else "cpu", devices=1,
+        precision="bf16-mixed" if settings.bf16 else "32-true", max_steps=settings.steps + 1, limit_val_batches=0,
         callbacks=[StepTimer()],
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
@@ -247,8 +272,9 @@ def run_trl(settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
     args = DPOConfig(
         output_dir=str(Path(paths["work"]) / "trl"), per_device_train_batch_size=settings.batch_size,
         max_length=settings.max_length, max_steps=settings.steps + 1, learning_rate=LR, weight_decay=0.0,
-        beta=BETA, seed=settings.seed, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True,
-        bf16=False, gradient_checkpointing=False, dataloader_num_workers=0, logging_strategy="no",
+        beta=BETA, seed=settings.seed, report_to=[], save_strategy="no", disable_tqdm=True,
+        use_cpu=settings.device == "cpu", bf16=settings.bf16,
+        gradient_checkpointing=False, dataloader_num_workers=0, logging_strategy="no",
         optim="adamw_torch", lr_scheduler_type="constant", precompute_ref_log_probs=True,
     )  # fmt: skip
     trainer = InOrder(
@@ -264,9 +290,23 @@ def peak_rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
-def worker(name: str, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+def live_steps(shapes: list[tuple[int, int, int]], batch_size: int) -> int:
+    """Measured steps (after the warm-up) of a live-memory run: through the batch with the most padded or real tokens,
+    and at least one (the warm-up step creates the optimizer state after its backward pass)."""
+    batches = [shapes[i : i + batch_size] for i in range(0, len(shapes), batch_size)]
+    padded = [2 * len(b) * max(p + max(c, r) for p, c, r in b) for b in batches]
+    real = [sum(2 * p + c + r for p, c, r in b) for b in batches]
+    return max(1, padded.index(max(padded)), real.index(max(real)))
+
+
+def worker(name: str, settings: Settings, paths: dict[str, str], live: bool = False) -> dict[str, Any]:
     import logging
     import warnings
+
+    if live:
+        from benchmarks.throughput import return_freed_blocks_to_kernel
+
+        return_freed_blocks_to_kernel()
 
     import torch
 
@@ -274,28 +314,49 @@ def worker(name: str, settings: Settings, paths: dict[str, str]) -> dict[str, An
     warnings.filterwarnings("ignore")
     for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl"):
         logging.getLogger(logger).setLevel(logging.ERROR)
+    cuda = settings.device == "cuda"
+    if cuda and settings.memory_budget_gib is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_budget_gib * 2**30 / total))
     start, load = time.perf_counter(), os.getloadavg()[0]
-    if name == "trl-dpo":
-        result = run_trl(settings, paths)
-    else:
-        plain = not name.endswith(("-padded", "-full"))  # each name its own caches: nothing is shared between runs
-        result = run_ours(name, settings, paths, padding_free=plain, fused=not name.endswith("-full"))
+    try:
+        if name == "trl-dpo":
+            result = run_trl(settings, paths)
+        else:
+            plain = not name.endswith(("-padded", "-full"))  # each name its own caches: nothing shared between runs
+            caches = name + ("-live" if live else "")  # the live run computes its reference log-probs again, as TRL's
+            result = run_ours(caches, settings, paths, padding_free=plain, fused=not name.endswith("-full"))
+    except torch.OutOfMemoryError:  # a GPU budget search (largest_batch.py): this batch does not fit
+        result = {"times": [], "cpu": [], "tokens": [], "out_of_memory": True}
     load = [load, os.getloadavg()[0]]
+    if cuda:
+        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
     return {**result, "peak_rss_kib": peak_rss_kib(), "wall": time.perf_counter() - start, "load": load}
 
 
-def run_fresh(name: str, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
-    """One configuration in a fresh interpreter (its own resident high-water mark)."""
-    out = Path(paths["work"]) / f"{name}.json"
-    spec = json.dumps({"name": name, "settings": asdict(settings), "paths": paths, "out": str(out)})
-    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "TOKENIZERS_PARALLELISM": "false"}
+def run_fresh(name: str, settings: Settings, paths: dict[str, str], live: bool = False) -> dict[str, Any]:
+    """One configuration in a fresh interpreter (its own resident high-water mark); ``live``: the live-memory run."""
+    out = Path(paths["work"]) / f"{name}{'-live' if live else ''}.json"
+    spec = json.dumps({"name": name, "settings": asdict(settings), "paths": paths, "out": str(out), "live": live})
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     done = subprocess.run([sys.executable, __file__, "--worker", spec], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
     result = json.loads(out.read_text())
-    print(f"  {name}: {result['wall']:.0f} s, peak {result['peak_rss_kib'] / 2**20:.2f} GiB, steps {result['times']}"
-          f" s, cpu {result['cpu']} s, load {result['load']}", file=sys.stderr, flush=True)  # fmt: skip
+    print(f"  {name}{' (live memory)' if live else ''}: {result['wall']:.0f} s, peak"
+          f" {result['peak_rss_kib'] / 2**20:.2f} GiB, steps {result['times']} s, cpu {result['cpu']} s, load"
+          f" {result['load']}", file=sys.stderr, flush=True)  # fmt: skip
     return result
+
+
+def run_lengths(settings: Settings, paths: dict[str, str], names: list[str], live_names: list[str]) -> dict:
+    """Every configuration's timed run, then the live-memory runs, at one length distribution."""
+    rows = {name: summarise(run_fresh(name, settings, paths)) for name in names}
+    short = Settings(**{**asdict(settings), "steps": live_steps(json.loads(paths["shapes"]), settings.batch_size)})
+    for name in live_names:
+        rows[name]["live_gib"] = run_fresh(name, short, paths, live=True)["peak_rss_kib"] / 2**20
+    return rows
 
 
 # --- report -----------------------------------------------------------------------------------------------------------
@@ -311,6 +372,11 @@ def summarise(result: dict[str, Any]) -> dict[str, float]:
 TARGETS = {"long_tailed": (0.5, 1.5), "equal": (1.0, 1.0)}  # (peak memory <= x TRL, real tokens/s >= y TRL)
 
 
+def live_ratio(row: dict[str, float], trl: dict[str, float]) -> float | None:
+    """Live peak against TRL's, where both were measured."""
+    return row["live_gib"] / trl["live_gib"] if "live_gib" in row and "live_gib" in trl else None
+
+
 def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, tiny: bool) -> str:
     lines = [
         "# Scale: our DPO / KLDPO / WDPO against TRL's DPOTrainer (Llama-style, vocabulary 128,256)",
@@ -323,11 +389,13 @@ def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, ti
         f" ({settings.kv_heads} KV), untied vocabulary {settings.vocab:,}. Batch: {settings.batch_size} pairs;"
         f" {settings.steps} measured steps after one warm-up. Peak memory: resident high-water mark of the run's own"
         " process. Speed: real (non-padding) tokens per wall second of the measured steps, and per CPU second of the"
-        " process (all threads; robust to other jobs' load, which the last column gives: the 1-minute load average).",
+        " process (all threads; robust to other jobs' load, which the last column gives: the 1-minute load average)."
+        " Live peak: the high-water mark of a second, short run in which glibc unmaps every freed block above 64 KiB,"
+        " so it tracks the memory actually alive (— where not run).",
         "",
-        "| lengths | configuration | peak memory (GiB) | × TRL | real tokens/s | × TRL | real tokens/CPU-s | × TRL"
-        " | s/step | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| lengths | configuration | peak memory (GiB) | × TRL | live peak (GiB) | × TRL | real tokens/s | × TRL"
+        " | real tokens/CPU-s | × TRL | s/step | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for lengths, rows in cases.items():
@@ -335,15 +403,21 @@ def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, ti
         for name, row in rows.items():
             memory, speed = row["peak_gib"] / trl["peak_gib"], row["tokens_per_s"] / trl["tokens_per_s"]
             per_cpu = row["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"]
-            lines.append(f"| {lengths} | {name} | {row['peak_gib']:.2f} | {memory:.2f} | {row['tokens_per_s']:.0f} |"
+            live = live_ratio(row, trl)
+            live_cells = "— | —" if live is None else f"{row['live_gib']:.2f} | {live:.2f}"
+            lines.append(f"| {lengths} | {name} | {row['peak_gib']:.2f} | {memory:.2f} | {live_cells} |"
+                         f" {row['tokens_per_s']:.0f} |"
                          f" {speed:.2f} | {row['tokens_per_cpu_s']:.0f} | {per_cpu:.2f} | {row['step_s']:.1f} |"
                          f" {row['load']:.1f} |")  # fmt: skip
             if name == "ours-dpo":
                 max_memory, min_speed = TARGETS[lengths]
+                live_verdict = "" if live is None else (
+                    f"; live peak {live:.2f}×: {'met' if live <= max_memory else 'missed'}")  # fmt: skip
                 verdicts.append(
                     f"- {lengths}: peak memory {memory:.2f}× TRL (target ≤ {max_memory}×:"
-                    f" {'met' if memory <= max_memory else 'missed'}), real tokens/s {speed:.2f}× TRL (target ≥"
-                    f" {min_speed}×: {'met' if speed >= min_speed else 'missed'}; per CPU second {per_cpu:.2f}×)"
+                    f" {'met' if memory <= max_memory else 'missed'}{live_verdict}), real tokens/s {speed:.2f}× TRL"
+                    f" (target ≥ {min_speed}×: {'met' if speed >= min_speed else 'missed'}; per CPU second"
+                    f" {per_cpu:.2f}×)"
                 )
     return "\n".join([*lines, "", "Targets (our DPO against TRL's):", *verdicts, ""])
 
@@ -354,6 +428,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lengths", nargs="+", default=["long_tailed", "equal"], choices=["long_tailed", "equal"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=[*CONFIGS, *EXTRA])
     parser.add_argument("--steps", type=int, default=None, help="measured steps (after one warm-up)")
+    parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 4)")
+    parser.add_argument("--live-configs", nargs="*", default=["trl-dpo", "ours-dpo"], choices=[*CONFIGS, *EXTRA],
+                        help="configurations that also get a live-memory run (none: leave it out)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -363,19 +440,22 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
     if args.worker is not None:
         spec = json.loads(args.worker)
-        result = worker(spec["name"], Settings(**spec["settings"]), spec["paths"])
+        result = worker(spec["name"], Settings(**spec["settings"]), spec["paths"], spec["live"])
         Path(spec["out"]).write_text(json.dumps(result))
         return ""
     settings = TINY if args.tiny else Settings()
     if args.steps is not None:
         settings.steps = args.steps
+    if args.batch_size is not None:
+        settings.batch_size = args.batch_size
     cases: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="rdpo-scale-") as tmp:
         for lengths in args.lengths:
             print(f"{lengths}:", file=sys.stderr)
             paths = prepare(Path(tmp) / lengths, settings, lengths)
             names = ["trl-dpo", *(n for n in args.configs if n != "trl-dpo")]
-            cases[lengths] = {name: summarise(run_fresh(name, settings, paths)) for name in names}
+            live_names = [name for name in names if name in args.live_configs]
+            cases[lengths] = run_lengths(settings, paths, names, live_names)
     report = render(cases, settings, args.tiny)
     output = args.output or (None if args.tiny else RESULTS)
     if output is not None:

@@ -23,8 +23,25 @@ def test_tiny_run_measures_every_configuration_against_trl(tmp_path: Path) -> No
             rows[cells[1]] = cells
     assert set(rows) == {"trl-dpo", "ours-dpo", "ours-wdpo"}
     for cells in rows.values():
-        peak, tokens_per_s = float(cells[2]), float(cells[4])
-        assert 0.1 < peak < 8 and tokens_per_s > 0 and float(cells[6]) > 0
-    assert rows["trl-dpo"][3] == "1.00"
+        peak, tokens_per_s = float(cells[2]), float(cells[6])
+        assert 0.1 < peak < 8 and tokens_per_s > 0 and float(cells[8]) > 0
+    assert rows["trl-dpo"][3] == rows["trl-dpo"][5] == "1.00"
+    # the live-memory run (default: TRL's and our DPO) tracks live blocks only: below the plain high-water mark
+    for name in ("trl-dpo", "ours-dpo"):
+        assert 0.1 < float(rows[name][4]) <= float(rows[name][2]) * 1.05, rows[name]
+    assert rows["ours-wdpo"][4] == "—"
+    assert "live peak" in out.read_text().split("Targets")[1]
     assert "not a published figure" in out.read_text()
     assert (PUBLISHED.read_bytes() if PUBLISHED.exists() else None) == before
+
+
+def test_live_run_reaches_the_heaviest_batch() -> None:
+    """The live-memory run's measured steps reach the batch with the most padded or real tokens, and at least one."""
+    from benchmarks.scale import live_steps
+
+    light, long_one, many_mid = (10, 5, 5), (10, 900, 5), (200, 300, 300)
+    assert live_steps([light] * 8, batch_size=2) == 1  # every batch alike: the warm-up and one more
+    assert live_steps([light, light, light, light, long_one, light], batch_size=2) == 2
+    # padded: batch 1 (one long response pads both rows); real: batch 3 (every sequence medium-long)
+    shapes = [light, light, long_one, light, light, light, many_mid, many_mid]
+    assert live_steps(shapes, batch_size=2) == 3

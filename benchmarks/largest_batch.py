@@ -1,0 +1,155 @@
+"""The largest batch that fits a memory budget: our DPO against TRL's ``DPOTrainer``, like for like.
+
+On a GPU this is the question a user with one card asks: how many pairs per step can I train a ~1 B model on? The
+model has Llama 3.2 1B's shape (16 layers, hidden 2,048, 32 heads / 8 KV heads, MLP 8,192, vocabulary 128,256, tied
+embeddings: 1.24 B parameters), random weights saved and loaded with ``from_pretrained`` by both frameworks; bf16
+mixed precision (fp32 weights and AdamW state, as ``bf16-mixed`` and TRL's ``bf16=True`` both keep them), sdpa
+attention, precomputed reference log-probs on both sides, long-tailed lengths as in ``scale.py`` (log-normal, median
+256, clipped to 64-2,048). Ours runs its defaults plus ``data.padding_free: true``; TRL 1.16 its defaults (fused LM
+head, padded batches).
+
+The search: for each framework, k = 1, 2, 4, ... pairs per batch until a trial does not fit, then bisection between
+the last k that fitted and the first that did not. Each trial is a fresh process that trains two steps of k pairs (the
+same pairs for both frameworks at each k). A trial fits when it finishes without running out of memory and its peak
+stays within the budget: on a GPU, ``torch.cuda.set_per_process_memory_fraction`` caps the process at the budget (a
+real out-of-memory error ends the trial) and the peak is ``torch.cuda.max_memory_allocated``; on a CPU (the smoke run)
+the peak is the live resident high-water mark (``scale.py``'s live-memory run). The verdict: our largest batch
+against TRL's, in pairs and in real tokens (target on a GPU: ≥ 2×).
+
+    python benchmarks/largest_batch.py                # GPU: budget 40 GiB, ~1 B model; minutes per framework
+    python benchmarks/largest_batch.py --tiny         # CPU smoke run (small model, 2 GiB budget); publishes nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.scale`
+
+from benchmarks.scale import Settings, prepare_model, prepare_pairs, run_fresh  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "largest_batch.md"
+FRAMEWORKS = ("ours-dpo", "trl-dpo")
+#: Llama 3.2 1B's shape, random weights
+MODEL_1B = Settings(vocab=128_256, layers=16, hidden=2048, heads=32, kv_heads=8, mlp=8192, tied=True, steps=1,
+                    device="cuda", bf16=True)  # fmt: skip
+TINY = Settings(vocab=2000, layers=2, hidden=64, heads=4, kv_heads=2, mlp=128, steps=1, min_length=16,
+                max_length=256, median_length=64)  # fmt: skip
+
+
+def trial(name: str, pairs: int, settings: Settings, model: dict[str, str], work: Path, budget_gib: float) -> dict:
+    """Two training steps of ``pairs`` pairs in a fresh process; whether they fit the budget, and their peak."""
+    sized = replace(settings, batch_size=pairs, memory_budget_gib=budget_gib)
+    paths = prepare_pairs(work / f"pairs-{pairs}", sized, "long_tailed", model)
+    result = run_fresh(name, sized, paths, live=sized.device == "cpu")
+    peak = result["cuda_peak_bytes"] / 2**30 if "cuda_peak_bytes" in result else result["peak_rss_kib"] / 2**20
+    shapes = json.loads(paths["shapes"])
+    first = shapes[:pairs]  # the first of the two batches: the pairs both frameworks see at this k
+    fits = not result.get("out_of_memory", False) and peak <= budget_gib
+    print(f"  {name}: {pairs} pairs -> {'fits' if fits else 'does not fit'} (peak {peak:.2f} GiB)", file=sys.stderr)
+    return {"pairs": pairs, "fits": fits, "peak_gib": peak, "real_tokens": sum(2 * p + c + r for p, c, r in first),
+            "padded_tokens": 2 * pairs * max(p + max(c, r) for p, c, r in first)}  # fmt: skip
+
+
+def largest(name: str, settings: Settings, model: dict[str, str], work: Path, budget: float, cap: int) -> dict:
+    """Doubling, then bisection, over pairs per batch; the largest k that fitted (0 if none) and every trial."""
+    trials: dict[int, dict] = {}
+    k = 1
+    while k <= cap:
+        trials[k] = trial(name, k, settings, model, work, budget)
+        if not trials[k]["fits"]:
+            break
+        k *= 2
+    fitted = [t for t in trials.values() if t["fits"]]
+    low = max((t["pairs"] for t in fitted), default=0)
+    high = min([t["pairs"] for t in trials.values() if not t["fits"]] + [cap + 1])
+    while high - low > 1:
+        middle = (low + high) // 2
+        trials[middle] = trial(name, middle, settings, model, work, budget)
+        low, high = (middle, high) if trials[middle]["fits"] else (low, middle)
+    best = trials.get(low, {"pairs": 0, "real_tokens": 0, "padded_tokens": 0, "peak_gib": 0.0})
+    return {"best": best, "trials": [trials[k] for k in sorted(trials)], "capped": low == cap}
+
+
+def parameter_count(settings: Settings) -> int:
+    """Weights of the Llama-style model ``scale.prepare_model`` builds (norms included)."""
+    kv = settings.hidden * settings.kv_heads // settings.heads
+    layer = 2 * settings.hidden**2 + 2 * settings.hidden * kv + 3 * settings.hidden * settings.mlp + 2 * settings.hidden
+    embeddings = settings.vocab * settings.hidden * (1 if settings.tied else 2)
+    return settings.layers * layer + embeddings + settings.hidden
+
+
+def render(found: dict[str, dict], settings: Settings, budget: float, tiny: bool) -> str:
+    params = f"{parameter_count(settings) / 1e9:.2f} B" if parameter_count(settings) > 1e8 else "a tiny model's"
+    lines = [
+        "# Largest batch within a memory budget: our DPO against TRL's DPOTrainer",
+        "",
+        f"Device: {settings.device}; {'bf16 mixed' if settings.bf16 else 'float32'}; budget {budget:g} GiB. Model:"
+        f" Llama, {settings.layers} layers, hidden {settings.hidden}, {settings.heads} heads ({settings.kv_heads} KV),"
+        f" MLP {settings.mlp}, vocabulary {settings.vocab:,}, {'tied' if settings.tied else 'untied'} ({params}"
+        " parameters). Long-tailed lengths; two steps per trial. Written by `benchmarks/largest_batch.py`"
+        + (" --tiny (not a published figure)." if tiny else "."),
+        "",
+        "| framework | largest batch (pairs) | real tokens | padded tokens | peak (GiB) | trials (pairs: fits?) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in found.items():
+        best = result["best"]
+        tried = ", ".join(f"{t['pairs']}: {'yes' if t['fits'] else 'no'}" for t in result["trials"])
+        capped = " (the cap: more may fit)" if result["capped"] else ""
+        lines.append(f"| {name} | {best['pairs']}{capped} | {best['real_tokens']:,} | {best['padded_tokens']:,} |"
+                     f" {best['peak_gib']:.2f} | {tried} |")  # fmt: skip
+    ours, trl = found.get("ours-dpo"), found.get("trl-dpo")
+    if ours and trl and trl["best"]["pairs"] > 0:
+        pairs = ours["best"]["pairs"] / trl["best"]["pairs"]
+        tokens = ours["best"]["real_tokens"] / trl["best"]["real_tokens"]
+        verdict = "met" if pairs >= 2 else "missed"
+        if ours["capped"] or trl["capped"]:
+            verdict = "undecided: a search stopped at --max-pairs"
+        lines += ["", f"Ours / TRL: {pairs:.2f}× the pairs, {tokens:.2f}× the real tokens (target ≥ 2×: {verdict})."]
+    return "\n".join([*lines, ""])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run; publishes nothing")
+    parser.add_argument("--budget-gib", type=float, default=None, help="memory budget (default: 40 GPU, 2 --tiny)")
+    parser.add_argument("--max-pairs", type=int, default=128, help="stop doubling here")
+    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS), choices=FRAMEWORKS)
+    parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    settings = TINY if args.tiny else MODEL_1B
+    budget = args.budget_gib or (2.0 if args.tiny else 40.0)
+    if settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("largest_batch.py: no CUDA GPU visible (use --tiny for the CPU smoke run)")
+    found: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="rdpo-largest-") as tmp:
+        model = prepare_model(Path(tmp), settings)
+        for name in args.frameworks:
+            print(f"{name}:", file=sys.stderr)
+            found[name] = largest(name, settings, model, Path(tmp) / name, budget, args.max_pairs)
+    report = render(found, settings, budget, args.tiny)
+    output = args.output or (None if args.tiny else RESULTS)
+    if output is not None:
+        output.write_text(report)
+    print(report)
+    print(json.dumps({"settings": asdict(settings), "found": found}), file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()
