@@ -32,7 +32,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.scale`
 
-from benchmarks.scale import Settings, prepare_model, prepare_pairs, run_fresh  # noqa: E402
+from benchmarks.scale import (  # noqa: E402
+    Settings,
+    padded_tokens,
+    prepare_model,
+    prepare_pairs,
+    real_tokens,
+    run_fresh,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "largest_batch.md"
@@ -50,12 +57,11 @@ def trial(name: str, pairs: int, settings: Settings, model: dict[str, str], work
     paths = prepare_pairs(work / f"pairs-{pairs}", sized, "long_tailed", model)
     result = run_fresh(name, sized, paths, live=sized.device == "cpu")
     peak = result["cuda_peak_bytes"] / 2**30 if "cuda_peak_bytes" in result else result["peak_rss_kib"] / 2**20
-    shapes = json.loads(paths["shapes"])
-    first = shapes[:pairs]  # the first of the two batches: the pairs both frameworks see at this k
+    shapes = json.loads(paths["shapes"])  # reported: the first of the two batches (both frameworks see it at this k)
     fits = not result.get("out_of_memory", False) and peak <= budget_gib
     print(f"  {name}: {pairs} pairs -> {'fits' if fits else 'does not fit'} (peak {peak:.2f} GiB)", file=sys.stderr)
-    return {"pairs": pairs, "fits": fits, "peak_gib": peak, "real_tokens": sum(2 * p + c + r for p, c, r in first),
-            "padded_tokens": 2 * pairs * max(p + max(c, r) for p, c, r in first)}  # fmt: skip
+    return {"pairs": pairs, "fits": fits, "peak_gib": peak, "real_tokens": real_tokens(shapes, 0, pairs),
+            "padded_tokens": padded_tokens(shapes, 0, pairs)}  # fmt: skip
 
 
 def largest(name: str, settings: Settings, model: dict[str, str], work: Path, budget: float, cap: int) -> dict:
@@ -78,16 +84,8 @@ def largest(name: str, settings: Settings, model: dict[str, str], work: Path, bu
     return {"best": best, "trials": [trials[k] for k in sorted(trials)], "capped": low == cap}
 
 
-def parameter_count(settings: Settings) -> int:
-    """Weights of the Llama-style model ``scale.prepare_model`` builds (norms included)."""
-    kv = settings.hidden * settings.kv_heads // settings.heads
-    layer = 2 * settings.hidden**2 + 2 * settings.hidden * kv + 3 * settings.hidden * settings.mlp + 2 * settings.hidden
-    embeddings = settings.vocab * settings.hidden * (1 if settings.tied else 2)
-    return settings.layers * layer + embeddings + settings.hidden
-
-
-def render(found: dict[str, dict], settings: Settings, budget: float, tiny: bool) -> str:
-    params = f"{parameter_count(settings) / 1e9:.2f} B" if parameter_count(settings) > 1e8 else "a tiny model's"
+def render(found: dict[str, dict], settings: Settings, parameters: int, budget: float, tiny: bool) -> str:
+    params = f"{parameters / 1e9:.2f} B" if parameters >= 1e8 else f"{parameters:,}"
     lines = [
         "# Largest batch within a memory budget: our DPO against TRL's DPOTrainer",
         "",
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> str:
         for name in args.frameworks:
             print(f"{name}:", file=sys.stderr)
             found[name] = largest(name, settings, model, Path(tmp) / name, budget, args.max_pairs)
-    report = render(found, settings, budget, args.tiny)
+    report = render(found, settings, int(model["parameters"]), budget, args.tiny)
     output = args.output or (None if args.tiny else RESULTS)
     if output is not None:
         output.write_text(report)

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +127,11 @@ def prepare_model(workdir: Path, settings: Settings) -> dict[str, str]:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
     model_dir = workdir / "model"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    return {"tokenizer": str(tokenizer_dir), "model": str(model_dir)}
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"tokenizer": str(tokenizer_dir), "model": str(model_dir), "parameters": str(parameters)}
 
 
 def prepare_pairs(workdir: Path, settings: Settings, lengths: str, model: dict[str, str]) -> dict[str, str]:
@@ -184,6 +186,12 @@ def real_tokens(shapes: list[tuple[int, int, int]], batch_index: int, batch_size
     """Non-padding tokens of batch ``batch_index`` in dataset order: both sequences of each of its pairs."""
     pairs = shapes[batch_index * batch_size : (batch_index + 1) * batch_size]
     return sum(2 * p + c + r for p, c, r in pairs)
+
+
+def padded_tokens(shapes: list[tuple[int, int, int]], batch_index: int, batch_size: int) -> int:
+    """Tokens of batch ``batch_index`` padded to its longest sequence, as TRL pads it (both sequences of each pair)."""
+    pairs = shapes[batch_index * batch_size : (batch_index + 1) * batch_size]
+    return 2 * len(pairs) * max(p + max(c, r) for p, c, r in pairs)
 
 
 # --- ours -------------------------------------------------------------------------------------------------------------
@@ -293,9 +301,9 @@ def peak_rss_kib() -> int:
 def live_steps(shapes: list[tuple[int, int, int]], batch_size: int) -> int:
     """Measured steps (after the warm-up) of a live-memory run: through the batch with the most padded or real tokens,
     and at least one (the warm-up step creates the optimizer state after its backward pass)."""
-    batches = [shapes[i : i + batch_size] for i in range(0, len(shapes), batch_size)]
-    padded = [2 * len(b) * max(p + max(c, r) for p, c, r in b) for b in batches]
-    real = [sum(2 * p + c + r for p, c, r in b) for b in batches]
+    batches = range(-(-len(shapes) // batch_size))
+    padded = [padded_tokens(shapes, i, batch_size) for i in batches]
+    real = [real_tokens(shapes, i, batch_size) for i in batches]
     return max(1, padded.index(max(padded)), real.index(max(real)))
 
 
@@ -353,7 +361,7 @@ def run_fresh(name: str, settings: Settings, paths: dict[str, str], live: bool =
 def run_lengths(settings: Settings, paths: dict[str, str], names: list[str], live_names: list[str]) -> dict:
     """Every configuration's timed run, then the live-memory runs, at one length distribution."""
     rows = {name: summarise(run_fresh(name, settings, paths)) for name in names}
-    short = Settings(**{**asdict(settings), "steps": live_steps(json.loads(paths["shapes"]), settings.batch_size)})
+    short = replace(settings, steps=live_steps(json.loads(paths["shapes"]), settings.batch_size))
     for name in live_names:
         rows[name]["live_gib"] = run_fresh(name, short, paths, live=True)["peak_rss_kib"] / 2**20
     return rows
