@@ -51,7 +51,13 @@ def as_peft_config(config: Any) -> Any:
 
     config = dict(config)
     config.pop("runtime_config", None)
-    return get_peft_config(config)
+    try:
+        return get_peft_config(config)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(
+            f"model.peft: not a PEFT config ({type(error).__name__}: {error}); give class_path: peft.LoraConfig with"
+            " init_args, or a PEFT config's to_dict() (with its peft_type)"
+        ) from error
 
 
 def peft_config_dict(config: Any) -> dict[str, Any] | None:

@@ -51,7 +51,9 @@ class RDPOCLI(LightningCLI):
 
 
 def innermost_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
+    """The error to report: the innermost cause, unless an :class:`InputError` comes first (its message is already
+    written for the user, naming the key; what it wraps is the detail it explains)."""
+    while error.__cause__ is not None and not isinstance(error, InputError):
         error = error.__cause__
     return error
 

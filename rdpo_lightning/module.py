@@ -51,7 +51,9 @@ class RobustDPO(L.LightningModule):
         model: Hugging Face name or local path of the policy (``AutoModelForCausalLM``).
         model_config: instead of ``model``, a config dict (with ``model_type``) for a randomly initialised policy.
         peft: adapters to train instead of the whole policy: a PEFT config by ``class_path`` (``peft.LoraConfig``);
-            the reference is then the base model itself, no second copy (see :mod:`rdpo_lightning.adapters`).
+            the reference is then the base model itself, no second copy (see :mod:`rdpo_lightning.adapters`). Its
+            ``to_dict()`` is accepted too: that is the form the checkpoint's hyperparameters keep, which
+            ``rdpo fit --ckpt_path`` feeds back into the configuration on resume.
         adapter: instead of ``peft``, a saved adapter directory to continue training (the reference is the base model
             with this starting adapter).
         quantization: load the base model quantized, as ``transformers.BitsAndBytesConfig`` arguments (QLoRA:
@@ -87,7 +89,7 @@ class RobustDPO(L.LightningModule):
         self,
         model: str | None = None,
         model_config: dict[str, Any] | None = None,
-        peft: PeftConfig | None = None,
+        peft: PeftConfig | dict[str, Any] | None = None,
         adapter: str | None = None,
         quantization: dict[str, Any] | None = None,
         reference: str | None = None,

@@ -45,6 +45,15 @@ STRATEGIES = {
         "--data.init_args.padding_free=true",
         "--data.init_args.group_by_length=true",
     ],
+    # LoRA adapters (the base is the reference, its log-probs precomputed), with adapter dropout on: its masks too
+    "kl_lora": [
+        "-c",
+        str(CONFIGS / "robust" / "kl.yaml"),
+        "--model.robust.init_args.tau=0.5",
+        "-c",
+        str(CONFIGS / "peft" / "lora.yaml"),
+        "--model.peft.init_args.lora_dropout=0.1",
+    ],
 }
 RESIDENT_REFERENCE = {"buffer"}  # the others use the default precomputed reference log-probs
 
