@@ -14,14 +14,16 @@ import math
 import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
 from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
+from rdpo_lightning.data.formats import detect_pair_layout
 from rdpo_lightning.data.hub import load_table, take
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
+from rdpo_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +123,17 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
         self.seed = seed
         self.group_names: list[str] | None = None
+        #: per split, the detected layout in one line (which columns became the prompt and the responses)
+        self.layouts: dict[str, str] = {}
         #: held-out pairs whose prompt also occurs in training (when ``val_fraction`` carves the held-out set)
         self.shared_prompts = 0
 
     def build_tokenizer(self):
         return load_tokenizer(self.tokenizer_name)
+
+    def describe_split(self, split: str) -> str:
+        source = getattr(self, "_sources", {}).get(split)
+        return f"{split} ({source})" if source else split
 
     # --- loading -----------------------------------------------------------------------------------------------
     def _load(self) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -146,12 +154,15 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
 
     def _normalise(self, split: str, dataset: datasets.Dataset, with_groups: bool) -> datasets.Dataset:
         """Rename to prompt/chosen/rejected(/group), render to text, and count rows that cannot be rendered."""
-        wanted = {role: column for role, column in self.columns.items() if column is not None}
+        source = self._sources[split]
+        layout = detect_pair_layout(dataset, *self.columns.values(), self.prompt_delimiter, f"{split} ({source})")
+        self.layouts[split] = layout.describe()
+        rank_zero_info(f"{split} ({source}): {self.layouts[split]}")
+        wanted = layout.columns
         keys = [f"data.{role}_column" for role in wanted]
         if with_groups and self.group_column is not None:
             wanted["group"] = self.group_column
             keys.append("data.group_column")
-        source = self._sources[split]
         require_columns(dataset.remove_columns(SOURCE_ROW), wanted.values(), f"{split} ({source})", keys)
         dataset = dataset.select_columns([*wanted.values(), SOURCE_ROW])
         dataset = dataset.rename_columns({c: role for role, c in wanted.items() if c != role})
@@ -162,7 +173,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         if with_groups:
             self.templated = use_template
         elif use_template != self.templated:
-            raise ValueError(
+            raise InputError(
                 f"{split}: chat templating differs between the training ({self.templated}) and validation "
                 f"({use_template}) data; set data.apply_chat_template explicitly"
             )
@@ -173,7 +184,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
                 "columns": {role: column for role, column in wanted.items() if role != "group"},
                 "tokenizer": self.tokenizer,
                 "use_chat_template": use_template,
-                "prompt_delimiter": self.prompt_delimiter,
+                "prompt_delimiter": layout.prompt_delimiter,
             },
             with_indices=True,
             remove_columns=dataset.column_names,
@@ -199,7 +210,10 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
                 role = holds_messages[0]
                 row = next((i for i, value in enumerate(dataset[role]) if isinstance(value, list)), 0)
                 why = f"{where}, row {dataset[row][SOURCE_ROW]}: column {self.columns[role]!r} holds chat messages"
-            raise ValueError(f"{why} but tokenizer {self.tokenizer_name} has no chat template")
+            raise InputError(
+                f"{why} but tokenizer {self.tokenizer_name} (data.tokenizer) has no chat template; use a tokenizer "
+                "with one, or give the data as text"
+            )
         return use
 
     def _group_ids(self, where: str, values: list, source_rows: list[int]) -> list[int]:
@@ -209,14 +223,14 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
         if missing:
             row = source_rows[missing[0]]
-            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN")
+            raise InputError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN")
         names = [str(v) for v in values]
         if self.group_names is None:
             self.group_names = sorted(set(names))
         index = {n: i for i, n in enumerate(self.group_names)}
         unknown = sorted(set(names) - set(index))
         if unknown:
-            raise ValueError(f"{where}: groups {unknown} do not occur in training ({self.group_names})")
+            raise InputError(f"{where}: groups {unknown} do not occur in training ({self.group_names})")
         return [index[n] for n in names]
 
     def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:

@@ -145,4 +145,4 @@ def test_chat_template_renders_prompt_and_completions(tmp_path, chat_tokenizer_d
     assert tokenizer.decode(row["prompt_ids"]).endswith("<bos> <unk>")  # the generation prompt "<bos> assistant"
     assert row["chosen_ids"][-1] == tokenizer.eos_token_id and row["chosen_ids"][-2] != tokenizer.eos_token_id
     with pytest.raises(ValueError, match="apply_chat_template is true but tokenizer"):
-        scored(tmp_path, world_tokenizer_dir, rows, rows, apply_chat_template=True).build_tokenizer()
+        raw_splits(scored(tmp_path, world_tokenizer_dir, rows, rows, apply_chat_template=True))
