@@ -55,7 +55,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 @pytest.mark.parametrize("config", [LLAMA, GPT2], ids=["llama", "gpt2"])
 def test_max_length_is_lowered_to_the_context_and_cuts_are_counted(config, tmp_path, world_tokenizer_dir, caplog):
-    rows = long_rows(30)
+    exact = {"prompt": " ".join(["the", "city"] * 12), "rejected": "gloomy"}  # a 24-token prompt leaves room for 40
+    rows = long_rows(28) + [{**exact, "chosen": " ".join(["happy"] * n)} for n in (39, 40)]  # 39 + EOS fit exactly
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     dm = PairwisePreferenceDataModule(
         path=path, tokenizer=str(world_tokenizer_dir), val_path=path, max_length=512, max_prompt_length=24

@@ -1,9 +1,9 @@
-"""Pairwise preference data sets (``prompt``/``chosen``/``rejected``), from the Hub or local files.
+"""Pairwise preference data sets (``prompt``/``chosen``/``rejected``), from the Hub, local files or ``save_to_disk``
+directories.
 
-UltraFeedback-binarized style (a text prompt, responses as chat-message lists that repeat the prompt), plain-text
-pairs, and HH-RLHF style (no prompt column: whole conversations in ``chosen`` and ``rejected``) all go through one
-path: rename the configured columns, render to text (chat template where the data holds messages), then the base
-class's row checks, tokenisation and drop accounting.
+Every public layout (:mod:`~rdpo_lightning.data.formats`: explicit or implicit prompt, text or conversational, HH-RLHF
+transcripts) goes through one path: detect the layout, rename the columns, render to text (chat template where the
+data holds messages), then the base class's row checks, tokenisation and drop accounting.
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         val_split / val_path: the held-out split of the same source, or another file/Hub name (its ``val_split`` or
             ``train``); with neither, ``val_fraction`` of the training rows are held out (seeded by ``seed``).
         prompt_column, chosen_column, rejected_column: column names; ``prompt_column: null`` means the prompt is
-            the shared beginning of chosen and rejected (HH-RLHF), cut after the last ``prompt_delimiter`` (e.g.
-            ``"\\n\\nAssistant:"``) when given.
+            the shared beginning of chosen and rejected, cut after the last ``prompt_delimiter`` when given (HH-RLHF
+            transcripts: ``"\\n\\nAssistant:"``). A missing prompt column with message lists or HH transcripts is
+            detected as that layout (:func:`~rdpo_lightning.data.formats.detect_pair_layout`).
         group_column: an optional column whose values (ints or names) become the pairs' group ids for GroupDRO.
         apply_chat_template: render through the tokenizer's chat template; null (default): when the data holds
             chat messages.
