@@ -38,23 +38,19 @@ def _split(path: str) -> tuple[str | None, list[str], list[str]]:
     return None, [], path.split(".")
 
 
-def _walk(value: Any, keys: list[str], path: str, key: str, where: str) -> Any:
-    walked = []
-    for name in keys:
+def _walk(value: Any, keys: list[str], path: str, key: str, where: str, row: str) -> Any:
+    """The value at ``keys`` below ``value``; errors name ``where`` (the source), ``row``, the path and ``key``."""
+    for depth, name in enumerate(keys):
         if value is None:
             return None
-        if not isinstance(value, dict):
-            raise InputError(
-                f"{where}: {key} path {path!r}: {'.'.join(walked) or 'the row'} holds {type(value).__name__}, not an "
-                f"object with key {name!r}"
-            )
-        if name not in value:
-            raise InputError(
-                f"{where}: {key} path {path!r}: {'.'.join(walked) or 'the row'} has no key {name!r} (its keys: "
-                f"{sorted(value)})"
-            )
+        if not isinstance(value, dict) or name not in value:
+            above = ".".join(keys[:depth]) or "the row"
+            if not isinstance(value, dict):
+                problem = f"holds {type(value).__name__}, not an object with key {name!r}"
+            else:
+                problem = f"has no key {name!r} (its keys: {sorted(value)})"
+            raise InputError(f"{where}, {row}: {key} path {path!r}: {above} {problem}")
         value = value[name]
-        walked.append(name)
     return value
 
 
@@ -62,14 +58,15 @@ def read_paths(table: datasets.Dataset, paths: dict[str, str], where: str) -> tu
     """The values of each path (a list per path, one entry per row, or per list element where a path has ``[]``)
     and how an error names each entry (``row 3, completions[1]``). ``paths`` maps each path to the YAML key that
     gives it, for errors."""
-    lists = {_split(path)[0] for path in paths if _split(path)[0] is not None}
+    parts = {path: _split(path) for path in paths}
+    lists = {outer for outer, _, _ in parts.values() if outer is not None}
     if len(lists) > 1 or any(path.count(EACH) > 1 for path in paths):
         raise InputError(
             f"{where}: the column paths {sorted(paths)} ({', '.join(sorted(set(paths.values())))}) walk "
             f"{len(lists)} lists; all '[]' paths of a table must walk the same one, once"
         )
     each = next(iter(lists), None)
-    first = {path: (_split(path)[1] or _split(path)[2])[0] for path in paths}
+    first = {path: (down or inner)[0] for path, (_, down, inner) in parts.items()}
     top = sorted(set(first.values()))
     missing = [c for c in top if c not in table.column_names]
     if missing:
@@ -84,15 +81,15 @@ def read_paths(table: datasets.Dataset, paths: dict[str, str], where: str) -> tu
         at = f"row {row}"
         elements: list = [None]
         if each is not None:
-            items = _walk(record, each.split("."), each + EACH, "data", f"{where}, {at}")
+            items = _walk(record, each.split("."), each + EACH, "data", where, at)
             if items is not None and not isinstance(items, list):
                 raise InputError(f"{where}, {at}: {each!r} holds {type(items).__name__}, not a list ('{each}[]' paths)")
             elements = items or []
         for index, element in enumerate(elements):
             name = at if each is None else f"{at}, {each}[{index}]"
             for path, key in paths.items():
-                outer, _, inner = _split(path)
+                outer, _, inner = parts[path]
                 source = record if outer is None else element
-                values[path].append(_walk(source, inner, path, key, f"{where}, {name}"))
+                values[path].append(_walk(source, inner, path, key, where, name))
             names.append(name)
     return values, names

@@ -21,6 +21,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
@@ -161,6 +162,10 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         keys.update({column: "data.score_columns" for column in self.score_columns})
         if any(is_path(name, table.column_names) for name in keys):
             values, names = read_paths(table, keys, where)
+            rank_zero_info(
+                f"{where}: {len(names)} completions from {len(table)} rows through column paths: prompt "
+                f"{self.prompt_column!r}, response {self.response_column!r}, scores {self.score_columns}"
+            )
             self._check_scores(values, {}, names, where)
             return values, names
         require_columns(table, list(keys), where, list(keys.values()))

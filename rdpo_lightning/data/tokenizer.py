@@ -46,7 +46,7 @@ def load_tokenizer(name_or_path: str | Path, key: str = "data.tokenizer"):
         raise InputError(f"{key}={name}: cannot load a tokenizer from it ({first})") from error
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer {name_or_path} has neither a pad nor an eos token to pad with")
+            raise InputError(f"{key}={name}: the tokenizer has neither a pad nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
