@@ -37,22 +37,23 @@ def write_rows(path: Path, count: int, seed: int, groups: bool) -> Path:
 
 
 def own_data_args(model_dir: Path, data: Path, root: Path) -> list[str]:
-    return [
-        f"--model.model={model_dir}",
-        f"--data.init_args.tokenizer={model_dir}",
-        f"--data.init_args.path={data / 'pairs.jsonl'}",
-        f"--data.init_args.val_path={{flipped: {data / 'flipped.jsonl'}}}",
-        "--data.init_args.group_column=group",
-        "--data.init_args.val_fraction=0.25",
-        "--data.init_args.max_length=48",
-        f"--trainer.default_root_dir={root}",
-        f"--trainer.logger.init_args.save_dir={root}",
-        "--trainer.accelerator=cpu",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.log_every_n_steps=1",
-        "--trainer.val_check_interval=2",  # 24 training pairs, batches of 4: passes at steps 2, 4, 6
-        "--model.optimizer.init_args.lr=0.003",
-    ]
+    settings = {
+        "model.model": model_dir,
+        "data.init_args.tokenizer": model_dir,
+        "data.init_args.path": data / "pairs.jsonl",
+        "data.init_args.val_path": f"{{flipped: {data / 'flipped.jsonl'}}}",
+        "data.init_args.group_column": "group",
+        "data.init_args.val_fraction": 0.25,
+        "data.init_args.max_length": 48,
+        "trainer.default_root_dir": root,
+        "trainer.logger.init_args.save_dir": root,
+        "trainer.accelerator": "cpu",
+        "trainer.enable_progress_bar": "false",
+        "trainer.log_every_n_steps": 1,
+        "trainer.val_check_interval": 2,  # 24 training pairs, batches of 4: passes at steps 2, 4, 6
+        "model.optimizer.init_args.lr": 0.003,
+    }
+    return [f"--{key}={value}" for key, value in settings.items()]
 
 
 @pytest.fixture(scope="module")

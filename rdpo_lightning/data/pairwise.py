@@ -222,7 +222,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         )
         if group is not None:
             where = f"{split} ({source})"
-            self._check_group_values(where, group, dataset[SOURCE_ROW])
+            self._check_group_values(where, group, dataset[SOURCE_ROW], per_group_hint=group_sets)
             if with_groups:
                 rendered = rendered.add_column("group", self._group_ids(where, group))
             else:
@@ -246,11 +246,12 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             raise ValueError(f"{why} but tokenizer {self.tokenizer_name} has no chat template")
         return use
 
-    def _check_group_values(self, where: str, values: list, source_rows: list[int]) -> None:
+    def _check_group_values(self, where: str, values: list, source_rows: list[int], per_group_hint: bool) -> None:
         missing = [i for i, v in enumerate(values) if missing_group(v)]
         if missing:
             row = source_rows[missing[0]]
-            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN")
+            hint = " (each group of it is a validation set: data.val_per_group false to not)" if per_group_hint else ""
+            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN{hint}")
 
     def _group_ids(self, where: str, values: list) -> list[int]:
         """Integer groups pass through; names become indices into the sorted names seen in training."""

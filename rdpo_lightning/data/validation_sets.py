@@ -66,7 +66,8 @@ def check_val_fraction(val_fraction: float, val_split: str | None, val_paths: di
     """A share in (0, 1), or 0 when another source gives a validation set (``val_split`` or ``val_path``)."""
     if val_fraction == 0 and val_split is None and not val_paths:
         raise InputError("data.val_fraction is 0 and there is no data.val_split or data.val_path: no validation set")
-    check_interval("data.val_fraction", val_fraction, 0.0, 1.0, open_low=val_fraction != 0, open_high=True)
+    other = val_split is not None or bool(val_paths)
+    check_interval("data.val_fraction", val_fraction, 0.0, 1.0, open_low=not other, open_high=True)
 
 
 def check_set_names(names: Sequence[tuple[str, str]]) -> None:
