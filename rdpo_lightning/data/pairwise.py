@@ -13,7 +13,7 @@ import logging
 import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
 from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
@@ -279,9 +279,22 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
                 check_set_names([*((n, "data.val_path") for n in sources), *((g, "data.group_column") for g in groups)])
                 vals[name] = vals[name].remove_columns(GROUP_SET)
                 vals.update(groups)
+                self._sources.update(dict.fromkeys(groups, f"data.group_column={self.group_column} of {name}"))
+        self._log_sets(vals)
         if self.val_split is None and self.has_held_out:
             self._report_shared_prompts(train, vals[self.val_name])
         return train, vals
+
+    def _log_sets(self, vals: dict[str, datasets.Dataset]) -> None:
+        """One line saying which validation sets there are and where each comes from (before tokenisation)."""
+        origin = dict(self._sources)
+        if self.has_held_out:
+            held_out = (
+                f"data.val_split={self.val_split}" if self.val_split else f"data.val_fraction={self.val_fraction}"
+            )
+            origin[self.val_name] = f"{held_out} of data.path={self.path}"
+        described = (f"{name} ({len(pairs)} pairs, {origin[name]})" for name, pairs in vals.items())
+        rank_zero_info("validation sets: " + ", ".join(described))
 
     def _report_shared_prompts(self, train: datasets.Dataset, val: datasets.Dataset) -> None:
         """Duplicate prompts are kept (several pairs per prompt are normal), but ``val_fraction`` holds out rows, not

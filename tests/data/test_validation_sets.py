@@ -69,13 +69,16 @@ def test_bad_validation_sets_are_one_line_errors_naming_the_key(kwargs, message,
         PairwisePreferenceDataModule(path="p.jsonl", tokenizer=str(world_tokenizer_dir), **kwargs)
 
 
-def test_val_path_sets_come_after_the_held_out_split_which_stays(tmp_path, world_tokenizer_dir):
+def test_val_path_sets_come_after_the_held_out_split_which_stays(tmp_path, world_tokenizer_dir, caplog):
     train = write_jsonl(tmp_path / "train.jsonl", pairs(20))
     first = write_jsonl(tmp_path / "first.jsonl", pairs(3, start=40))
     second = write_jsonl(tmp_path / "second.jsonl", pairs(5, start=60))
     tokenizer = load_tokenizer(world_tokenizer_dir)
-    dm = datamodule(train, world_tokenizer_dir, val_path={"users_b": second, "users_a": first}, val_fraction=0.25)
+    with caplog.at_level(logging.INFO):
+        dm = datamodule(train, world_tokenizer_dir, val_path={"users_b": second, "users_a": first}, val_fraction=0.25)
     assert dm.val_names == ["held_out", "users_b", "users_a"]  # in-distribution first, then the mapping's order
+    said = f"validation sets: held_out (5 pairs, data.val_fraction=0.25 of data.path={train}), users_b (5 pairs, "
+    assert said in caplog.text and f"users_a (3 pairs, data.val_path={first})" in caplog.text  # one line says so
     assert prompts(dm.val_datasets["users_b"], tokenizer) == sorted(r["prompt"] for r in pairs(5, start=60))
     assert prompts(dm.val_datasets["users_a"], tokenizer) == sorted(r["prompt"] for r in pairs(3, start=40))
     assert len(dm.val_datasets["held_out"]) == 5 and len(dm.train_dataset) == 15
