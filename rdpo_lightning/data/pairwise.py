@@ -31,6 +31,7 @@ from rdpo_lightning.data.validation_sets import (
     split_by_group,
     stratified_holdout,
 )
+from rdpo_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         if missing:
             row = source_rows[missing[0]]
             hint = " (each group of it is a validation set: data.val_per_group false to not)" if per_group_hint else ""
-            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN{hint}")
+            raise InputError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN{hint}")
 
     def _group_ids(self, where: str, values: list) -> list[int]:
         """Integer groups pass through; names become indices into the sorted names seen in training."""
