@@ -59,7 +59,12 @@ def test_max_length_is_lowered_to_the_context_and_cuts_are_counted(config, tmp_p
     rows = long_rows(28) + [{**exact, "chosen": " ".join(["happy"] * n)} for n in (39, 40)]  # 39 + EOS fit exactly
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     dm = PairwisePreferenceDataModule(
-        path=path, tokenizer=str(world_tokenizer_dir), val_path=path, max_length=512, max_prompt_length=24
+        path=path,
+        tokenizer=str(world_tokenizer_dir),
+        val_path=path,
+        val_fraction=0,
+        max_length=512,
+        max_prompt_length=24,
     )
     attached(dm, config).setup("fit")
     attribute = "max_position_embeddings" if config is LLAMA else "n_positions"
@@ -84,7 +89,13 @@ def test_max_length_is_lowered_to_the_context_and_cuts_are_counted(config, tmp_p
 
 def test_settings_that_cannot_fit_the_context_are_refused(tmp_path, world_tokenizer_dir):
     path = write_jsonl(tmp_path / "pairs.jsonl", long_rows(4))
-    kwargs = {"path": path, "tokenizer": str(world_tokenizer_dir), "val_path": path, "max_length": 512}
+    kwargs = {
+        "path": path,
+        "tokenizer": str(world_tokenizer_dir),
+        "val_path": path,
+        "val_fraction": 0,
+        "max_length": 512,
+    }
     dm = attached(PairwisePreferenceDataModule(**kwargs, max_prompt_length=100), LLAMA)
     with pytest.raises(InputError) as error:
         dm.setup("fit")

@@ -153,14 +153,14 @@ def test_empty_assistant_message_is_dropped_like_empty_text(tmp_path, chat_token
     rows[1]["rejected"][-1]["content"] = "  "
     rows[2]["rejected"] = rows[2]["rejected"][:-1] + [message("user", "again")]  # no shared turns before an answer
     val = write_jsonl(tmp_path / "val.jsonl", trl_ultrafeedback_rows(2))
-    dm = datamodule(write_jsonl(tmp_path / "train.jsonl", rows), chat_tokenizer_dir, val_path=val)
+    dm = datamodule(write_jsonl(tmp_path / "train.jsonl", rows), chat_tokenizer_dir, val_path=val, val_fraction=0)
     dm.setup()
     assert dm.drop_reasons["train"] == {EMPTY_RESPONSE: 2, NO_SHARED_TURNS: 1} and len(dm.train_dataset) == 5
     text_rows = [{"prompt": "the day", "chosen": "", "rejected": "gloomy"}] + [
         {"prompt": "the day", "chosen": "happy", "rejected": "gloomy"}
     ] * 3
     text = write_jsonl(tmp_path / "text.jsonl", text_rows)
-    dm = datamodule(text, chat_tokenizer_dir, val_path=text)
+    dm = datamodule(text, chat_tokenizer_dir, val_path=text, val_fraction=0)
     dm.setup()
     assert dm.drop_reasons["train"] == {EMPTY_RESPONSE: 1}  # the same reason, counted the same way
 
