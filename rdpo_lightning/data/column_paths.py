@@ -6,6 +6,10 @@ A path is a column name, then ``.key`` for a field of an object and ``[]`` for *
 * ``completions[].response``: the ``response`` field of every element of the list column ``completions``;
 * ``completions[].annotations.helpfulness.Rating``: that element's nested rating.
 
+Typed columns (struct fields, lists of structs, as ``datasets`` reads JSON and parquet) are read with Arrow's
+struct and list kernels; JSON-typed columns, and any path that leaves the types (a missing key), are walked row by
+row in Python, which also names the row of an error.
+
 A table read through paths with ``[]`` has one row per list element (the UltraFeedback raw row with four
 completions becomes four completion rows); paths without ``[]`` repeat their row's value on each. All ``[]`` paths of
 one table must walk the same list (``completions[]``) and use ``[]`` once. A column whose name itself contains ``.``
@@ -19,6 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rdpo_lightning.errors import InputError
 
@@ -75,6 +82,9 @@ def read_paths(table: datasets.Dataset, paths: dict[str, str], where: str) -> tu
             f"{where}: missing column(s) {missing} (set by {', '.join(keys)}); the data has columns "
             f"{table.column_names}"
         )
+    fast = _read_arrow(table, parts, each)
+    if fast is not None:
+        return fast
     values: dict[str, list] = {path: [] for path in paths}
     names: list[str] = []
     for row, record in enumerate(table.select_columns(top).to_list()):
@@ -93,3 +103,50 @@ def read_paths(table: datasets.Dataset, paths: dict[str, str], where: str) -> tu
                 values[path].append(_walk(source, inner, path, key, where, name))
             names.append(name)
     return values, names
+
+
+def _struct_path(array: pa.Array, keys: list[str]) -> pa.Array | None:
+    """``array``'s nested field at ``keys``; None where a step is not a struct field (the Python walk then names
+    the row and the keys it has)."""
+    for name in keys:
+        if not pa.types.is_struct(array.type) or array.type.get_field_index(name) < 0:
+            return None
+        array = pc.struct_field(array, name)
+    return array
+
+
+def _read_arrow(
+    table: datasets.Dataset, parts: dict[str, tuple[str | None, list[str], list[str]]], each: str | None
+) -> tuple[dict[str, list], list[str]] | None:
+    """:func:`read_paths` with Arrow's struct and list kernels, for typed columns (struct fields, lists of structs);
+    None when a path leaves them (a JSON-typed column, a missing key, an indices mapping): the Python walk reads it."""
+    if getattr(table, "_indices", None) is not None:
+        return None
+    arrow = table.data.table
+    columns = {}
+    for path, (outer, down, inner) in parts.items():
+        keys = down if outer is not None else inner
+        columns[path] = _struct_path(arrow.column(keys[0]).combine_chunks(), keys[1:])
+        if columns[path] is None:
+            return None
+    rows = np.arange(len(table))
+    element = None
+    if each is not None:
+        lists = columns[next(path for path, part in parts.items() if part[0] is not None)]
+        if not pa.types.is_list(lists.type) and not pa.types.is_large_list(lists.type):
+            return None
+        lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+        rows = np.repeat(rows, lengths)
+        element = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    values = {}
+    for path, (outer, _, inner) in parts.items():
+        if outer is None:
+            array = columns[path].take(pa.array(rows)) if each is not None else columns[path]
+        else:
+            array = _struct_path(pc.list_flatten(columns[path]), inner)
+            if array is None:
+                return None
+        values[path] = array.to_pylist()
+    if element is None:
+        return values, [f"row {row}" for row in rows]
+    return values, [f"row {row}, {each}[{index}]" for row, index in zip(rows, element, strict=True)]

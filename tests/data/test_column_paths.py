@@ -128,3 +128,25 @@ def test_path_errors_name_the_key_row_and_keys(tmp_path, world_tokenizer_dir):
         f"train source rows (data.path={path}), row 1, completions[2]: score column {PATHS[1]!r} (data.score_columns) "
         "holds 'very' (str); expected numbers"
     )
+
+
+def test_arrow_kernels_read_what_the_python_walk_reads(monkeypatch):
+    """Typed columns are read with Arrow's struct/list kernels; the row-by-row Python walk (used for JSON-typed
+    columns and to name errors) is the independent reference: the same values and row names, nulls included."""
+    import datasets
+
+    from rdpo_lightning.data import column_paths
+
+    rows = ultrafeedback_raw_rows(7, seed=3)
+    rows[2]["completions"] = None  # no completions at all
+    rows[4]["completions"][1]["annotations"] = None  # a completion without annotations
+    rows[5]["completions"] = rows[5]["completions"][:1]
+    table = datasets.Dataset.from_list(rows).select_columns(["instruction", "completions", "source"])
+    paths = {"instruction": "data.prompt_column", "completions[].response": "data.response_column"}
+    paths.update(dict.fromkeys(PATHS, "data.score_columns"))
+    fast = column_paths.read_paths(table, paths, "x")
+    assert column_paths._read_arrow(table, {p: column_paths._split(p) for p in paths}, "completions") is not None
+    monkeypatch.setattr(column_paths, "_read_arrow", lambda *args: None)
+    slow = column_paths.read_paths(table, paths, "x")
+    assert fast == slow and len(fast[1]) == 4 * 5 + 1
+    assert fast[0][PATHS[0]][4 * 3 + 1] is None and fast[1][4 * 3 + 1] == "row 4, completions[1]"
