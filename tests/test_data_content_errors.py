@@ -26,13 +26,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def conversations(count: int) -> list[dict]:
-    """``trl-lib/ultrafeedback_binarized`` rows: shared user turn, no prompt column."""
+    """``trl-lib/ultrafeedback_binarized`` rows: shared user turn, no prompt column; every fifth chosen answer is
+    longer than a 64-position model can take (without the context check, an IndexError in the reference pass)."""
     rows = []
     for i in range(count):
         user = {"content": f"the {NOUNS[i % 8]} {NOUNS[(i // 8) % 8]}", "role": "user"}
         rows.append(
             {
-                "chosen": [user, {"content": "happy laugh " * (1 + i % 3), "role": "assistant"}],
+                "chosen": [user, {"content": "happy laugh " * (1 + i % 3 + 40 * (i % 5 == 0)), "role": "assistant"}],
                 "rejected": [user, {"content": "grief tears", "role": "assistant"}],
                 "score_chosen": 7.0,
                 "score_rejected": 2.0,
@@ -173,6 +174,7 @@ def test_public_layouts_through_the_cli(tmp_path, chat_model_dir, tiny_model_dir
         "data.max_length=512 is more than the model's context (model.model's n_positions=64): sequences are cut to 64"
         in err
     )
+    assert "train: 4 of 16 pairs had a response cut to fit max_length=64" in err
     caplog.clear()
 
     human = "\n\nHuman: the morning city\n\nAssistant: happy\n\nHuman: the river road"
