@@ -36,6 +36,7 @@ from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
 from rdpo_lightning.models import build_policy, check_packing_support, load_causal_lm, resolve_dtype, token_logps
+from rdpo_lightning.optim_checks import check_optimizer
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, reconcile_reference_state
 from rdpo_lightning.reproducibility import seed_training_batch
@@ -133,6 +134,7 @@ class RobustDPO(L.LightningModule):
         check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         check_int_at_least("model.accumulate_grad_batches", accumulate_grad_batches, 1)
+        check_optimizer(optimizer)  # its hyper-parameters, now rather than after the data and models are built
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer", "peft"])
         self.hparams["peft"] = peft_config_dict(peft)  # plain data: a checkpoint loads without unpickling PEFT classes
         self.peft = peft
