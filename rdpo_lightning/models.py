@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from rdpo_lightning.data.packing import PACK_INDEX, unpack_token_logps
+from rdpo_lightning.dropout import check_dropout_off, disable_dropout
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.fused_logprobs import fused_token_logps, unwrap_causal_lm
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, token_logprobs
@@ -111,13 +112,6 @@ def quantization_config(arguments: dict[str, Any]) -> Any:
         raise InputError(f"model.quantization: {error}") from error
 
 
-def disable_dropout(model: nn.Module) -> None:
-    """Dropout makes two forwards of one batch disagree; DPO (and WDPO's finite difference) want them equal."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached, frozen, dropout-free copy: the default reference policy."""
     reference = copy.deepcopy(model)
@@ -189,7 +183,7 @@ def check_packing_support(model: nn.Module, batch: dict[str, torch.Tensor]) -> N
     want, got = alone.logits.double(), together.logits[:, 4:].double()
     if (got - want).abs().max() > tolerance * want.abs().max().clamp(min=1e-6):
         attention = getattr(lm.config, "_attn_implementation", None)
-        raise ValueError(
+        raise InputError(
             f"data.padding_free: true needs a model whose attention keeps packed sequences apart by their"
             f" position_ids; {type(lm).__name__} (attn_implementation={attention!r}) lets one see the other: set"
             " data.padding_free: false (data.group_by_length: true still cuts most padding)"
@@ -227,4 +221,5 @@ def build_policy(
         rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
     if disable_policy_dropout:
         disable_dropout(policy)
+        check_dropout_off(policy)
     return policy, adapter_config

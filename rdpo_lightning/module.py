@@ -301,7 +301,7 @@ class RobustDPO(L.LightningModule):
             losses=self.pair_loss.pair_losses(scores, self.beta),
             scores=scores,
             columns=batch.get("columns", {}),
-            embeddings=captured[0] if captured else None,
+            embeddings=captured[-1] if captured else None,  # the last forward: the one scored (see token_logps)
             gather=self._gather,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
         )
