@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -181,12 +183,17 @@ def _logits_agree(ours: Tensor, theirs: Tensor) -> bool:
 
 
 def fused_token_logps(
-    model: nn.Module, inputs: dict[str, Tensor], labels: Tensor, chunk_tokens: int | None = None
+    model: nn.Module,
+    inputs: dict[str, Tensor],
+    labels: Tensor,
+    chunk_tokens: int | None = None,
+    on_output: Callable[[Any], None] | None = None,
 ) -> tuple[Tensor, Tensor] | None:
     """``(logps, mask)`` (rows, T-1) of ``labels`` under ``model`` called on ``inputs`` (keyword arguments of its
     forward), or None when the model cannot take the fused path (then the caller computes full logits; the reason is
     logged once per model). ``chunk_tokens``: scored tokens per output-layer chunk (default: enough for
-    :data:`DEFAULT_CHUNK_BYTES` of float32 logits).
+    :data:`DEFAULT_CHUNK_BYTES` of float32 logits). ``on_output``: called with the model's output when the log-probs
+    come from it (for what else the forward returns, e.g. a router load-balancing loss).
     """
     lm = unwrap_causal_lm(model)
     verdict = _Support.get(lm)
@@ -235,6 +242,8 @@ def fused_token_logps(
             _refuse(lm, "computes its logits in a way this path does not reproduce")
             return None
         _Support.set(lm, True)
+    if on_output is not None:
+        on_output(output)
     return output.logits, state["result"][1]
 
 
