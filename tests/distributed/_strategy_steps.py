@@ -2,13 +2,14 @@
 
 Run as a script (Lightning re-executes it for rank 1):
 ``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
-with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save][+pf][+full]``. For each case rank 0
-writes ``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the
-message of a refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away from its
-base, which is the reference; no separate reference model); ``resident``: no precomputed reference log-probs (the base
-computes them every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a directory
-under FSDP2); ``pf``: padding-free batches; ``full``: the full-logits path instead of the default fused output-layer
-log-probs.
+with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save][+pf][+full][+accN][+micro]``. For each
+case rank 0 writes ``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err``
+with the message of a refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away
+from its base, which is the reference; no separate reference model); ``resident``: no precomputed reference log-probs
+(the base computes them every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a
+directory under FSDP2); ``pf``: padding-free batches; ``full``: the full-logits path instead of the default fused
+output-layer log-probs; ``accN``: the same optimizer batch as N micro-batches per rank (``model.accumulate_grad_batches:
+N``); ``micro``: with ``model.objective_scope: micro_batch``.
 Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
 The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
 """
@@ -29,11 +30,14 @@ from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.quiet import quiet_trainer
-from rdpo_lightning.robust import DrDPO, GroupDRO, KLReweighter, NoRobust, WassersteinPenalty
+from rdpo_lightning.robust import ChiSquareDRO, CVaR, DrDPO, GroupDRO, KLReweighter, NoRobust, WassersteinPenalty
 
 ROBUST = {
     "none": NoRobust,
     "kl": functools.partial(KLReweighter, tau=0.5),
+    "kl_clamped": functools.partial(KLReweighter, tau=0.5, normalize=False, clamp_max=2.0),
+    "cvar": functools.partial(CVaR, worst_fraction=0.3),  # 2.4 of 8 pairs: a fractional boundary weight
+    "chi_square": functools.partial(ChiSquareDRO, rho=0.5),
     "wdpo_fd": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference"),
     "wdpo_fd_eps": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference", epsilon=1e-3),
     "wdpo_exact": functools.partial(WassersteinPenalty, rho=0.05, mode="exact"),
@@ -60,6 +64,7 @@ def run_case(
     single = strategy_name == "single"
     L.seed_everything(0, verbose=False)
     lora = "lora" in flags
+    accumulate = next((int(f[3:]) for f in flags if f.startswith("acc")), 1)
     module = RobustDPO(
         model=model_dir,
         # unlike the initial policy, so pair losses (and KL weights) differ at step 0; with LoRA the base is
@@ -75,12 +80,14 @@ def run_case(
         activation_checkpointing="ac" in flags,
         fused_logprobs="full" not in flags,
         reference_cache_dir=cache_dir,
+        accumulate_grad_batches=accumulate,
+        objective_scope="micro_batch" if "micro" in flags else "optimizer_batch",
     )
     data = AttributeWorldDataModule(
         num_train=GLOBAL_BATCH,
         num_val=2,
         val_alphas=[],
-        batch_size=GLOBAL_BATCH if single else GLOBAL_BATCH // WORLD,
+        batch_size=-(-(GLOBAL_BATCH if single else GLOBAL_BATCH // WORLD) // accumulate),  # acc3: 3, 3 and 2 pairs
         max_length=24,
         padding_free="pf" in flags,
         tokenizer_dir=model_dir,
