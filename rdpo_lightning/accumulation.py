@@ -285,3 +285,13 @@ def warn_if_degenerate(trainer: Any, robust: RobustLoss, window: int, scope: str
     )
     rank_zero_warn(message)
     return message
+
+
+def hold_logging_step(trainer: Any) -> None:
+    """Undo Lightning's advance of its logging step for a micro-batch that only joined the window.
+
+    Under manual optimisation Lightning advances ``_batches_that_stepped`` (the x-axis of every logged scalar, and
+    what ``log_every_n_steps`` counts) after every loader batch; called at the start of the batch after one that only
+    joined the window, this keeps it counting optimizer steps, as it does under Lightning's own accumulation."""
+    loop = trainer.fit_loop.epoch_loop
+    loop._batches_that_stepped -= 1

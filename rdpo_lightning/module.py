@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import PeftConfig
 from torch import Tensor
 
@@ -21,6 +21,7 @@ from rdpo_lightning.accumulation import (
     AccumulationWindow,
     MicroBatch,
     WindowPasses,
+    hold_logging_step,
     optimizer_steps,
     run_window,
     trainer_accumulation_refusal,
@@ -174,6 +175,7 @@ class RobustDPO(L.LightningModule):
         self.accumulate_grad_batches = accumulate_grad_batches
         self.objective_scope = objective_scope
         self.window = AccumulationWindow(accumulate_grad_batches)
+        self._joined_window = False
         self.automatic_optimization = self.robust.automatic_optimization and accumulate_grad_batches == 1
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
@@ -427,8 +429,20 @@ class RobustDPO(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_training_batch(self.trainer, batch_idx)
+        if self._joined_window:
+            hold_logging_step(self.trainer)
+            self._joined_window = False
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._joined_window = len(self.window) > 0  # the batch waits in the window: no optimizer step yet
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if len(self.window):
+            rank_zero_warn(
+                f"a checkpoint is written inside an accumulation window ({len(self.window)} of"
+                f" {self.window.size} micro-batches seen): a fit resumed from it starts the next window at the next"
+                " micro-batch, without these; checkpoint after optimizer steps (ModelCheckpoint every_n_train_steps)"
+            )
         refuse_nonfinite_checkpoint(checkpoint)
         checkpoint[RUN_RECORD_KEY] = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
 

@@ -17,6 +17,7 @@ The pytest side imports :func:`run_case` to make the single-process, full-batch 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,8 @@ GROUPED = {"train_alpha": None, "train_mixtures": [0.1, 0.9]}
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_fc"], "init_lora_weights": False}
 GLOBAL_BATCH = 8
 WORLD = 2
+#: what each case's fit logged (``trainer.logged_metrics``), by case; rank 0 also writes ``OUT_DIR/<case>.json``
+LOGGED: dict[str, dict[str, float]] = {}
 
 
 def strategy_of(name: str):
@@ -104,6 +107,7 @@ def run_case(
         trainer.fit(module, datamodule=data)
     except ValueError as error:
         return None, str(error)
+    LOGGED[case] = {name: float(value) for name, value in trainer.logged_metrics.items()}
     if "save" in flags:
         trainer.save_checkpoint(Path(cache_dir) / f"{case}.ckpt")
     params = {}
@@ -125,6 +129,7 @@ def main() -> None:
             (out / f"{case}.err").write_text(refusal)
         else:
             torch.save(params, out / f"{case}.pt")
+            (out / f"{case}.json").write_text(json.dumps(LOGGED[case]))
 
 
 if __name__ == "__main__":
