@@ -27,6 +27,7 @@ from rdpo_lightning.accumulation import (
     trainer_accumulation_refusal,
     warn_if_degenerate,
 )
+from rdpo_lightning.adapter_checkpoints import AdapterCheckpoints
 from rdpo_lightning.adapters import peft_config_dict, reference_mode
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_interval, check_non_negative, check_positive
 from rdpo_lightning.data.packing import PACK_INDEX
@@ -96,6 +97,11 @@ class RobustDPO(L.LightningModule):
             it would form the objective per micro-batch.
         objective_scope: ``optimizer_batch`` (default) or ``micro_batch``: each micro-batch's objective formed alone
             and averaged by pair share (what Lightning's accumulation does; kept for comparison).
+        adapter_only_checkpoints: a LoRA run's checkpoints hold the adapters (and optimizer state) only, not the
+            frozen base; they record the base (``model.model`` and a digest of its weights) and refuse another one on
+            resume and export (:mod:`rdpo_lightning.adapter_checkpoints`). Default (null): on for adapters on a
+            ``model.model`` base under single device, DDP or FSDP2Strategy; off for a ``model_config`` base, whose
+            random weights exist in no file to re-read.
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class RobustDPO(L.LightningModule):
         activation_checkpointing: bool = False,
         accumulate_grad_batches: int = 1,
         objective_scope: str = "optimizer_batch",
+        adapter_only_checkpoints: bool | None = None,
     ) -> None:
         super().__init__()
         if (model is None) == (model_config is None):
@@ -172,6 +179,7 @@ class RobustDPO(L.LightningModule):
             },
         )
         self.activation_checkpointing = activation_checkpointing
+        self.adapter_checkpoints = AdapterCheckpoints(adapter_only_checkpoints)
         self.accumulate_grad_batches = accumulate_grad_batches
         self.objective_scope = objective_scope
         self.window = AccumulationWindow(accumulate_grad_batches)
@@ -203,6 +211,8 @@ class RobustDPO(L.LightningModule):
         refusal = self.robust.accumulation_refusal(self.accumulate_grad_batches)
         if refusal is not None:
             raise InputError(refusal)
+        adapted = self.peft is not None or self.adapter is not None
+        self.adapter_checkpoints.setup(strategy, adapted, self.model_name)
 
     def configure_model(self) -> None:
         """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
@@ -215,6 +225,7 @@ class RobustDPO(L.LightningModule):
             disable_policy_dropout=self.disable_policy_dropout,
         )  # fmt: skip
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
+        self.adapter_checkpoints.note_base(policy)  # before sharding: every rank holds the whole base
         reference = None
         if self.pair_loss.uses_reference:
             named = None
@@ -251,8 +262,10 @@ class RobustDPO(L.LightningModule):
             reshard(self.policy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Reconcile the reference weights of a single-file checkpoint with this run's reference (see
+        """Refuse an adapter-only checkpoint of another base and put this run's base into it; reconcile the reference
+        weights of a single-file checkpoint with this run's reference (see
         :func:`~rdpo_lightning.reference_cache.reconcile_reference_state`)."""
+        self.adapter_checkpoints.on_load(checkpoint, checkpoint.get(RUN_RECORD_KEY), self)
         state = checkpoint.get("state_dict")
         if state is not None and reconcile_reference_state(state, self.reference):
             rank_zero_info(
@@ -444,7 +457,9 @@ class RobustDPO(L.LightningModule):
                 " micro-batch, without these; checkpoint after optimizer steps (ModelCheckpoint every_n_train_steps)"
             )
         refuse_nonfinite_checkpoint(checkpoint)
-        checkpoint[RUN_RECORD_KEY] = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
+        record = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
+        checkpoint[RUN_RECORD_KEY] = record
+        self.adapter_checkpoints.on_save(checkpoint, record, self.policy)  # adapter-only: the base stays out
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
