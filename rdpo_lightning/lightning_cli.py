@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rdpo_lightning import aliases, cli_yaml
+from rdpo_lightning.callbacks import MetricsProgressBar
 from rdpo_lightning.cli_errors import explain
 from rdpo_lightning.data import PreferenceDataModule
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.guards import NonFiniteError
+from rdpo_lightning.known_warnings import silence_library_noise, validating_a_checkpoint
 from rdpo_lightning.module import RobustDPO
 
 COMMANDS = ("fit", "validate")
@@ -77,6 +80,26 @@ class RDPOCLI(LightningCLI):
         argv = list(sys.argv[1:] if args is None else args)
         self.config = parser.parse_args(config_from_checkpoint(aliases.resolve_argv(argv)))
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        leave_loftq_unset(config.get("model"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Lightning's Trainer, with :class:`MetricsProgressBar` as its progress bar unless the configuration
+        names one or turns the bar off."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            trainer["callbacks"] = [*callbacks, MetricsProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def validate(self, **kwargs: Any) -> Any:
+        """``Trainer.validate``; the checkpoint callbacks, restored from the checkpoint, do not warn that this run
+        logs to a new directory (validate writes no checkpoint)."""
+        with validating_a_checkpoint():
+            return self.trainer.validate(**kwargs)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -99,6 +122,17 @@ class RDPOCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 print(f"rdpo: error: {error}", file=sys.stderr)
             raise ConfigError(2) from error
+
+
+def leave_loftq_unset(model: Any) -> None:
+    """jsonargparse fills a ``LoraConfig``'s ``loftq_config`` with LoftQ's defaults, which PEFT then warns it
+    ignores (``loftq_config specified but will be ignored``): leave it out (PEFT's default, empty) unless LoftQ
+    initialises the adapters."""
+    peft = model.get("peft") if isinstance(model, Namespace) else None
+    init_args = peft.get("init_args") if isinstance(peft, Namespace) else None
+    if isinstance(init_args, Namespace) and init_args.get("init_lora_weights") != "loftq":
+        if "loftq_config" in init_args:
+            del init_args["loftq_config"]
 
 
 def key_and_message(key: str | None, cls: type | None, message: str) -> str:
@@ -192,6 +226,7 @@ def main(args: list[str] | dict | Namespace | None = None) -> RDPOCLI:
     import torch
 
     torch.set_float32_matmul_precision("high")
+    silence_library_noise()
     try:
         return RDPOCLI(
             RobustDPO,

@@ -27,10 +27,9 @@ class ExportBestCheckpoint(Callback):
         self.exported: Path | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        checkpoint = trainer.checkpoint_callback
-        path = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
-        if not path and self.fallback_to_last and checkpoint is not None:
-            path = checkpoint.last_model_path
+        path = best_checkpoint(trainer)
+        if not path and self.fallback_to_last:
+            path = next((c.last_model_path for c in trainer.checkpoint_callbacks if c.last_model_path), "")
         if not path:
             raise ValueError(
                 "ExportBestCheckpoint needs a ModelCheckpoint callback that saved a checkpoint (trainer.callbacks)"
@@ -42,3 +41,12 @@ class ExportBestCheckpoint(Callback):
             self.exported = export_checkpoint(path, self.dirpath, self.adapter_only, overwrite=True)
             rank_zero_info(f"exported {path} to {self.exported}")
         trainer.strategy.barrier()
+
+
+def best_checkpoint(trainer: L.Trainer) -> str:
+    """The best checkpoint of the first ``ModelCheckpoint`` that monitors a metric (the shipped configs: on
+    ``val/worst_case/loss``; :class:`~rdpo_lightning.callbacks.LastCheckpoint` beside it monitors none), else of the
+    first one; "" when none saved one."""
+    callbacks = trainer.checkpoint_callbacks
+    monitored = [c for c in callbacks if getattr(c, "monitor", None) is not None] or callbacks[:1]
+    return next((c.best_model_path for c in monitored if c.best_model_path), "")
