@@ -162,21 +162,39 @@ def reference_mode(model: nn.Module) -> Iterator[None]:
             layer._disable_adapters, layer._active_adapter = disabled, active
 
 
+def adapter_names(model: nn.Module) -> set[str]:
+    """The names of the adapters on ``model`` (``default``, and ``reference`` for a continued adapter); empty for a
+    model without adapters."""
+    return set(getattr(model, "peft_config", {}) or {}) if is_adapted(model) else set()
+
+
+def is_adapter_key(key: str, names: set[str]) -> bool:
+    """Whether a state-dict key of an adapted model names an adapter's weight (one of its segments is an adapter
+    name, as in ``...c_attn.lora_A.default.weight`` or ``...ln_f.modules_to_save.default.weight``), not the base's."""
+    return any(part in names for part in key.split("."))
+
+
+def _bare_name(key: str) -> str:
+    """A PEFT model's state-dict key as the bare base model names it (wrapper prefixes and segments removed)."""
+    kept = [p for p in key.split(".") if p not in ("base_layer", "original_module")]
+    if kept[:2] == ["base_model", "model"]:
+        kept = kept[2:]
+    return ".".join(kept)
+
+
 def reference_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights the reference depends on, named as in the bare base model (a starting adapter's under its own
     names): the trained adapter's weights are left out, PEFT's wrapper prefixes removed."""
     if not is_adapted(model):
         return dict(model.state_dict())
-    state = {}
-    for name, tensor in model.state_dict().items():
-        parts = name.split(".")
-        if TRAINED_ADAPTER in parts:
-            continue
-        kept = [p for p in parts if p not in ("base_layer", "original_module")]
-        if kept[:2] == ["base_model", "model"]:
-            kept = kept[2:]
-        state[".".join(kept)] = tensor
-    return state
+    return {_bare_name(k): v for k, v in model.state_dict().items() if not is_adapter_key(k, {TRAINED_ADAPTER})}
+
+
+def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen base model's weights under their bare names, no adapter's (neither the trained nor a starting one):
+    what an adapter-only checkpoint leaves out, and whose digest says which base it needs."""
+    names = adapter_names(model)
+    return {_bare_name(k): v for k, v in model.state_dict().items() if not is_adapter_key(k, names)}
 
 
 def trainable_summary(model: nn.Module) -> str:

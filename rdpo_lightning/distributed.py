@@ -230,6 +230,17 @@ class FSDP2Strategy(ModelParallelStrategy):
     def __init__(self, data_parallel_size: int | str = "auto", tensor_parallel_size: int = 1, **kwargs: Any) -> None:
         super().__init__(data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size, **kwargs)
 
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's loader, except for an adapter-only distributed checkpoint, which holds no base weights to load
+        (:func:`~rdpo_lightning.adapter_checkpoints.load_adapter_only_distributed`)."""
+        from pathlib import Path
+
+        from rdpo_lightning.adapter_checkpoints import load_adapter_only_distributed
+
+        path = Path(self.broadcast(checkpoint_path))
+        loaded = load_adapter_only_distributed(self.model, self.optimizers, path, weights_only)
+        return loaded if loaded is not None else super().load_checkpoint(path, weights_only)
+
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_nodes * self.num_processes // int(self._tensor_parallel_size)

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from rdpo_lightning import run_record
-from rdpo_lightning.adapters import REFERENCE_ADAPTER, as_peft_config
+from rdpo_lightning.adapter_checkpoints import describe, is_adapter_only, recorded_base
+from rdpo_lightning.adapters import REFERENCE_ADAPTER, TRAINED_ADAPTER, as_peft_config
 from rdpo_lightning.errors import InputError
 
 #: the prefixes under which Lightning's distributed checkpoints store the module's state dict (FSDP2, FSDP1)
@@ -97,17 +98,23 @@ def record_of(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
 
 
 def rebuild_policy(
-    record: dict[str, Any], state: dict[str, torch.Tensor], hparams: dict[str, Any] | None = None
+    record: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    hparams: dict[str, Any] | None = None,
+    base: str | None = None,
 ) -> nn.Module:
     """The trained policy from the checkpoint alone: the architecture from its recorded config (parameters
     allocated empty), the adapters from its recorded adapter config, then every weight from ``state``.
 
-    A quantized base (QLoRA) is stored quantized; its export loads the run's original base (``model.model``) in the
-    compute dtype instead and puts the trained adapters on it, so the merged model is a full-precision model.
+    Two checkpoints hold no usable base, and their trained adapters go onto the run's original base
+    (``model.model``, or ``base`` where it lies now) instead: an adapter-only checkpoint
+    (:mod:`rdpo_lightning.adapter_checkpoints`; the base must have the recorded weights digest), and a quantized
+    base (QLoRA), stored quantized, which is read in its compute dtype so that the merged model is full-precision.
     """
-    quantization = (hparams or {}).get("quantization")
-    if quantization and record.get("adapter_config") is not None:
-        return _adapters_on_original_base(record, state, hparams["model"], quantization)
+    hparams = hparams or {}
+    adapter_only = is_adapter_only(record)
+    if record.get("adapter_config") is not None and (adapter_only or hparams.get("quantization")):
+        return _adapters_on_original_base(record, state, hparams, base)
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -133,20 +140,45 @@ def rebuild_policy(
 
 
 def _adapters_on_original_base(
-    record: dict[str, Any], state: dict[str, torch.Tensor], base_name: str, quantization: dict[str, Any]
+    record: dict[str, Any], state: dict[str, torch.Tensor], hparams: dict[str, Any], base: str | None
 ) -> nn.Module:
     from peft import get_peft_model
 
+    from rdpo_lightning.adapters import is_adapter_key
     from rdpo_lightning.models import load_causal_lm
+    from rdpo_lightning.reference_cache import weights_digest
 
-    dtype = str(quantization.get("bnb_4bit_compute_dtype", "bfloat16")).replace("torch.", "")
-    base = load_causal_lm(base_name, torch_dtype=dtype, key="model.model (the quantized run's base, read to export)")
-    model = get_peft_model(base, as_peft_config(record["adapter_config"]))
-    trained = {k: v for k, v in state.items() if "lora_" in k or "modules_to_save" in k}
+    recorded = recorded_base(record)
+    name = base or recorded.get("model") or hparams.get("model")
+    if name is None:
+        raise InputError(
+            "this checkpoint holds the adapters only, and its base was built from model.model_config (random weights"
+            " in no file): pass --base DIR, that base written by save_pretrained"
+        )
+    quantization = hparams.get("quantization")
+    if quantization:
+        dtype = str(quantization.get("bnb_4bit_compute_dtype", "bfloat16")).replace("torch.", "")
+    else:
+        dtype = hparams.get("torch_dtype")
+    key = "--base" if base else "the checkpoint's base model.model"
+    try:
+        original = load_causal_lm(name, torch_dtype=dtype, key=key)
+    except InputError as error:
+        hint = "" if base else " (pass --base DIR where that base lies now)"
+        raise InputError(f"{error}{hint}") from error
+    digest = weights_digest(original) if not quantization and recorded.get("digest") else None
+    if digest is not None and digest != recorded["digest"]:  # a quantized base was digested quantized: no check
+        raise InputError(
+            f"{key}={name} is not the base these adapters were trained on: its weights digest is {digest[:12]}, the"
+            f" checkpoint's base is {describe(recorded)}"
+        )
+    model = get_peft_model(original, as_peft_config(record["adapter_config"]))
+    trained = {k: v for k, v in state.items() if is_adapter_key(k, {TRAINED_ADAPTER})}
     _, unexpected = model.load_state_dict(trained, strict=False)
-    wanted = {k for k, _ in model.named_parameters() if "lora_" in k or "modules_to_save" in k}
+    wanted = {k for k in model.state_dict() if is_adapter_key(k, {TRAINED_ADAPTER})}
     if unexpected or wanted - set(trained):
-        raise InputError(f"the checkpoint's adapter weights do not fit the base {base_name}: {unexpected[:3]}")
+        missing = sorted(wanted - set(trained))
+        raise InputError(f"the checkpoint's adapter weights do not fit the base {name}: {(unexpected or missing)[:3]}")
     return model.eval()
 
 
@@ -172,9 +204,14 @@ def _tie(model: nn.Module) -> None:
 
 
 def export_checkpoint(
-    checkpoint: str | Path, output: str | Path, adapter_only: bool = False, overwrite: bool = False
+    checkpoint: str | Path,
+    output: str | Path,
+    adapter_only: bool = False,
+    overwrite: bool = False,
+    base: str | None = None,
 ) -> Path:
-    """Write ``checkpoint`` as a Hugging Face model directory ``output`` (see the module docstring); returns it."""
+    """Write ``checkpoint`` as a Hugging Face model directory ``output`` (see the module docstring); returns it.
+    ``base``: where an adapter-only checkpoint's base model lies now (default: the ``model.model`` it records)."""
     from rdpo_lightning.model_card import model_card
 
     output = Path(output).expanduser()
@@ -184,12 +221,12 @@ def export_checkpoint(
     record = record_of(meta, checkpoint)
     if adapter_only and record.get("adapter_config") is None:
         raise InputError("--adapter-only: this checkpoint's policy has no adapters (model.peft / model.adapter unset)")
-    model = rebuild_policy(record, policy_state(state), meta.get("hyper_parameters"))
+    model = rebuild_policy(record, policy_state(state), meta.get("hyper_parameters"), base)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.parent / f".{output.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        _write(model, record, meta, partial, adapter_only)
+        _write(model, record, meta, partial, adapter_only, base)
         (partial / "README.md").write_text(model_card(record, meta, Path(checkpoint), adapter_only))
         _replace(partial, output)
     except BaseException:
@@ -198,7 +235,14 @@ def export_checkpoint(
     return output
 
 
-def _write(model: nn.Module, record: dict[str, Any], meta: dict[str, Any], directory: Path, adapter_only: bool) -> None:
+def _write(
+    model: nn.Module,
+    record: dict[str, Any],
+    meta: dict[str, Any],
+    directory: Path,
+    adapter_only: bool,
+    base: str | None = None,
+) -> None:
     from transformers import GenerationConfig
 
     directory.mkdir(parents=True)
@@ -206,7 +250,7 @@ def _write(model: nn.Module, record: dict[str, Any], meta: dict[str, Any], direc
         (directory / name).write_bytes(content)
     generation = record.get("generation_config")
     if adapter_only:
-        base_name = (meta.get("hyper_parameters") or {}).get("model")
+        base_name = base or (meta.get("hyper_parameters") or {}).get("model")
         model.peft_config["default"].base_model_name_or_path = base_name
         model.save_pretrained(directory)
         if generation:
@@ -225,12 +269,16 @@ def _replace(partial: Path, output: Path) -> None:
         return
     old = output.parent / f".{output.name}.old-{os.getpid()}"
     output.rename(old)
-    partial.rename(output)
+    try:
+        partial.rename(output)
+    except BaseException:
+        old.rename(output)  # the previous export stays where it was
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str]) -> None:
-    """``rdpo export CHECKPOINT OUTPUT [--adapter-only] [--overwrite]``."""
+    """``rdpo export CHECKPOINT OUTPUT [--adapter-only] [--overwrite] [--base DIR]``."""
     parser = argparse.ArgumentParser(
         prog="rdpo export",
         description="Write a RobustDPO checkpoint (any strategy) as a Hugging Face model directory.",
@@ -239,9 +287,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("output", help="the directory to write (save_pretrained layout)")
     parser.add_argument("--adapter-only", action="store_true", help="write the adapter only (PEFT), not merged")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument(
+        "--base", help="an adapter-only checkpoint's base model, where it lies now (default: its recorded model.model)"
+    )
     args = parser.parse_args(argv)
     try:
-        written = export_checkpoint(args.checkpoint, args.output, args.adapter_only, args.overwrite)
+        written = export_checkpoint(args.checkpoint, args.output, args.adapter_only, args.overwrite, args.base)
     except InputError as error:
         print(f"rdpo export: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
 from torch import Tensor
 
+from rdpo_lightning.adapter_checkpoints import AdapterCheckpoints
 from rdpo_lightning.adapters import peft_config_dict, reference_mode
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_interval, check_non_negative, check_positive
 from rdpo_lightning.data.packing import PACK_INDEX
@@ -83,6 +84,11 @@ class RobustDPO(L.LightningModule):
         accumulate_grad_batches: gradient accumulation for robust strategies that drive their own backward passes
             (manual optimisation: ``WassersteinPenalty`` in ``finite_difference`` mode); the others use
             ``trainer.accumulate_grad_batches``.
+        adapter_only_checkpoints: a LoRA run's checkpoints hold the adapters (and optimizer state) only, not the
+            frozen base; they record the base (``model.model`` and a digest of its weights) and refuse another one on
+            resume and export (:mod:`rdpo_lightning.adapter_checkpoints`). Default (null): on for adapters on a
+            ``model.model`` base under single device, DDP or FSDP2Strategy; off for a ``model_config`` base, whose
+            random weights exist in no file to re-read.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class RobustDPO(L.LightningModule):
         reference_cache_dir: str | None = None,
         activation_checkpointing: bool = False,
         accumulate_grad_batches: int = 1,
+        adapter_only_checkpoints: bool | None = None,
     ) -> None:
         super().__init__()
         if (model is None) == (model_config is None):
@@ -157,6 +164,7 @@ class RobustDPO(L.LightningModule):
             },
         )
         self.activation_checkpointing = activation_checkpointing
+        self.adapter_checkpoints = AdapterCheckpoints(adapter_only_checkpoints)
         self.accumulate_grad_batches = accumulate_grad_batches
         self.automatic_optimization = self.robust.automatic_optimization
         self.policy: torch.nn.Module | None = None
@@ -177,6 +185,8 @@ class RobustDPO(L.LightningModule):
         refusal = self.robust.accumulation_refusal(self.accumulate_grad_batches)
         if refusal is not None:
             raise InputError(refusal)
+        adapted = self.peft is not None or self.adapter is not None
+        self.adapter_checkpoints.setup(strategy, adapted, self.model_name)
 
     def configure_model(self) -> None:
         """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
@@ -189,6 +199,7 @@ class RobustDPO(L.LightningModule):
             disable_policy_dropout=self.disable_policy_dropout,
         )  # fmt: skip
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
+        self.adapter_checkpoints.note_base(policy)  # before sharding: every rank holds the whole base
         reference = None
         if self.pair_loss.uses_reference:
             named = None
@@ -225,8 +236,10 @@ class RobustDPO(L.LightningModule):
             reshard(self.policy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Reconcile the reference weights of a single-file checkpoint with this run's reference (see
+        """Refuse an adapter-only checkpoint of another base and put this run's base into it; reconcile the reference
+        weights of a single-file checkpoint with this run's reference (see
         :func:`~rdpo_lightning.reference_cache.reconcile_reference_state`)."""
+        self.adapter_checkpoints.on_load(checkpoint, checkpoint.get(RUN_RECORD_KEY), self)
         state = checkpoint.get("state_dict")
         if state is not None and reconcile_reference_state(state, self.reference):
             rank_zero_info(
@@ -391,7 +404,9 @@ class RobustDPO(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         refuse_nonfinite_checkpoint(checkpoint)
-        checkpoint[RUN_RECORD_KEY] = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
+        record = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
+        checkpoint[RUN_RECORD_KEY] = record
+        self.adapter_checkpoints.on_save(checkpoint, record, self.policy)  # adapter-only: the base stays out
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

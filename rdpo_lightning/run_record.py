@@ -3,7 +3,9 @@
 Stored under ``checkpoint["rdpo"]`` by :meth:`RobustDPO.on_save_checkpoint`: the policy's model config and adapter
 config (to rebuild the model without its original files), the tokenizer's files (with the chat template), the
 objective (robust strategy, pair loss, β), the strategy and trainer settings, the DataModule's mixtures, the
-validation metrics of the pass the checkpoint follows, and the run's YAML configuration when ``rdpo`` started it.
+validation metrics of the pass the checkpoint follows, and the run's YAML configuration when ``rdpo`` started it. A
+LoRA run adds its base (``model.model`` and a digest of its weights, and whether the checkpoint leaves it out:
+:mod:`rdpo_lightning.adapter_checkpoints`).
 """
 
 from __future__ import annotations

@@ -27,8 +27,11 @@ def make_data(model_dir: Path, **kwargs) -> AttributeWorldDataModule:
     return AttributeWorldDataModule(**{**args, **kwargs}, tokenizer_dir=str(model_dir))
 
 
-def fit(model_dir: Path, cache: Path, steps: int = 1, data: dict | None = None, **module_args) -> RobustDPO:
-    """``steps`` SGD steps (lr 1, float64 unless ``torch_dtype`` says otherwise) of a RobustDPO on the world data."""
+def fit(
+    model_dir: Path, cache: Path, steps: int = 1, data: dict | None = None, fit_args: dict | None = None, **module_args
+) -> RobustDPO:
+    """``steps`` SGD steps (lr 1, float64 unless ``torch_dtype`` says otherwise) of a RobustDPO on the world data;
+    ``fit_args`` go to ``trainer.fit`` (``ckpt_path``)."""
     L.seed_everything(0, verbose=False)
     args = {
         "model": str(model_dir),
@@ -46,5 +49,5 @@ def fit(model_dir: Path, cache: Path, steps: int = 1, data: dict | None = None, 
         limit_val_batches=0,
         default_root_dir=cache,
     )
-    trainer.fit(module, datamodule=make_data(model_dir, **(data or {})))
+    trainer.fit(module, datamodule=make_data(model_dir, **(data or {})), **(fit_args or {}))
     return module

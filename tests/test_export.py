@@ -151,3 +151,86 @@ def test_rdpo_fit_with_lora_then_export_then_generate(tmp_path, tiny_model_dir, 
         for expected in ("NoRobust", "SigmoidLoss", "beta: 0.1", "SingleDeviceStrategy", "r=16", "alpha=1.00"):
             assert expected in card, expected
         assert "worst-case loss" in card and "| alpha=0.00 |" in card
+
+
+@pytest.mark.parametrize("adapter_only_checkpoint", [True, False])
+def test_a_continued_adapter_checkpoint_exports_the_trained_adapter(tiny_model_dir, tmp_path, adapter_only_checkpoint):
+    """``model.adapter=<dir>``: the checkpoint holds the trained adapter and the frozen starting one (the reference);
+    the export (merged, and adapter-only on the base) reproduces the trained policy's log-probs, not the start's."""
+    from rdpo_lightning.adapters import attach_adapters
+
+    torch.manual_seed(0)
+    start = attach_adapters(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LORA)
+    with torch.no_grad():
+        for name, param in start.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.3)  # a starting adapter that moves the model
+    start.save_pretrained(tmp_path / "start")
+    module = fit(
+        tiny_model_dir, tmp_path / "cache", steps=2, adapter=str(tmp_path / "start"),
+        adapter_only_checkpoints=adapter_only_checkpoint,
+    )  # fmt: skip
+    module.trainer.save_checkpoint(tmp_path / "continued.ckpt")
+    batch = next(iter(module.trainer.datamodule.train_dataloader()))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+    with torch.no_grad():
+        want = brute_logps(module.policy.eval(), batch)
+        starting = brute_logps(PeftModel.from_pretrained(base, tmp_path / "start").eval(), batch)
+        assert (want - starting).abs().max() > 1e-3  # training moved the adapter away from its start
+        merged = AutoModelForCausalLM.from_pretrained(export_checkpoint(tmp_path / "continued.ckpt", tmp_path / "m"))
+        torch.testing.assert_close(brute_logps(merged.eval(), batch), want, rtol=1e-12, atol=1e-10)
+        adapter = export_checkpoint(tmp_path / "continued.ckpt", tmp_path / "a", adapter_only=True)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+        on_base = PeftModel.from_pretrained(base, adapter).eval()
+        torch.testing.assert_close(brute_logps(on_base, batch), want, rtol=1e-12, atol=1e-10)
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fails_at", ["writing", "swapping"])
+def test_a_failed_overwrite_leaves_the_previous_export_intact(trained, tmp_path, monkeypatch, fails_at):
+    checkpoint, _, _ = trained
+    previous = tree(export_checkpoint(checkpoint, tmp_path / "out", adapter_only=True))
+    if fails_at == "writing":
+
+        def broken(*args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr("rdpo_lightning.model_card.model_card", broken)
+    else:  # the new directory is complete, its move into place fails
+        rename = Path.rename
+
+        def failing(self, target):
+            if ".partial-" in self.name:
+                raise OSError("disk full")
+            return rename(self, target)
+
+        monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export_checkpoint(checkpoint, tmp_path / "out", overwrite=True)  # merged, over the adapter-only export
+    assert tree(tmp_path / "out") == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_metric_of_exactly_zero_is_shown_in_the_model_card():
+    from rdpo_lightning.model_card import model_card
+
+    mixtures = [
+        {"name": "alpha=0.10", "loss": 0.0, "accuracy": 0.0, "margin": -0.25},
+        {"name": "alpha=1.00", "loss": 0.75, "accuracy": 1.0, "margin": 0.0},
+    ]
+    worst = {"accuracy": {"value": 0.0, "mixture": "alpha=0.10"}, "loss": {"value": 0.75, "mixture": "alpha=1.00"}}
+    record = {"adapter_config": None, "validation": {"step": 3, "mixtures": mixtures, "worst_case": worst}}
+    card = model_card(record, {}, Path("x.ckpt"), adapter_only=False)
+    lines = card.splitlines()
+    header = next(line for line in lines if line.startswith("| mixture |"))
+    columns = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert columns == ["loss", "accuracy", "margin"]
+    for row in mixtures:
+        cells = next(line for line in lines if line.startswith(f"| {row['name']} |")).strip("|").split("|")[1:]
+        assert [float(c) for c in cells] == [row[m] for m in columns], row["name"]
+    for metric, found in worst.items():
+        shown = next(line for line in lines if line.startswith(f"- worst-case {metric}:"))
+        assert float(shown.split(": ")[1].split(" ")[0]) == found["value"] and found["mixture"] in shown

@@ -262,3 +262,38 @@ def test_the_reference_cache_defaults_to_the_data_cache_folder(monkeypatch, tmp_
     monkeypatch.setenv("RDPO_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path
     assert default_reference_cache_dir() == tmp_path / "reference_logps"
+
+
+def test_the_trainer_precision_is_part_of_the_key(tmp_path, tiny_model_dir, lightning_messages):
+    """A ``bf16-mixed`` fit computes its own reference log-probs rather than loading a ``32-true`` fit's: each run's
+    cached values are those of an independent per-row computation at its own precision (autocast for bf16), which
+    differ from the other precision's by 500x more than that."""
+    from transformers import AutoModelForCausalLM
+
+    def run(precision: str):
+        L.seed_everything(0, verbose=False)
+        module = RobustDPO(model=str(tiny_model_dir), reference_cache_dir=str(tmp_path))  # float32 weights
+        data = AttributeWorldDataModule(
+            num_train=8, num_val=4, val_alphas=[], batch_size=4, max_length=24, tokenizer_dir=str(tiny_model_dir)
+        )
+        trainer = quiet_trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, precision=precision)
+        trainer.fit(module, datamodule=data)
+        return data.train_dataset
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+    def independent(rows) -> torch.Tensor:
+        return torch.tensor([brute_force_logps(reference, r["prompt_ids"], r["chosen_ids"]) for r in rows])
+
+    full = run("32-true")
+    lightning_messages.clear()
+    mixed = run("bf16-mixed")
+    assert outcome(lightning_messages)["train"] == "computed"
+    want_full = independent(full)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want_mixed = independent(mixed)
+    apart = (want_full - want_mixed).abs().max()
+    assert apart > 1e-4
+    for rows, want in ((full, want_full), (mixed, want_mixed)):
+        got = torch.tensor(rows["reference_chosen_logps"])
+        assert (got - want).abs().max() < 0.05 * apart

@@ -142,8 +142,9 @@ class LengthGroupedSampler(ResumableSampler):
     For models or attention implementations that cannot take packed (padding-free) batches: a batch padded to its
     longest pair wastes little when its pairs are about as long. Each epoch's random order (from ``(seed, epoch)``,
     as in the parent) is cut into mega-batches of ``group_batches`` global batches (``batch_size`` × replicas pairs
-    each); a mega-batch is sorted by length, longest first, and cut into global batches, and the global batches are
-    shuffled by the same generator. Every replica takes a stride of each global batch, so the replicas' batches are
+    each); a mega-batch is sorted by length, longest first, and cut into global batches, and the full global batches
+    are shuffled by the same generator, the short one (if the epoch has one) kept last so every batch boundary stays
+    on a global batch's. Every replica takes a stride of each global batch, so the replicas' batches are
     alike in length too. The order depends on ``batch_size`` and the replica count, so a checkpoint resumes only with
     the same ones (refused otherwise).
     """
@@ -177,9 +178,13 @@ class LengthGroupedSampler(ResumableSampler):
         for start in range(0, len(order), mega):
             group = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
             batches += [group[i : i + global_batch] for i in range(0, len(group), global_batch)]
+        # a short batch (the epoch's last pairs) goes last: in among the full ones it would shift the boundaries of
+        # every batch after it, so that each straddled two length groups
+        short = [batch for batch in batches if len(batch) < global_batch]
+        batches = [batch for batch in batches if len(batch) == global_batch]
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        return [index for batch in batches for index in batch]
+        return [index for batch in batches + short for index in batch]
 
     def state_dict(self) -> dict[str, int]:
         return {**super().state_dict(), "batch_size": self.batch_size, "num_replicas": self.num_replicas}
