@@ -52,6 +52,7 @@ def own_data_args(model_dir: Path, data: Path, root: Path) -> list[str]:
         "trainer.log_every_n_steps": 1,
         "trainer.val_check_interval": 2,  # 24 training pairs, batches of 4: passes at steps 2, 4, 6
         "model.optimizer.init_args.lr": 0.003,
+        "model.accumulate_grad_batches": 1,  # own_model.yaml's 16 micro-batches would be one step for 24 pairs
     }
     return [f"--{key}={value}" for key, value in settings.items()]
 
