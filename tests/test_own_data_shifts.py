@@ -1,6 +1,6 @@
 """Worst-case evaluation on a user's own pairs, through the real ``rdpo`` CLI and ``configs/own_model.yaml``: a
 held-out set, one set per group of it, a shifted file; GroupDRO from ``configs/robust/group_dro_pairs.yaml``;
-checkpoint selection on the worst case; ``rdpo validate``'s table; ``rdpo pareto`` over the runs."""
+early stopping and checkpoint selection on the worst case; ``rdpo validate``'s table; ``rdpo pareto`` over the runs."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def own_data_args(model_dir: Path, data: Path, root: Path) -> list[str]:
         "trainer.log_every_n_steps": 1,
         "trainer.val_check_interval": 2,  # 24 training pairs, batches of 4: passes at steps 2, 4, 6
         "model.optimizer.init_args.lr": 0.003,
+        "model.accumulate_grad_batches": 1,  # own_model.yaml's 16 micro-batches would be one step for 24 pairs
     }
     return [f"--{key}={value}" for key, value in settings.items()]
 
@@ -63,9 +64,15 @@ def runs(tmp_path_factory, tiny_model_dir):
     write_rows(data / "pairs.jsonl", 32, seed=0, groups=True)
     write_rows(data / "flipped.jsonl", 8, seed=1, groups=False)
     done = {}
+    early_stopping = [  # appended to own_model.yaml's callbacks: the DPO run stops once the worst case stalls
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
+        "--trainer.callbacks.monitor=val/worst_case/loss",
+        "--trainer.callbacks.patience=1",
+    ]
     for method, stack in (("DPO", []), ("GroupDRO", ["-c", str(CONFIGS / "robust" / "group_dro_pairs.yaml")])):
         root = data / method
-        cli = main(["fit", "-c", str(CONFIGS / "own_model.yaml"), *stack, *own_data_args(tiny_model_dir, data, root)])
+        args = own_data_args(tiny_model_dir, data, root) + (early_stopping if method == "DPO" else [])
+        cli = main(["fit", "-c", str(CONFIGS / "own_model.yaml"), *stack, *args])
         done[method] = (root, cli)
     return data, done
 
@@ -84,8 +91,11 @@ def test_every_set_is_validated_and_the_worst_case_is_the_worst_of_them(runs, te
         assert len(dm.train_dataset) == 24
         scalars = tensorboard_scalars(root)
         losses = {name: passes(scalars, f"val/{name}/loss") for name in SETS}
-        assert all(len(values) == 3 for values in losses.values())
-        for index, worst in enumerate(passes(scalars, "val/worst_case/loss")):
+        worst_cases = passes(scalars, "val/worst_case/loss")
+        assert all(len(values) == len(worst_cases) for values in losses.values())
+        # DPO fits the cheerful majority: the gloomy group's loss rises and early stopping ends the run at pass 2
+        assert len(worst_cases) == (expected_passes(worst_cases, patience=1) if method == "DPO" else 3)
+        for index, worst in enumerate(worst_cases):
             per_set = [losses[name][index] for name in SETS]
             assert worst == pytest.approx(max(per_set), abs=1e-6)
             # the group sets are exactly the held-out set's pairs: its mean is their size-weighted mean
@@ -95,7 +105,18 @@ def test_every_set_is_validated_and_the_worst_case_is_the_worst_of_them(runs, te
         # the checkpoint kept is the pass with the best worst case
         checkpoint = cli.trainer.checkpoint_callback
         assert checkpoint.monitor == "val/worst_case/loss"
-        assert float(checkpoint.best_model_score) == pytest.approx(min(passes(scalars, "val/worst_case/loss")))
+        assert float(checkpoint.best_model_score) == pytest.approx(min(worst_cases))
+    assert done["DPO"][1].trainer.global_step < done["GroupDRO"][1].trainer.global_step  # DPO stopped early
+
+
+def expected_passes(worst_cases: list[float], patience: int, available: int = 3) -> int:
+    """How many passes EarlyStopping lets run: it stops after ``patience`` passes without a new best worst case."""
+    stale = 0
+    for index in range(1, len(worst_cases)):
+        stale = 0 if worst_cases[index] < min(worst_cases[:index]) else stale + 1
+        if stale == patience:
+            return index + 1
+    return available
 
 
 def test_group_dro_stacks_on_own_model_and_weights_the_groups(runs, tensorboard_scalars):
