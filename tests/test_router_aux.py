@@ -13,10 +13,12 @@ import pytest
 import torch
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
+from rdpo_lightning.accumulation import MicroBatch, WindowPasses, run_window
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.models import load_causal_lm, score_tokens
 from rdpo_lightning.module import RobustDPO
+from rdpo_lightning.robust.base import local_gather
 
 VOCAB = 61
 MIXTRAL = {
@@ -97,6 +99,29 @@ def test_the_training_objective_adds_coef_times_the_aux_loss(coef, weight):
     assert any(a is not None and a.abs().max() > 1e-4 for a in aux_grads)
 
 
+def window_passes(dpo: RobustDPO) -> WindowPasses:
+    """What the module's optimizer step hands :func:`run_window`, without a Trainer (one process, no seeding)."""
+    return WindowPasses(
+        reference=dpo.reference_logps,
+        forward=dpo.policy_forward,
+        seed=lambda index: None,
+        backward=lambda loss: loss.backward(),
+        scale_gradients=dpo._scale_gradients,
+        gather=local_gather,
+        world_size=1,
+        router_aux_coef=dpo._router_aux_coef,
+    )
+
+
+def moved(dpo: RobustDPO) -> RobustDPO:
+    """The policy moved away from its (resident) reference, so that a reweighting is not uniform."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in dpo.policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return dpo
+
+
 def test_wdpos_manual_step_adds_the_term_once_from_the_unperturbed_forward():
     """WDPO's finite difference with ε ≠ 2ρ backpropagates two forwards (unperturbed, perturbed): the gradient is the
     strategy's own plus ``coef`` × the unperturbed aux loss's, counted once."""
@@ -105,18 +130,37 @@ def test_wdpos_manual_step_adds_the_term_once_from_the_unperturbed_forward():
     coef, grads = 0.5, []
     for weight in (coef, 0.0):
         dpo = module(weight, robust=WassersteinPenalty(rho=0.01, mode="finite_difference", epsilon=0.002))
-        optimizer = torch.optim.SGD(dpo.policy.parameters(), lr=0.0)
-        dpo.optimizers = lambda optimizer=optimizer: optimizer  # no trainer: the module steps a no-op optimizer
-        dpo.lr_schedulers = lambda: None
-        dpo.manual_backward = lambda loss: loss.backward()
         batch = PairCollator(0)(pairs())
         aux = independent_aux(dpo.policy, batch, batch["attention_mask"], grad=True)
         aux_grads = torch.autograd.grad(aux, list(dpo.policy.parameters()), allow_unused=True)
         dpo.policy.zero_grad()
-        dpo.training_step(batch, 0)
+        run_window([MicroBatch(0, batch)], dpo.robust, window_passes(dpo), "optimizer_batch")
         grads.append([p.grad.clone() for p in dpo.policy.parameters()])
     for with_term, plain, a in zip(*grads, aux_grads, strict=True):
         torch.testing.assert_close(with_term, plain + (0 if a is None else coef * a), rtol=1e-4, atol=1e-7)
+
+
+def test_accumulated_kl_adds_each_micro_batchs_term_by_its_pair_share():
+    """KLDPO over a window of two one-pair micro-batches with the term on (its softmax route then scores first): the
+    gradient is the one-batch KLDPO gradient of both pairs (a module without the term, automatic optimisation) plus
+    coef × the pair-share-weighted sum of each micro-batch's own independent aux-loss gradient."""
+    from rdpo_lightning.robust import KLReweighter
+
+    coef = 0.5
+    dpo, plain = (moved(module(c, robust=KLReweighter(tau=0.05))) for c in (coef, 0.0))
+    micro = [PairCollator(0)([pair]) for pair in pairs()]
+    dpo.policy.zero_grad()
+    run_window([MicroBatch(i, b) for i, b in enumerate(micro)], dpo.robust, window_passes(dpo), "optimizer_batch")
+    loss = plain.training_step(PairCollator(0)(pairs()), 0)
+    loss.backward()
+    want = [q.grad.clone() for q in plain.policy.parameters()]
+    for batch in micro:
+        aux = independent_aux(dpo.policy, batch, batch["attention_mask"], grad=True)
+        for i, a in enumerate(torch.autograd.grad(aux, list(dpo.policy.parameters()), allow_unused=True)):
+            if a is not None:
+                want[i] = want[i] + coef * 0.5 * a
+    for (name, p), w in zip(dpo.policy.named_parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_a_coefficient_for_a_model_without_router_logits_is_one_line():
