@@ -335,3 +335,27 @@ def test_a_peft_wrapped_model_takes_the_fused_path_with_adapters_on_and_off():
     want, _ = token_logprobs(reference(**inputs).logits, labels)
     torch.testing.assert_close(off, want, rtol=0, atol=1e-10)
     assert (off - fused[3]).abs().max() > 1e-3  # the adapters do change the log-probs
+
+
+def test_wdpo_sees_the_embeddings_of_the_forward_that_was_scored():
+    """A policy whose fused attempt is discarded (its logits disagree on the first batch) runs a second, full-logits
+    forward: the strategy's embeddings must be that forward's, or ∇_z ℓ does not exist."""
+    from rdpo_lightning.data.collate import PairCollator
+    from rdpo_lightning.module import RobustDPO
+
+    torch.manual_seed(0)
+    config = {
+        "model_type": "llama", "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2,
+    }  # fmt: skip
+    dpo = RobustDPO(model_config=config, precompute_reference=False)
+    dpo.configure_model()
+    dpo.policy.__class__ = DoubledLogits  # its own logits are 2x what its config says: the fused path steps aside
+    g = torch.Generator().manual_seed(2)
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+    rows = [{k: torch.randint(3, VOCAB, (n,), generator=g).tolist() for k, n in zip(keys, sizes, strict=True)}
+            for sizes in [(3, 4, 2), (2, 5, 3)]]  # fmt: skip
+    batch = PairCollator(0)(rows)
+    pairs = dpo.train().policy_forward(batch, dpo.reference_logps(batch), capture=True)
+    (grad_z,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings)
+    assert grad_z.abs().max() > 0
