@@ -99,17 +99,18 @@ def format_table(report: ShiftReport) -> str:
     ]
     names = [r.name + (" (train)" if r.in_distribution else "") for r in report.mixtures]
     width = max([len(n) for n in names] + [len("worst case"), len("mixture")])
-    lines = [f"{'mixture':<{width}}" + "".join(f"{c:>12}" for c in columns)]
+    cell = max([12] + [len(report.worst[c][1]) + 2 for c in columns if c in report.worst])  # 'at' names stay apart
+    lines = [f"{'mixture':<{width}}" + "".join(f"{c:>{cell}}" for c in columns)]
     lines.append("-" * len(lines[0]))
     for name, result in zip(names, report.mixtures, strict=True):
-        lines.append(f"{name:<{width}}" + "".join(f"{getattr(result, c):>12.4f}" for c in columns))
+        lines.append(f"{name:<{width}}" + "".join(f"{getattr(result, c):>{cell}.4f}" for c in columns))
     lines.append("-" * len(lines[0]))
     lines.append(
         f"{'worst case':<{width}}"
-        + "".join(f"{report.worst[c][0]:>12.4f}" if c in report.worst else f"{'':>12}" for c in columns)
+        + "".join(f"{report.worst[c][0]:>{cell}.4f}" if c in report.worst else f"{'':>{cell}}" for c in columns)
     )
     lines.append(
         f"{'  at':<{width}}"
-        + "".join(f"{report.worst[c][1]:>12}" if c in report.worst else f"{'':>12}" for c in columns)
+        + "".join(f"{report.worst[c][1]:>{cell}}" if c in report.worst else f"{'':>{cell}}" for c in columns)
     )
     return "\n".join(lines)

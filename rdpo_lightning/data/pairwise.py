@@ -9,19 +9,29 @@ class's row checks, tokenisation and drop accounting.
 from __future__ import annotations
 
 import logging
-import math
 
 import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
 from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
 from rdpo_lightning.data.hub import load_table, take
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
+from rdpo_lightning.data.validation_sets import (
+    GROUP_SET,
+    ValPaths,
+    check_set_names,
+    check_val_fraction,
+    group_set_name,
+    missing_group,
+    named_val_paths,
+    split_by_group,
+    stratified_holdout,
+)
+from rdpo_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +71,20 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         path, name, revision: what ``datasets.load_dataset`` loads (``name`` is the Hub config).
         tokenizer: tokenizer name or path (usually the policy's).
         train_split: the training split (``train_prefs`` for UltraFeedback binarized).
-        val_split / val_path: the held-out split of the same source, or another file/Hub name (its ``val_split`` or
-            ``train``); with neither, ``val_fraction`` of the training rows are held out (seeded by ``seed``).
+        val_split, val_fraction, val_name: the in-distribution validation set, named ``val_name``: the held-out
+            split of the same source, or else ``val_fraction`` of the training rows (seeded by ``seed``; 0: none).
+        val_path: shifted validation sets beside it: a file (or directory, or Hub name: its ``train`` split), a
+            list of them (named by their file stems) or a mapping name → path
+            (:mod:`rdpo_lightning.data.validation_sets`).
         prompt_column, chosen_column, rejected_column: column names; ``prompt_column: null`` means the prompt is
             the shared beginning of chosen and rejected (HH-RLHF), cut after the last ``prompt_delimiter`` (e.g.
             ``"\\n\\nAssistant:"``) when given.
         group_column: an optional column whose values (ints or names) become the pairs' group ids for GroupDRO.
+        val_per_group: with ``group_column``, also validate on each group of the held-out set of ``path``
+            (``group=<value>``), so the worst case covers every group.
         apply_chat_template: render through the tokenizer's chat template; null (default): when the data holds
             chat messages.
         max_train_samples, max_val_samples: use only the first rows (quick runs).
-        val_name: the readable name of the validation set in metric names.
     """
 
     def __init__(
@@ -81,13 +95,14 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         revision: str | None = None,
         train_split: str = "train",
         val_split: str | None = None,
-        val_path: str | None = None,
+        val_path: ValPaths = None,
         val_fraction: float = 0.05,
         val_name: str = "held_out",
         prompt_column: str | None = "prompt",
         chosen_column: str = "chosen",
         rejected_column: str = "rejected",
         group_column: str | None = None,
+        val_per_group: bool = True,
         prompt_delimiter: str | None = None,
         apply_chat_template: bool | None = None,
         max_train_samples: int | None = None,
@@ -107,15 +122,19 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         num_proc: int | None = None,
     ) -> None:
         super().__init__(**batching_arguments(locals()))
-        check_fraction("data.val_fraction", val_fraction)
-        if val_name == "train":
-            raise ValueError("data.val_name cannot be 'train'")
+        self.val_paths = named_val_paths(val_path)
+        check_val_fraction(val_fraction, val_split, self.val_paths)
+        #: an in-distribution set from the training source (``val_split`` or ``val_fraction``), served first
+        self.has_held_out = val_split is not None or val_fraction > 0
+        held_out = [(val_name, "data.val_name")] if self.has_held_out else []
+        check_set_names([*held_out, *((name, f"data.val_path[{name!r}]") for name in self.val_paths)])
         self.path, self.name, self.revision = path, name, revision
         self.tokenizer_name = tokenizer
         self.train_split, self.val_split, self.val_path = train_split, val_split, val_path
         self.val_fraction, self.val_name = val_fraction, val_name
         self.columns = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
         self.group_column = group_column
+        self.val_per_group = bool(val_per_group) and group_column is not None and self.has_held_out
         self.prompt_delimiter = prompt_delimiter
         self.apply_chat_template = apply_chat_template
         self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
@@ -128,30 +147,51 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         return load_tokenizer(self.tokenizer_name)
 
     # --- loading -----------------------------------------------------------------------------------------------
-    def _load(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+    def _load(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+        """The training rows and each validation set's rows by name, the in-distribution set first."""
         text = [c for c in self.columns.values() if c is not None]
-        train = load_table(self.path, self.train_split, self.name, self.revision, text_columns=text)
-        self._sources = {"train": f"data.path={self.path}", self.val_name: f"data.path={self.path}"}
-        if self.val_path is not None:
-            val_split = self.val_split or "train"
-            val = load_table(self.val_path, val_split, self.name, self.revision, "data.val_path", text_columns=text)
-            self._sources[self.val_name] = f"data.val_path={self.val_path}"
-        elif self.val_split is not None:
-            val = load_table(self.path, self.val_split, self.name, self.revision, text_columns=text)
-        else:
-            parts = with_source_rows(train).train_test_split(test_size=self.val_fraction, seed=self.seed)
-            train, val = parts["train"], parts["test"]
-        train, val = with_source_rows(train), with_source_rows(val)
-        return take(train, self.max_train_samples), take(val, self.max_val_samples)
+        train = with_source_rows(load_table(self.path, self.train_split, self.name, self.revision, text_columns=text))
+        self._sources = {"train": f"data.path={self.path}"}
+        vals = {}
+        if self.val_split is not None:
+            vals[self.val_name] = load_table(self.path, self.val_split, self.name, self.revision, text_columns=text)
+        elif self.val_fraction > 0:
+            train, vals[self.val_name] = self._hold_out(train)
+        if vals:
+            self._sources[self.val_name] = f"data.path={self.path}"
+        for name, path in self.val_paths.items():
+            vals[name] = load_table(path, "train", self.name, self.revision, "data.val_path", text_columns=text)
+            self._sources[name] = f"data.val_path={path}"
+        vals = {name: take(with_source_rows(val), self.max_val_samples) for name, val in vals.items()}
+        return take(train, self.max_train_samples), vals
 
-    def _normalise(self, split: str, dataset: datasets.Dataset, with_groups: bool) -> datasets.Dataset:
-        """Rename to prompt/chosen/rejected(/group), render to text, and count rows that cannot be rendered."""
+    def _hold_out(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """``val_fraction`` of the rows, stratified by group when each group is validated (so each has a set)."""
+        if not (self.val_per_group and self.group_column in train.column_names):
+            parts = train.train_test_split(test_size=self.val_fraction, seed=self.seed)
+            return parts["train"], parts["test"]
+        rows, held_out, unvalidated = stratified_holdout(train[self.group_column], self.val_fraction, self.seed)
+        if unvalidated:
+            rank_zero_only(log.warning)(
+                "data.group_column %r: groups %s have one pair each, kept for training: no validation set",
+                self.group_column, sorted(map(str, unvalidated)),
+            )  # fmt: skip
+        return train.select(rows), train.select(held_out)
+
+    def _normalise(
+        self, split: str, dataset: datasets.Dataset, with_groups: bool, group_sets: bool = False
+    ) -> datasets.Dataset:
+        """Rename to prompt/chosen/rejected(/group), render to text, and count rows that cannot be rendered.
+        ``with_groups``: the training set (group ids); ``group_sets``: a validation set to cut by group
+        (:data:`GROUP_SET` names each pair's set)."""
         wanted = {role: column for role, column in self.columns.items() if column is not None}
         keys = [f"data.{role}_column" for role in wanted]
-        if with_groups and self.group_column is not None:
+        if (with_groups or group_sets) and self.group_column is not None:
             wanted["group"] = self.group_column
             keys.append("data.group_column")
         source = self._sources[split]
+        if group_sets and self.group_column not in dataset.column_names:
+            keys[-1] += " (each group a validation set: data.val_per_group false to not)"
         require_columns(dataset.remove_columns(SOURCE_ROW), wanted.values(), f"{split} ({source})", keys)
         dataset = dataset.select_columns([*wanted.values(), SOURCE_ROW])
         dataset = dataset.rename_columns({c: role for role, c in wanted.items() if c != role})
@@ -182,7 +222,12 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             desc=f"rendering {split}",
         )
         if group is not None:
-            rendered = rendered.add_column("group", self._group_ids(f"{split} ({source})", group, dataset[SOURCE_ROW]))
+            where = f"{split} ({source})"
+            self._check_group_values(where, group, dataset[SOURCE_ROW], per_group_hint=group_sets)
+            if with_groups:
+                rendered = rendered.add_column("group", self._group_ids(where, group))
+            else:
+                rendered = rendered.add_column(GROUP_SET, [group_set_name(value) for value in group])
         problems = [p for p in rendered[RENDER_PROBLEM] if p]
         for problem in sorted(set(problems)):
             self.count_dropped(split, problem, problems.count(problem))
@@ -202,14 +247,17 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             raise ValueError(f"{why} but tokenizer {self.tokenizer_name} has no chat template")
         return use
 
-    def _group_ids(self, where: str, values: list, source_rows: list[int]) -> list[int]:
+    def _check_group_values(self, where: str, values: list, source_rows: list[int], per_group_hint: bool) -> None:
+        missing = [i for i, v in enumerate(values) if missing_group(v)]
+        if missing:
+            row = source_rows[missing[0]]
+            hint = " (each group of it is a validation set: data.val_per_group false to not)" if per_group_hint else ""
+            raise InputError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN{hint}")
+
+    def _group_ids(self, where: str, values: list) -> list[int]:
         """Integer groups pass through; names become indices into the sorted names seen in training."""
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             return list(values)
-        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
-        if missing:
-            row = source_rows[missing[0]]
-            raise ValueError(f"{where}, row {row}: data.group_column {self.group_column!r} is null or NaN")
         names = [str(v) for v in values]
         if self.group_names is None:
             self.group_names = sorted(set(names))
@@ -220,13 +268,34 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         return [index[n] for n in names]
 
     def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
-        train, val = self._load()
+        train, sources = self._load()
         self.group_names = None
         train = self._normalise("train", train, with_groups=True)
-        val = self._normalise(self.val_name, val, with_groups=False)
-        if self.val_path is None and self.val_split is None:
-            self._report_shared_prompts(train, val)
-        return train, {self.val_name: val}
+        vals = {}
+        for name, rows in sources.items():
+            cut = self.val_per_group and name == self.val_name  # the held-out set of the source, cut by group
+            vals[name] = self._normalise(name, rows, with_groups=False, group_sets=cut)
+            if cut:
+                groups = split_by_group(vals[name])
+                check_set_names([*((n, "data.val_path") for n in sources), *((g, "data.group_column") for g in groups)])
+                vals[name] = vals[name].remove_columns(GROUP_SET)
+                vals.update(groups)
+                self._sources.update(dict.fromkeys(groups, f"data.group_column={self.group_column} of {name}"))
+        self._log_sets(vals)
+        if self.val_split is None and self.has_held_out:
+            self._report_shared_prompts(train, vals[self.val_name])
+        return train, vals
+
+    def _log_sets(self, vals: dict[str, datasets.Dataset]) -> None:
+        """One line saying which validation sets there are and where each comes from (before tokenisation)."""
+        origin = dict(self._sources)
+        if self.has_held_out:
+            held_out = (
+                f"data.val_split={self.val_split}" if self.val_split else f"data.val_fraction={self.val_fraction}"
+            )
+            origin[self.val_name] = f"{held_out} of data.path={self.path}"
+        described = (f"{name} ({len(pairs)} pairs, {origin[name]})" for name, pairs in vals.items())
+        rank_zero_info("validation sets: " + ", ".join(described))
 
     def _report_shared_prompts(self, train: datasets.Dataset, val: datasets.Dataset) -> None:
         """Duplicate prompts are kept (several pairs per prompt are normal), but ``val_fraction`` holds out rows, not
@@ -236,6 +305,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         if self.shared_prompts:
             rank_zero_only(log.warning)(
                 "%s: %d of %d held-out pairs share their prompt with training pairs (data.val_fraction holds out "
-                "rows, not prompts; give data.val_path or data.val_split for a clean held-out set)",
+                "rows, not prompts; for a clean held-out set give data.val_split, or data.val_path with "
+                "data.val_fraction 0)",
                 self.val_name, self.shared_prompts, len(val),
             )  # fmt: skip

@@ -125,3 +125,12 @@ def test_table_marks_the_training_mixture_and_the_worst_case() -> None:
     assert lines[2].startswith("a (train)") and "0.5000" in lines[2]
     assert lines[-2].startswith("worst case") and "0.8000" in lines[-2] and "0.6000" in lines[-2]
     assert "reward" not in lines[0] and "margin" not in lines[0]  # columns never measured are left out
+
+
+def test_table_keeps_long_worst_case_names_apart() -> None:
+    """Set names of 12 characters or more (``group=cheerful``) once ran together in the 'at' row."""
+    report = ShiftReport(
+        [MixtureResult("held_out", loss=0.5, accuracy=0.9), MixtureResult("group=cheerful", loss=0.8, accuracy=0.6)],
+        worst={"loss": (0.8, "group=cheerful"), "accuracy": (0.6, "group=cheerful")},
+    )
+    assert format_table(report).splitlines()[-1].split() == ["at", "group=cheerful", "group=cheerful"]

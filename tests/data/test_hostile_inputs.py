@@ -95,6 +95,8 @@ def raised_in_our_code(error: BaseException) -> bool:
 
 def pairwise(path: str, tokenizer: Path, val_path: str, **kwargs) -> PairwisePreferenceDataModule:
     kwargs = {"max_length": 64, "max_prompt_length": 16, "batch_size": 4, **kwargs}
+    if val_path is not None:
+        kwargs.setdefault("val_fraction", 0)  # the file is the only validation set: every training row trains
     return PairwisePreferenceDataModule(path=path, tokenizer=str(tokenizer), val_path=val_path, **kwargs)
 
 

@@ -59,7 +59,7 @@ def datamodule(path: str, tokenizer: Path, **kwargs) -> PairwisePreferenceDataMo
 def test_ultrafeedback_messages_go_through_the_chat_template(tmp_path, chat_tokenizer_dir):
     train = write_jsonl(tmp_path / "train_prefs.jsonl", ultrafeedback_rows(10))
     val = write_jsonl(tmp_path / "test_prefs.jsonl", ultrafeedback_rows(4))
-    dm = datamodule(train, chat_tokenizer_dir, val_path=val, val_name="test_prefs")
+    dm = datamodule(train, chat_tokenizer_dir, val_path=val, val_fraction=0)
     dm.prepare_data()
     dm.setup("fit")
     assert dm.templated and dm.val_names == ["test_prefs"] and len(dm.train_dataset) == 10
@@ -115,6 +115,7 @@ def test_over_long_rows_are_dropped_and_counted_exactly(tmp_path, world_tokenize
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     val = write_jsonl(tmp_path / "val.jsonl", rows[:4])
     columns = {"prompt_column": "question", "chosen_column": "good", "rejected_column": "bad"}
+    columns.update(val_fraction=0)  # val.jsonl is the only validation set
     dm = datamodule(train, world_tokenizer_dir, val_path=val, max_length=16, max_prompt_length=None, **columns)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         dm.prepare_data()
@@ -122,7 +123,7 @@ def test_over_long_rows_are_dropped_and_counted_exactly(tmp_path, world_tokenize
         dm.setup("validate")
     assert len(dm.train_dataset) == 15 and dm.dropped["train"] == 5
     assert dm.drop_reasons["train"] == {NO_ROOM: 5}
-    assert dm.dropped["held_out"] == 1
+    assert dm.dropped["val"] == 1
     assert all(len(r["prompt_ids"]) + len(r["chosen_ids"]) == 16 for r in dm.train_dataset)  # cut to max_length
     messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert sum("train: dropped 5 of 20 pairs" in m for m in messages) == 1  # logged once, with the count
@@ -143,7 +144,7 @@ def test_malformed_rows_are_counted_skips(tmp_path, world_tokenizer_dir, caplog)
         {"prompt": "the day", "chosen": "same words", "rejected": "same words"},
     ]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
-    dm = datamodule(train, world_tokenizer_dir, val_path=write_jsonl(tmp_path / "val.jsonl", [good]))
+    dm = datamodule(train, world_tokenizer_dir, val_path=write_jsonl(tmp_path / "val.jsonl", [good]), val_fraction=0)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         dm.setup()
     assert len(dm.train_dataset) == 6
@@ -169,7 +170,8 @@ def test_group_column_names_become_group_ids(tmp_path, world_tokenizer_dir):
         {"prompt": "the day", "chosen": "happy", "rejected": "gloomy", "source": ["web", "books", "chat"][i % 3]}
         for i in range(9)
     ]
-    dm = datamodule(write_jsonl(tmp_path / "g.jsonl", rows), world_tokenizer_dir, group_column="source")
+    path = write_jsonl(tmp_path / "g.jsonl", rows)
+    dm = datamodule(path, world_tokenizer_dir, group_column="source", val_per_group=False)  # the unstratified split
     dm.tokenizer = dm.build_tokenizer()
     train, _ = dm.build_splits()
     assert dm.group_names == ["books", "chat", "web"]
