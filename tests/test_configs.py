@@ -18,13 +18,16 @@ WORDS = ["happy", "sunny", "gloomy", "rain", "river", "road", "letter", "garden"
 
 def test_every_config_the_docs_and_configs_name_exists():
     """A command in the README, the docs or a config's comments names only configs that ship (one named a missing
-    configs/base.yaml)."""
+    configs/base.yaml). A quoted error line (``rdpo: error: -c configs/robust/kll.yaml: no such file``) may name a
+    missing one: that is its point."""
     root = CONFIGS.parent
     texts = [root / "README.md", root / "CONTRIBUTING.md", *root.glob("docs/*.md"), *root.glob("benchmarks/*.md")]
     named = {
         match
         for path in [*texts, *CONFIGS.rglob("*.yaml")]
-        for match in re.findall(r"configs/[\w./-]+\.yaml", path.read_text())
+        for line in path.read_text().splitlines()
+        if "rdpo: error:" not in line
+        for match in re.findall(r"configs/[\w./-]+\.yaml", line)
     }
     assert "configs/distributed/multinode.yaml" in named
     assert sorted(name for name in named if not (root / name).is_file()) == []
@@ -135,6 +138,7 @@ def test_helpsteer_llama_config_loads_a_local_helpsteer_layout(tmp_path, tiny_mo
         *small_paper_args(tmp_path / "run", tiny_model_dir),
         f"--data.init_args.path={data}",
         f"--data.init_args.tokenizer={chat_tokenizer_dir}",
+        "--data.init_args.max_prompt_length=32",  # the config's 512 leaves the tiny GPT-2's 64 positions no room
         "--model.accumulate_grad_batches=1",
     ]
     cli = main(["fit", "-c", str(CONFIGS / "paper" / "helpsteer_llama.yaml"), *overrides])
