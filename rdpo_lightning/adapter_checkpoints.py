@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rdpo_lightning.adapters import adapter_names, base_state, is_adapter_key
+from rdpo_lightning.adapters import TRAINED_ADAPTER, adapter_names, base_state, is_adapter_key
 from rdpo_lightning.errors import InputError
 
 #: the run record's entry (``checkpoint["rdpo"]["base"]``)
@@ -129,6 +129,13 @@ class AdapterCheckpoints:
         from rdpo_lightning.reference_cache import weights_digest
 
         self.digest = weights_digest(base_state(policy)) if adapter_names(policy) else None
+
+    def reference_digest(self, policy: nn.Module) -> str | None:
+        """The base digest where it is also the reference's (fresh adapters: the reference is the bare base), else
+        None; the reference cache then need not hash the base a second time."""
+        if self.digest is None or adapter_names(policy) != {TRAINED_ADAPTER}:
+            return None
+        return self.digest
 
     def on_save(self, checkpoint: dict[str, Any], record: dict[str, Any], policy: nn.Module) -> None:
         """Record the base in ``record`` and, when enabled, leave it out of the checkpoint."""

@@ -251,7 +251,8 @@ class RobustDPO(L.LightningModule):
             named = None
             if self.reference_name is not None:
                 named = load_causal_lm(self.reference_name, None, None, self.torch_dtype, key="model.reference")
-            reference = self.references.build(self._trainer, policy, named, self.pair_loss.length_normalized)
+            digest = self.adapter_checkpoints.reference_digest(policy) if named is None else None  # hashed once
+            reference = self.references.build(self._trainer, policy, named, self.pair_loss.length_normalized, digest)
         if self.activation_checkpointing:
             apply_activation_checkpointing(policy)
         strategy = self.trainer.strategy if self._trainer is not None else None

@@ -298,16 +298,24 @@ class ReferenceSource:
         self._pending: ReferencePrecomputation | None = None
 
     def build(
-        self, trainer, policy: nn.Module, reference: nn.Module | None, length_normalized: bool
+        self,
+        trainer,
+        policy: nn.Module,
+        reference: nn.Module | None,
+        length_normalized: bool,
+        digest: str | None = None,
     ) -> nn.Module | None:
         """The resident reference model to prepare alongside the policy, or None.
+
+        ``digest``: the reference's weights digest when the caller has it already (a LoRA run's base digest, for fresh
+        adapters the reference itself), so that a large model is not hashed twice.
 
         ``reference``: a separately loaded reference model, or None when the reference is the initial policy. None
         is returned when every split's log-probs are cached (they are attached now), when they will be computed in
         :meth:`equip` by the initial policy itself, or when the policy carries adapters (its base, in
         :func:`~rdpo_lightning.adapters.reference_mode`, is the reference: never copied); a frozen copy otherwise.
         """
-        precomputation = self._plan(trainer, policy if reference is None else reference)
+        precomputation = self._plan(trainer, policy if reference is None else reference, digest)
         if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
             precomputation.run(trainer, length_normalized)
             return None
@@ -320,14 +328,15 @@ class ReferenceSource:
             return None if reference is None else frozen_copy(reference)  # None: the initial policy computes them
         return frozen_copy(policy if reference is None else reference)  # a resident reference model
 
-    def _plan(self, trainer, reference: nn.Module) -> ReferencePrecomputation | None:
+    def _plan(self, trainer, reference: nn.Module, digest: str | None = None) -> ReferencePrecomputation | None:
         """Which splits are cached, for the reference's *initial* weights (before any checkpoint is restored); None
         when precomputation is off, the stage reads other splits (test, predict), or the DataModule has no named
         ``datasets`` splits."""
         if not self.precompute or trainer is None or trainer.state.fn not in (TrainerFn.FITTING, TrainerFn.VALIDATING):
             return None
         settings = {"precision": str(trainer.precision), **self.settings}
-        digest = trainer.strategy.broadcast(weights_digest(reference_state(reference)), src=0)
+        digest = digest if digest is not None else weights_digest(reference_state(reference))
+        digest = trainer.strategy.broadcast(digest, src=0)
         return ReferencePrecomputation.plan(trainer, digest, settings, self.cache)
 
     @staticmethod

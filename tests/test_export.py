@@ -139,6 +139,7 @@ def test_rdpo_fit_with_lora_then_export_then_generate(tmp_path, tiny_model_dir, 
         ]
     )
     checkpoint = next(tmp_path.rglob("last.ckpt"))
+    assert torch.load(checkpoint, weights_only=False)["rdpo"]["base"]["adapter_only"]  # the default for LoRA runs
     monkeypatch.setattr(sys, "argv", ["rdpo", "export", str(checkpoint), "exported"])
     run()
     for directory in (tmp_path / "exported", best):

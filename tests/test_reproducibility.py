@@ -54,7 +54,19 @@ STRATEGIES = {
         str(CONFIGS / "peft" / "lora.yaml"),
         "--model.peft.init_args.lora_dropout=0.1",
     ],
+    # the same with adapter-only checkpoints (the base, built from model_config, is not in them; the resumed run
+    # rebuilds it from the seed, and the recorded digest confirms it is the same base)
+    "kl_lora_adapter_only": [
+        "-c",
+        str(CONFIGS / "robust" / "kl.yaml"),
+        "--model.robust.init_args.tau=0.5",
+        "-c",
+        str(CONFIGS / "peft" / "lora.yaml"),
+        "--model.peft.init_args.lora_dropout=0.1",
+        "--model.adapter_only_checkpoints=true",
+    ],
 }
+ADAPTER_ONLY = {"kl_lora_adapter_only"}
 # the same optimizer batch of 12 as 2 micro-batches of 6 (model.accumulate_grad_batches), killed in the middle of the
 # window after step K: one-pass KLDPO, and Group DRO (scoring pass; its group weights are state)
 MID_WINDOW = ["--model.accumulate_grad_batches=2", "--data.init_args.batch_size=6"]
@@ -170,6 +182,10 @@ def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_i
             assert not reference and not any(k.startswith("reference.") for k in at_kill)
             for column in ("reference_chosen_logps", "reference_rejected_logps"):
                 assert resumed.datamodule.train_dataset[column] == uninterrupted.datamodule.train_dataset[column]
+        if name in ADAPTER_ONLY:  # the checkpoint holds the trainable weights only
+            trainable = {f"policy.{n}" for n, p in resumed.model.policy.named_parameters() if p.requires_grad}
+            assert {k for k in at_kill if k.startswith("policy.")} == trainable
+            assert saved["rdpo"]["base"]["adapter_only"] is True
         if name == "buffer":
             assert float(at_kill["robust.running_loss"]) > 0 and int(at_kill["robust.updates"]) == KILL_AFTER
         if name == "group_dro_accumulated":  # one update per optimizer step: moved, and resumed exactly

@@ -1,27 +1,33 @@
 """ExportBestCheckpoint exports the best checkpoint, not the last, whatever the layout of checkpoint callbacks: one
-that keeps the best and ``last.ckpt`` (``save_last: true``, what configs/paper/*.yaml and configs/own_model.yaml set),
-or one for the last state beside one for the best under its own name, in either order. The best is found here from the
-validation losses the run logged and the weights it held at each pass, recorded by a callback of the test's own."""
+monitored ``ModelCheckpoint`` that also keeps ``last.ckpt`` (``save_last: true``, what the shipped configs set before),
+or the shipped configs' pair (configs/own_model.yaml, read here: a monitored ``best-worst-case-...`` checkpoint and
+``LastCheckpoint`` for the last state), in either order. The best is found here from the worst-case losses the run
+logged and the weights it held at each pass, recorded by a callback of the test's own."""
 
 from __future__ import annotations
 
 import functools
+import importlib
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForCausalLM
 
-from rdpo_lightning.callbacks import ExportBestCheckpoint
+from rdpo_lightning.callbacks import ExportBestCheckpoint, WorstCaseEvaluation
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.quiet import quiet_trainer
 from tests.lora_fits import make_data
 
 STEPS = 4
-#: mode max on the validation loss, which DPO lowers: the best pass is an early one, not the last. Saved after every
+MONITOR = "val/worst_case/loss"
+SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "own_model.yaml"
+#: mode max on the worst-case loss, which DPO lowers: the best pass is an early one, not the last. Saved after every
 #: validation pass (with ``val_check_interval: 1`` Lightning would otherwise save at epoch ends only)
-BEST = {"monitor": "val/loss", "mode": "max", "save_top_k": 1, "save_on_train_epoch_end": False}
+BEST = {"monitor": MONITOR, "mode": "max", "save_top_k": 1, "save_on_train_epoch_end": False}
 
 
 class RecordValidation(L.Callback):
@@ -32,19 +38,26 @@ class RecordValidation(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: RobustDPO) -> None:
         weights = {k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()}
-        self.passes[trainer.global_step] = (float(trainer.callback_metrics["val/loss"]), weights)
+        self.passes[trainer.global_step] = (float(trainer.callback_metrics[MONITOR]), weights)
+
+
+def shipped(dirpath: Path) -> list[ModelCheckpoint]:
+    """The checkpoint callbacks of configs/own_model.yaml, as the CLI builds them (monitored ones in mode max)."""
+    callbacks = []
+    for entry in yaml.safe_load(SHIPPED.read_text())["trainer"]["callbacks"]:
+        module, name = entry["class_path"].rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        if issubclass(cls, ModelCheckpoint):
+            args = {**(entry.get("init_args") or {}), "dirpath": dirpath}
+            callbacks.append(cls(**({**args, "mode": "max"} if args.get("monitor") else args)))
+    assert len(callbacks) == 2 and sum(c.monitor is not None for c in callbacks) == 1
+    return callbacks
 
 
 LAYOUTS = {
     "best_and_last_in_one": lambda dirpath: [ModelCheckpoint(dirpath=dirpath, save_last=True, **BEST)],
-    "last_then_best": lambda dirpath: [
-        ModelCheckpoint(dirpath=dirpath, save_last=True, every_n_train_steps=1),
-        ModelCheckpoint(dirpath=dirpath, filename="best-worst-case-{step}", **BEST),
-    ],
-    "best_then_last": lambda dirpath: [
-        ModelCheckpoint(dirpath=dirpath, filename="best-worst-case-{step}", **BEST),
-        ModelCheckpoint(dirpath=dirpath, save_last=True, every_n_train_steps=1),
-    ],
+    "shipped": shipped,
+    "shipped_reversed": lambda dirpath: shipped(dirpath)[::-1],
 }
 
 
@@ -66,7 +79,7 @@ def test_the_best_not_the_last_is_exported(layout, tiny_model_dir, tmp_path):
         limit_val_batches=1,
         enable_checkpointing=True,
         default_root_dir=tmp_path,
-        callbacks=[*LAYOUTS[layout](tmp_path / "checkpoints"), record, export],
+        callbacks=[WorstCaseEvaluation(), *LAYOUTS[layout](tmp_path / "checkpoints"), record, export],
     )
     trainer.fit(module, datamodule=make_data(tiny_model_dir, num_train=16))
     losses = {step: loss for step, (loss, _) in record.passes.items()}

@@ -1,6 +1,8 @@
-"""An adapter-only FSDP2 checkpoint on 2 gloo CPU processes: saved, restored, resumed.
+"""An adapter-only checkpoint on 2 gloo CPU processes, under FSDP2 (a distributed checkpoint) or DDP (a file):
+saved, restored, resumed.
 
-Run as a script (Lightning re-executes it for rank 1): ``python _adapter_checkpoint.py MODEL_DIR OUT_DIR``.
+Run as a script (Lightning re-executes it for rank 1): ``python _adapter_checkpoint.py MODEL_DIR OUT_DIR STRATEGY``
+with STRATEGY ``fsdp2`` or ``ddp``.
 
 1. ``uninterrupted``: a LoRA fit of 4 AdamW steps (3 batches an epoch) on the ``MODEL_DIR`` base, with a
    distributed-checkpoint directory ``OUT_DIR/checkpoints/step=<k>.ckpt`` after every step. As each is written,
@@ -76,7 +78,7 @@ class RecordShards(L.Callback):
             torch.save(shards(pl_module, trainer), self.path / f"restored-rank{dist.get_rank()}.pt")
 
 
-def run(model_dir: str, out: Path, steps: int, ckpt_path: Path | None = None, callbacks=()) -> tuple:
+def run(model_dir: str, out: Path, strategy: str, steps: int, ckpt_path: Path | None = None, callbacks=()) -> tuple:
     L.seed_everything(0, verbose=False)
     module = RobustDPO(
         model=model_dir,
@@ -93,7 +95,7 @@ def run(model_dir: str, out: Path, steps: int, ckpt_path: Path | None = None, ca
     trainer = quiet_trainer(
         accelerator="cpu",
         devices=2,
-        strategy=FSDP2Strategy(),
+        strategy=FSDP2Strategy() if strategy == "fsdp2" else "ddp",
         max_steps=steps,
         limit_val_batches=0,
         enable_checkpointing=ckpt_path is None,  # the first fit writes a checkpoint after every step
@@ -112,13 +114,14 @@ def full_policy(module: RobustDPO) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     datasets.disable_progress_bars()
-    model_dir, out_dir = sys.argv[1:]
+    model_dir, out_dir, strategy = sys.argv[1:]
     out = Path(out_dir)
     every_step = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=1, save_top_k=-1, filename="{step}")
-    module, trainer = run(model_dir, out, STEPS, callbacks=[every_step, RecordShards(out, "save")])
+    module, trainer = run(model_dir, out, strategy, STEPS, callbacks=[every_step, RecordShards(out, "save")])
     uninterrupted = full_policy(module)
     resume_from = out / "checkpoints" / f"step={RESUME_AT}.ckpt"
-    module, trainer = run(model_dir, out, STEPS, ckpt_path=resume_from, callbacks=[RecordShards(out, "restore")])
+    restore = [RecordShards(out, "restore")]
+    module, trainer = run(model_dir, out, strategy, STEPS, ckpt_path=resume_from, callbacks=restore)
     resumed = full_policy(module)
     if trainer.global_rank == 0:
         torch.save(resumed, out / "resumed.pt")
