@@ -134,7 +134,9 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
 
     L.seed_everything(seed, verbose=False)
     datamodule = make_datamodule(args, seed, cache_dir)
-    module = shift.make_module(args, config.make_robust())
+    datamodule.batch_size = args.batch_size // args.accumulate  # the same optimizer batch in micro-batches
+    scope = {"accumulate_grad_batches": args.accumulate, "objective_scope": args.objective_scope}
+    module = shift.make_module(args, config.make_robust(), **scope)
     generation = None
     if args.scenario != "input":
         generation = GenerationEvaluation(
@@ -144,7 +146,7 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
         accelerator=args.accelerator,
         devices=1,
         max_epochs=args.epochs,
-        val_check_interval=args.val_every,
+        val_check_interval=args.val_every * args.accumulate,  # counts loader batches
         log_every_n_steps=args.val_every,
         logger=TensorBoardLogger(runs, name=config.directory, version=f"seed{seed}"),
         callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
@@ -206,7 +208,14 @@ def format_report(args: argparse.Namespace, configs: list[Config], judged: dict,
     head = (
         f"Pareto fronts, scenario '{args.scenario}'{' (' + size + ')' if size else ''}: {args.seeds} seeds; "
         f"{args.num_train} training pairs, {args.num_val} held-out per set, {args.epochs} epochs, batch "
-        f"{args.batch_size}, validation every {args.val_every} steps; GPT-2 {args.layers} layers d={args.hidden}, lr "
+        f"{args.batch_size}"
+        + (
+            f" ({args.batch_size // args.accumulate} pairs x {args.accumulate} micro-batches, objective over the"
+            f" {args.objective_scope.replace('_', ' ')})"
+            if args.accumulate > 1
+            else ""
+        )
+        + f", validation every {args.val_every} steps; GPT-2 {args.layers} layers d={args.hidden}, lr "
         f"{args.lr:g}, beta {args.beta:g}; wall time {seconds / 60:.1f} min on {platform.machine()} with "
         f"{os.cpu_count()} CPUs ({args.cpu_name}); every validation pass of every run is a point"
     )
@@ -277,6 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--val-every", type=int, default=8, help="training steps between validation passes")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step (of --batch-size pairs)")
+    p.add_argument("--objective-scope", default="optimizer_batch", choices=["optimizer_batch", "micro_batch"])
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -305,6 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.gen_prompts, args.gen_tokens = 4, 4
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
+    if args.accumulate < 1 or args.batch_size % args.accumulate:
+        p.error("--accumulate must divide --batch-size")
     return args
 
 

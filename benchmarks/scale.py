@@ -195,28 +195,16 @@ def padded_tokens(shapes: list[tuple[int, int, int]], batch_index: int, batch_si
 
 
 # --- ours -------------------------------------------------------------------------------------------------------------
-def run_ours(
-    name: str, settings: Settings, paths: dict[str, str], padding_free: bool, fused: bool = True
-) -> dict[str, Any]:
-    import functools
-
+def fixed_pairs(paths: dict[str, str]) -> type:
+    """A DataModule class yielding the benchmark's pairs through the package's own tokenisation, collator and loader,
+    in dataset order."""
     import datasets
-    import lightning as L
-    import torch
 
     from rdpo_lightning.data.datamodule import PreferenceDataModule
     from rdpo_lightning.data.sampler import ResumableSampler
     from rdpo_lightning.data.tokenizer import load_tokenizer
-    from rdpo_lightning.module import RobustDPO
-    from rdpo_lightning.quiet import quiet_trainer
-    from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
-
-    robust = {"dpo": NoRobust, "kldpo": lambda: KLReweighter(tau=1.0), "wdpo": lambda: WassersteinPenalty(rho=0.01)}
-    shapes = json.loads(paths["shapes"])
 
     class FixedPairs(PreferenceDataModule):
-        """The benchmark's pairs through the package's own tokenisation, collator and loader, in dataset order."""
-
         templated = False
 
         def build_tokenizer(self):
@@ -229,6 +217,24 @@ def run_ours(
         def _train_sampler(self):
             return ResumableSampler(self.train_dataset, shuffle=False)
 
+    return FixedPairs
+
+
+def run_ours(
+    name: str, settings: Settings, paths: dict[str, str], padding_free: bool, fused: bool = True
+) -> dict[str, Any]:
+    import functools
+
+    import lightning as L
+    import torch
+
+    from rdpo_lightning.module import RobustDPO
+    from rdpo_lightning.quiet import quiet_trainer
+    from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
+
+    robust = {"dpo": NoRobust, "kldpo": lambda: KLReweighter(tau=1.0), "wdpo": lambda: WassersteinPenalty(rho=0.01)}
+    shapes = json.loads(paths["shapes"])
+    FixedPairs = fixed_pairs(paths)
     clock = StepClock()
 
     class StepTimer(L.Callback):
@@ -342,13 +348,18 @@ def worker(name: str, settings: Settings, paths: dict[str, str], live: bool = Fa
     return {**result, "peak_rss_kib": peak_rss_kib(), "wall": time.perf_counter() - start, "load": load}
 
 
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a configuration's fresh process: its thread count, and this repository importable."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+
+
 def run_fresh(name: str, settings: Settings, paths: dict[str, str], live: bool = False) -> dict[str, Any]:
     """One configuration in a fresh interpreter (its own resident high-water mark); ``live``: the live-memory run."""
     out = Path(paths["work"]) / f"{name}{'-live' if live else ''}.json"
     spec = json.dumps({"name": name, "settings": asdict(settings), "paths": paths, "out": str(out), "live": live})
-    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    done = subprocess.run([sys.executable, __file__, "--worker", spec], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--worker", spec], env=worker_env(settings.threads),
+                          capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
     result = json.loads(out.read_text())
@@ -430,17 +441,23 @@ def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, ti
     return "\n".join([*lines, "", "Targets (our DPO against TRL's):", *verdicts, ""])
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tiny``, ``--output`` and the hidden ``--worker`` (one configuration's fresh process) of a benchmark that
+    runs each configuration in its own process (this one, accumulation.py)."""
+    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run; publishes nothing")
+    parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run; publishes nothing")
+    add_common_arguments(parser)
     parser.add_argument("--lengths", nargs="+", default=["long_tailed", "equal"], choices=["long_tailed", "equal"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=[*CONFIGS, *EXTRA])
     parser.add_argument("--steps", type=int, default=None, help="measured steps (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 4)")
     parser.add_argument("--live-configs", nargs="*", default=["trl-dpo", "ours-dpo"], choices=[*CONFIGS, *EXTRA],
                         help="configurations that also get a live-memory run (none: leave it out)")  # fmt: skip
-    parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -464,8 +481,11 @@ def main(argv: list[str] | None = None) -> str:
             names = ["trl-dpo", *(n for n in args.configs if n != "trl-dpo")]
             live_names = [name for name in names if name in args.live_configs]
             cases[lengths] = run_lengths(settings, paths, names, live_names)
-    report = render(cases, settings, args.tiny)
-    output = args.output or (None if args.tiny else RESULTS)
+    return publish(render(cases, settings, args.tiny), args.output or (None if args.tiny else RESULTS))
+
+
+def publish(report: str, output: Path | None) -> str:
+    """Print the report and write it to ``output`` (None: a --tiny run without --output writes nothing)."""
     if output is not None:
         output.write_text(report)
     print(report)

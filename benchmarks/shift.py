@@ -138,7 +138,7 @@ def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str, **overr
     return AttributeWorldDataModule(**{**arguments, **overrides})
 
 
-def make_module(args: argparse.Namespace, robust):
+def make_module(args: argparse.Namespace, robust, **module_kwargs):
     import torch
 
     from rdpo_lightning.module import RobustDPO
@@ -156,6 +156,7 @@ def make_module(args: argparse.Namespace, robust):
         optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
         warmup_steps=args.warmup_steps,
         robust=robust,
+        **module_kwargs,
     )
 
 

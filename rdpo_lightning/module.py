@@ -7,16 +7,26 @@ The module computes per-pair losses from one concatenated (2B, T) forward and ha
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import PeftConfig
 from torch import Tensor
 
+from rdpo_lightning.accumulation import (
+    SCOPES,
+    AccumulationWindow,
+    MicroBatch,
+    WindowPasses,
+    hold_logging_step,
+    optimizer_steps,
+    run_window,
+    trainer_accumulation_refusal,
+    warn_if_degenerate,
+)
 from rdpo_lightning.adapter_checkpoints import AdapterCheckpoints
 from rdpo_lightning.adapters import peft_config_dict, reference_mode
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_interval, check_non_negative, check_positive
@@ -35,11 +45,20 @@ from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import build_policy, check_packing_support, load_causal_lm, resolve_dtype, token_logps
+from rdpo_lightning.models import (
+    build_policy,
+    check_packing_support,
+    load_causal_lm,
+    resolve_dtype,
+    score_tokens,
+    token_logps,
+)
+from rdpo_lightning.optim_checks import check_optimizer
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, reconcile_reference_state
 from rdpo_lightning.reproducibility import seed_training_batch
-from rdpo_lightning.robust import NoRobust, RobustLoss, ScoredPairs
+from rdpo_lightning.robust import NoRobust, RobustLoss, RobustOutput, ScoredPairs
+from rdpo_lightning.router_aux import router_aux_coefficient
 from rdpo_lightning.run_record import KEY as RUN_RECORD_KEY
 from rdpo_lightning.run_record import run_record
 from rdpo_lightning.schedules import warmup_cosine
@@ -81,9 +100,16 @@ class RobustDPO(L.LightningModule):
             training; False: a frozen reference model stays resident (sharded like the policy under FSDP).
         reference_cache_dir: where the cached reference log-probs live (default ``$RDPO_CACHE/reference_logps``).
         activation_checkpointing: recompute each transformer block's activations in backward (non-reentrant).
-        accumulate_grad_batches: gradient accumulation for robust strategies that drive their own backward passes
-            (manual optimisation: ``WassersteinPenalty`` in ``finite_difference`` mode); the others use
-            ``trainer.accumulate_grad_batches``.
+        accumulate_grad_batches: loader batches (micro-batches) per optimizer step. The robust objective is formed
+            over the whole optimizer batch (micro-batches × this × data-parallel ranks), exactly, for every strategy
+            (:mod:`rdpo_lightning.accumulation`; manual optimisation). ``trainer.accumulate_grad_batches`` is refused:
+            it would form the objective per micro-batch.
+        objective_scope: ``optimizer_batch`` (default) or ``micro_batch``: each micro-batch's objective formed alone
+            and averaged by pair share (what Lightning's accumulation does; kept for comparison).
+        router_aux_loss_coef: weight of a Mixture-of-Experts policy's router load-balancing loss in the training
+            objective (logged as ``train/router_aux_loss``); None: the config's ``router_aux_loss_coef`` for a model
+            whose config has ``output_router_logits`` (Mixtral, Qwen-MoE), 0 for any other
+            (:mod:`rdpo_lightning.router_aux`).
         adapter_only_checkpoints: a LoRA run's checkpoints hold the adapters (and optimizer state) only, not the
             frozen base; they record the base (``model.model`` and a digest of its weights) and refuse another one on
             resume and export (:mod:`rdpo_lightning.adapter_checkpoints`). Default (null): on for adapters on a
@@ -116,6 +142,8 @@ class RobustDPO(L.LightningModule):
         reference_cache_dir: str | None = None,
         activation_checkpointing: bool = False,
         accumulate_grad_batches: int = 1,
+        router_aux_loss_coef: float | None = None,
+        objective_scope: str = "optimizer_batch",
         adapter_only_checkpoints: bool | None = None,
     ) -> None:
         super().__init__()
@@ -133,6 +161,10 @@ class RobustDPO(L.LightningModule):
         check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         check_int_at_least("model.accumulate_grad_batches", accumulate_grad_batches, 1)
+        check_optimizer(optimizer)  # its hyper-parameters, now rather than after the data and models are built
+        if router_aux_loss_coef is not None:
+            check_non_negative("model.router_aux_loss_coef", router_aux_loss_coef)
+        check_choice("model.objective_scope", objective_scope, SCOPES)
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer", "peft"])
         self.hparams["peft"] = peft_config_dict(peft)  # plain data: a checkpoint loads without unpickling PEFT classes
         self.peft = peft
@@ -166,10 +198,23 @@ class RobustDPO(L.LightningModule):
         self.activation_checkpointing = activation_checkpointing
         self.adapter_checkpoints = AdapterCheckpoints(adapter_only_checkpoints)
         self.accumulate_grad_batches = accumulate_grad_batches
-        self.automatic_optimization = self.robust.automatic_optimization
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self._router_aux_coef = 0.0  # resolved from the policy's config in configure_model
+        self.objective_scope = objective_scope
+        self.window = AccumulationWindow(accumulate_grad_batches)
+        self._joined_window = False
+        self.automatic_optimization = self.robust.automatic_optimization and accumulate_grad_batches == 1
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
         self._logps_dtype = torch.float32
+
+    def configure_callbacks(self) -> list:
+        """The first hook that sees the Trainer, before Lightning's own checks: refuse its accumulation here."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            refusal = trainer_accumulation_refusal(self.trainer.accumulate_grad_batches, self.robust)
+            if refusal is not None:
+                raise InputError(refusal)
+        return []
 
     # --- models ------------------------------------------------------------------------------------------------
     def _tokenizer(self) -> Any:
@@ -199,6 +244,7 @@ class RobustDPO(L.LightningModule):
             disable_policy_dropout=self.disable_policy_dropout,
         )  # fmt: skip
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
+        self._router_aux_coef = router_aux_coefficient(policy, self.router_aux_loss_coef)
         self.adapter_checkpoints.note_base(policy)  # before sharding: every rank holds the whole base
         reference = None
         if self.pair_loss.uses_reference:
@@ -269,15 +315,23 @@ class RobustDPO(L.LightningModule):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _pair_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[PairLogps, Tensor]:
-        """Sequence log-probs (summed, or per-token means for a length-normalised loss) and response token counts
-        (2B,) of one concatenated forward."""
-        logps, mask = self._token_logps(model, batch)
+        """Sequence log-probs and response token counts (2B,) of one concatenated forward."""
+        logps, counts, _ = self._sequence_scores(model, batch)
+        return logps, counts
+
+    def _sequence_scores(
+        self, model: torch.nn.Module, batch: dict[str, Tensor], router_aux: bool = False
+    ) -> tuple[PairLogps, Tensor, Tensor | None]:
+        """Sequence log-probs (summed, or per-token means for a length-normalised loss), response token counts (2B,)
+        and (with ``router_aux``) the router load-balancing loss of one concatenated forward."""
+        scores = score_tokens(model, batch, self.logprob_chunk_rows, self.fused_logprobs, router_aux)
+        logps, mask = scores.logps, scores.mask
         counts = mask.sum(-1)
         values = logps.sum(-1)
         if self.pair_loss.length_normalized:
             values = values / counts.clamp(min=1)
         half = values.shape[0] // 2
-        return PairLogps(values[:half], values[half:]), counts
+        return PairLogps(values[:half], values[half:]), counts, scores.router_aux_loss
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps:
@@ -306,15 +360,16 @@ class RobustDPO(L.LightningModule):
         directly does not."""
         if PACK_INDEX in batch:
             check_packing_support(self.policy, batch)  # its probe forward must not meet the embedding hook
+        router_aux = self.training and self._router_aux_coef != 0
         with embedding_capture(self.policy, batch, capture, shift) as captured, self.robust.forward_context():
-            policy, counts = self._pair_logps(self.policy, batch)
+            policy, counts, aux = self._sequence_scores(self.policy, batch, router_aux)
         half = counts.shape[0] // 2
-        scores = PairScores(policy, reference, chosen_tokens=counts[:half], rejected_tokens=counts[half:])
+        scores = PairScores(policy, reference, counts[:half], counts[half:], router_aux_loss=aux)
         return ScoredPairs(
             losses=self.pair_loss.pair_losses(scores, self.beta),
             scores=scores,
             columns=batch.get("columns", {}),
-            embeddings=captured[0] if captured else None,
+            embeddings=captured[-1] if captured else None,  # the last forward: the one scored (see token_logps)
             gather=self._gather,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
         )
@@ -327,36 +382,55 @@ class RobustDPO(L.LightningModule):
 
     # --- steps -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if not self.automatic_optimization:
+            window = self.window.add(batch_idx, batch, last=self.trainer.is_last_batch)
+            if window is not None:
+                self._optimizer_step(window)
+            return None
         reference = self.reference_logps(batch)
-        capture = self.robust.needs_embeddings
-        if self.automatic_optimization:
-            pairs = self.policy_forward(batch, reference, capture=capture)
-            result = self.robust(pairs)
-            loss = result.loss
-            self.nonfinite.observe_loss(loss)
-        else:
+        pairs = self.policy_forward(batch, reference, capture=self.robust.needs_embeddings)
+        result = self.robust(pairs)
+        aux = pairs.scores.router_aux_loss
+        loss = result.loss if aux is None else result.loss + self._router_aux_coef * aux
+        self.nonfinite.observe_loss(loss)
+        self._log_training(pairs, result, aux)
+        return loss
 
-            def forward(shift: Tensor | None) -> ScoredPairs:
-                return self.policy_forward(batch, reference, capture=shift is None, shift=shift)
+    def _optimizer_step(self, window: list[MicroBatch]) -> None:
+        """Manual optimisation: the window's forwards and backwards (:func:`run_window`), then one optimizer step."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        passes = WindowPasses(
+            reference=self.reference_logps,
+            forward=self.policy_forward,
+            seed=lambda index: seed_training_batch(self.trainer, index),
+            backward=self.manual_backward,
+            scale_gradients=self._scale_gradients,
+            gather=self._gather,
+            world_size=self.trainer.world_size,
+            router_aux_coef=self._router_aux_coef,
+        )
+        done = run_window(window, self.robust, passes, self.objective_scope)
+        self.nonfinite.observe_loss(done.output.loss)
+        optimizer.step()  # clipping happens in on_before_optimizer_step, after any loss-scale unscaling
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self._log_training(done.pairs, done.output, done.router_aux)
 
-            # manual gradient accumulation: each micro-batch's objective counts 1/accumulate of the step
-            accumulate = self.accumulate_grad_batches
-            optimizer = self.optimizers()
-            if batch_idx % accumulate == 0:
-                optimizer.zero_grad()
-            pairs, result = self.robust.manual_step(forward, lambda loss: self.manual_backward(loss / accumulate))
-            self.nonfinite.observe_loss(result.loss)
-            if (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch:
-                optimizer.step()  # clipping happens in on_before_optimizer_step, after any loss-scale unscaling
-                scheduler = self.lr_schedulers()
-                if scheduler is not None:
-                    scheduler.step()
-            loss = None
+    def _scale_gradients(self, factor: float) -> None:
+        for param in self.policy.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
+
+    def _log_training(self, pairs: ScoredPairs, result: RobustOutput, aux: Tensor | None) -> None:
+        """``train/*`` describes the optimizer's batch (this rank's pairs of it; ``sync_dist`` averages ranks)."""
         self._log_pairs("train", pairs, prefixes=["train"])
         self.log("train/loss", result.loss.detach(), batch_size=pairs.losses.shape[0], sync_dist=True, prog_bar=True)
+        if aux is not None:
+            self.log("train/router_aux_loss", aux.detach(), batch_size=pairs.losses.shape[0], sync_dist=True)
         for name, value in result.metrics.items():
             self.log(f"train/robust/{name}", value, batch_size=pairs.losses.shape[0], sync_dist=True)
-        return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Logs the TRL metric set of the in-distribution set (dataloader 0) under ``val/``, and returns the
@@ -398,11 +472,24 @@ class RobustDPO(L.LightningModule):
     # --- reliability: reproducible randomness, numerical guards, finite checkpoints -----------------------------
     def on_train_start(self) -> None:
         load_pending_loader_states(self.trainer)
+        warn_if_degenerate(self.trainer, self.robust, self.accumulate_grad_batches, self.objective_scope)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_training_batch(self.trainer, batch_idx)
+        if self._joined_window:
+            hold_logging_step(self.trainer)
+            self._joined_window = False
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._joined_window = len(self.window) > 0  # the batch waits in the window: no optimizer step yet
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if len(self.window):
+            rank_zero_warn(
+                f"a checkpoint is written inside an accumulation window ({len(self.window)} of"
+                f" {self.window.size} micro-batches seen): a fit resumed from it starts the next window at the next"
+                " micro-batch, without these; checkpoint after optimizer steps (ModelCheckpoint every_n_train_steps)"
+            )
         refuse_nonfinite_checkpoint(checkpoint)
         record = run_record(self, self.policy, self._adapter_config)  # what `rdpo export` reads
         checkpoint[RUN_RECORD_KEY] = record
@@ -413,10 +500,7 @@ class RobustDPO(L.LightningModule):
         self._equip_reference_logps()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.accumulate_grad_batches > 1 and total != self.trainer.max_steps:
-            total = math.ceil(total / self.accumulate_grad_batches)  # Lightning counts manual micro-batches
-        total = max(1, total)
+        total = optimizer_steps(self.trainer, self.accumulate_grad_batches)
         schedule = warmup_cosine(self.warmup_steps, total, self.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

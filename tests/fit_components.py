@@ -24,14 +24,20 @@ from rdpo_lightning.robust import RobustLoss, RobustOutput, ScoredPairs
 
 class KillAtStep(L.Callback):
     """SIGKILL this process at the start of the batch after optimizer step ``step`` (its checkpoint is written):
-    no exception, no teardown, no flushing — what a pre-empted node or an OOM kill looks like."""
+    no exception, no teardown, no flushing — what a pre-empted node or an OOM kill looks like. ``micro_batches``:
+    let that many loader batches of the next step start first (under ``model.accumulate_grad_batches``: killed in
+    the middle of an accumulation window)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, micro_batches: int = 0) -> None:
         self.step = step
+        self.micro_batches = micro_batches
+        self._started = 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            if self._started == self.micro_batches:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._started += 1
 
 
 class RunningBaseline(RobustLoss):

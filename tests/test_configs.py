@@ -135,7 +135,7 @@ def test_helpsteer_llama_config_loads_a_local_helpsteer_layout(tmp_path, tiny_mo
         *small_paper_args(tmp_path / "run", tiny_model_dir),
         f"--data.init_args.path={data}",
         f"--data.init_args.tokenizer={chat_tokenizer_dir}",
-        "--trainer.accumulate_grad_batches=1",
+        "--model.accumulate_grad_batches=1",
     ]
     cli = main(["fit", "-c", str(CONFIGS / "paper" / "helpsteer_llama.yaml"), *overrides])
     dm = cli.datamodule

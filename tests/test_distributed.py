@@ -133,7 +133,9 @@ def test_activation_checkpointing_is_non_reentrant_and_keeps_double_backward_exa
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def one_step(model_dir, robust, batch_size, accumulate=1, max_steps=1, precision="64-true", **module_kwargs):
+def one_step(
+    model_dir, robust, batch_size, accumulate=1, max_steps=1, precision="64-true", trainer_accumulate=1, **module_kwargs
+):
     L.seed_everything(0, verbose=False)
     module = RobustDPO(
         model=str(model_dir),
@@ -153,6 +155,7 @@ def one_step(model_dir, robust, batch_size, accumulate=1, max_steps=1, precision
         precision=precision,
         max_steps=max_steps,
         limit_val_batches=0,
+        accumulate_grad_batches=trainer_accumulate,
     )
     trainer.fit(module, datamodule=data)
     return module, trainer
@@ -168,9 +171,13 @@ def test_manual_accumulation_equals_one_full_batch_step(tiny_model_dir):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=name)
 
 
-def test_model_accumulation_under_automatic_optimisation_points_to_the_trainer(tiny_model_dir):
-    with pytest.raises(ValueError, match="set trainer.accumulate_grad_batches instead"):
-        one_step(tiny_model_dir, KLReweighter(), batch_size=4, accumulate=2)
+def test_trainer_accumulation_is_refused_with_the_key_to_use(tiny_model_dir):
+    """Lightning's accumulation would form the objective per micro-batch: one line naming the module's key."""
+    from rdpo_lightning.errors import InputError
+
+    with pytest.raises(InputError, match=r"set model.accumulate_grad_batches: 2 instead") as refused:
+        one_step(tiny_model_dir, KLReweighter(), batch_size=4, trainer_accumulate=2)
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize(

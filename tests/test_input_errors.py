@@ -54,6 +54,8 @@ CASES = {
     "column": (["--data.init_args.chosen_column=answer"], "missing column(s) ['answer'] (set by data.prompt"),
     "target": (["--model.peft.init_args.target_modules=[q_proj]"], "model.peft.target_modules: Target modules"),
     "quantization": (["--model.quantization={{load_in_4bit: true}}"], "model.quantization (bitsandbytes"),
+    # Lightning's accumulation would form the robust objective per micro-batch
+    "accumulation": (["--trainer.accumulate_grad_batches=8"], "set model.accumulate_grad_batches: 8 instead"),
     # a plain dict is a PEFT config's to_dict() (what a checkpoint keeps): one without its peft_type is not one
     "peft_dict": (
         ["--model.peft=null", '--model.peft={{"r": 8}}'],

@@ -55,10 +55,15 @@ STRATEGIES = {
         "--model.peft.init_args.lora_dropout=0.1",
     ],
 }
+# the same optimizer batch of 12 as 2 micro-batches of 6 (model.accumulate_grad_batches), killed in the middle of the
+# window after step K: one-pass KLDPO, and Group DRO (scoring pass; its group weights are state)
+MID_WINDOW = ["--model.accumulate_grad_batches=2", "--data.init_args.batch_size=6"]
+STRATEGIES["kl_accumulated"] = [*STRATEGIES["kl"], *MID_WINDOW]
+STRATEGIES["group_dro_accumulated"] = ["-c", str(CONFIGS / "robust" / "group_dro.yaml"), *MID_WINDOW]
 RESIDENT_REFERENCE = {"buffer"}  # the others use the default precomputed reference log-probs
 
 
-def checkpoint_config(path: Path, kill_after: int | None = None) -> Path:
+def checkpoint_config(path: Path, kill_after: int | None = None, micro_batches: int = 0) -> Path:
     callbacks = [
         {
             "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -66,7 +71,8 @@ def checkpoint_config(path: Path, kill_after: int | None = None) -> Path:
         }
     ]
     if kill_after is not None:
-        callbacks.append({"class_path": "fit_components.KillAtStep", "init_args": {"step": kill_after}})
+        init_args = {"step": kill_after, "micro_batches": micro_batches}
+        callbacks.append({"class_path": "fit_components.KillAtStep", "init_args": init_args})
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return path
 
@@ -120,7 +126,14 @@ def helpers_importable(monkeypatch):
 def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_importable, tensorboard_scalars):
     saving = checkpoint_config(tmp_path / "checkpoints.yaml")
     killing = checkpoint_config(tmp_path / "checkpoints_and_kill.yaml", kill_after=KILL_AFTER)
-    spec = [{"name": name, "argv": fit_args(tmp_path / name / "killed", name, killing)} for name in STRATEGIES]
+    mid_window = checkpoint_config(tmp_path / "kill_mid_window.yaml", kill_after=KILL_AFTER, micro_batches=1)
+    spec = [
+        {
+            "name": name,
+            "argv": fit_args(tmp_path / name / "killed", name, mid_window if "_accumulated" in name else killing),
+        }
+        for name in STRATEGIES
+    ]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     launched = subprocess.run(
         [sys.executable, str(TESTS / "fit_components.py"), str(tmp_path / "spec.json")],
@@ -159,6 +172,8 @@ def test_killed_fit_resumes_exactly_for_every_strategy(tmp_path: Path, helpers_i
                 assert resumed.datamodule.train_dataset[column] == uninterrupted.datamodule.train_dataset[column]
         if name == "buffer":
             assert float(at_kill["robust.running_loss"]) > 0 and int(at_kill["robust.updates"]) == KILL_AFTER
+        if name == "group_dro_accumulated":  # one update per optimizer step: moved, and resumed exactly
+            assert at_kill["robust.group_weights"].tolist() != [0.5, 0.5]
 
         # every scalar the resumed fit logged equals the uninterrupted fit's at the same step
         want, got = (

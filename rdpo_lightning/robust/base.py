@@ -72,6 +72,13 @@ class RobustLoss(nn.Module):
     needs_embeddings: bool = False
     #: False when the strategy runs its own backward passes through :meth:`manual_step`
     automatic_optimization: bool = True
+    #: how the objective is formed over an accumulation window (:mod:`rdpo_lightning.accumulation`): ``"additive"``
+    #: (a mean over pairs: each micro-batch's own objective times its pair share), ``"softmax"`` (gradient
+    #: Σ softmax(softmax_scale·ℓ)_i ∇ℓ_i: one pass under a running log-sum-exp), or ``"scored"`` (any function of the
+    #: pair losses: a scoring pass without gradients, then the gradient pass)
+    accumulation: str = "scored"
+    #: s in softmax(s·ℓ), for ``accumulation = "softmax"``
+    softmax_scale: float = 1.0
 
     def forward(self, batch: ScoredPairs) -> RobustOutput:
         raise NotImplementedError
@@ -89,14 +96,16 @@ class RobustLoss(nn.Module):
         return None
 
     def accumulation_refusal(self, accumulate_grad_batches: int) -> str | None:
-        """Why ``model.accumulate_grad_batches`` (the module's accumulation, for strategies that drive their own
-        backward passes) cannot be used with this strategy, or None if it can."""
-        if accumulate_grad_batches > 1 and self.automatic_optimization:
-            return (
-                f"model.accumulate_grad_batches={accumulate_grad_batches} is for robust strategies with manual"
-                f" optimisation; {type(self).__name__} runs under automatic optimisation: set"
-                " trainer.accumulate_grad_batches instead"
-            )
+        """Why ``model.accumulate_grad_batches`` cannot be used with this strategy, or None if it can (every
+        shipped strategy can)."""
+        return None
+
+    def degeneracy(self, pairs: int) -> str | None:
+        """What is lost when the objective is formed over ``pairs`` pairs per optimizer step (all ranks), or None.
+
+        A reweighting over one pair is uniform: the objective is then DPO's."""
+        if self.accumulation != "additive" and pairs < 2:
+            return f"{type(self).__name__} weighs {pairs} pair per optimizer step: its weights are uniform (DPO)"
         return None
 
 

@@ -86,5 +86,14 @@ class ChiSquareDRO(GlobalReweighting):
         check_positive("rho", rho)
         self.rho = float(rho)
 
+    def degeneracy(self, pairs: int) -> str | None:
+        if 1 + 2 * self.rho >= pairs:
+            return (
+                f"the χ² ball of rho={self.rho:g} over {pairs} pairs per optimizer step (1 + 2·rho >= pairs) holds the"
+                " point mass: the objective is the single largest loss (lower model.robust.init_args.rho, or raise"
+                " the optimizer batch)"
+            )
+        return super().degeneracy(pairs)
+
     def weight_rule(self, global_losses: Tensor) -> ChiSquareWeights:
         return ChiSquareWeights.solve(global_losses, self.rho)

@@ -32,6 +32,12 @@ class DrDPO(RobustLoss):
         check_positive("beta_prime", beta_prime)
         self.beta_prime = float(beta_prime)
 
+    accumulation = "softmax"
+
+    @property
+    def softmax_scale(self) -> float:
+        return -1.0 / self.beta_prime
+
     def forward(self, batch: ScoredPairs) -> RobustOutput:
         losses = batch.losses
         weights = global_softmax_weights(losses, batch.gather, -self.beta_prime)

@@ -57,6 +57,14 @@ class GroupDRO(RobustLoss):
             )
         return groups.long()
 
+    def degeneracy(self, pairs: int) -> str | None:
+        if pairs < self.num_groups:
+            return (
+                f"GroupDRO over num_groups={self.num_groups} sees {pairs} pairs per optimizer step: some group is"
+                " absent from every step, and a group's weight only moves when it is present"
+            )
+        return super().degeneracy(pairs)
+
     @torch.no_grad()
     def update(self, global_losses: torch.Tensor, global_groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One multiplicative-weights step from the gathered losses; returns (group mean losses, counts)."""

@@ -33,6 +33,15 @@ class KLReweighter(RobustLoss):
         self.normalize = normalize
         self.clamp_max = float(clamp_max)
 
+    @property
+    def accumulation(self) -> str:
+        """The normalised form is a softmax (one pass); the clamped form needs the window's mean loss first."""
+        return "softmax" if self.normalize else "scored"
+
+    @property
+    def softmax_scale(self) -> float:
+        return 1.0 / self.tau
+
     def forward(self, batch: ScoredPairs) -> RobustOutput:
         losses = batch.losses
         if self.normalize:

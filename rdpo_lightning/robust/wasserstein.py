@@ -64,6 +64,7 @@ class WassersteinPenalty(RobustLoss):
     """
 
     needs_embeddings = True
+    accumulation = "additive"  # mean loss + ρ·mean penalty: both means over pairs
 
     def __init__(
         self,

@@ -2,13 +2,14 @@
 
 Run as a script (Lightning re-executes it for rank 1):
 ``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
-with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save][+pf][+full]``. For each case rank 0
-writes ``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the
-message of a refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away from its
-base, which is the reference; no separate reference model); ``resident``: no precomputed reference log-probs (the base
-computes them every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a directory
-under FSDP2); ``pf``: padding-free batches; ``full``: the full-logits path instead of the default fused output-layer
-log-probs.
+with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save][+pf][+full][+accN][+micro]``. For each
+case rank 0 writes ``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err``
+with the message of a refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away
+from its base, which is the reference; no separate reference model); ``resident``: no precomputed reference log-probs
+(the base computes them every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a
+directory under FSDP2); ``pf``: padding-free batches; ``full``: the full-logits path instead of the default fused
+output-layer log-probs; ``accN``: the same optimizer batch as N micro-batches per rank (``model.accumulate_grad_batches:
+N``); ``micro``: with ``model.objective_scope: micro_batch``.
 Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
 The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
 """
@@ -16,6 +17,7 @@ The pytest side imports :func:`run_case` to make the single-process, full-batch 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,11 +31,14 @@ from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.quiet import quiet_trainer
-from rdpo_lightning.robust import DrDPO, GroupDRO, KLReweighter, NoRobust, WassersteinPenalty
+from rdpo_lightning.robust import ChiSquareDRO, CVaR, DrDPO, GroupDRO, KLReweighter, NoRobust, WassersteinPenalty
 
 ROBUST = {
     "none": NoRobust,
     "kl": functools.partial(KLReweighter, tau=0.5),
+    "kl_clamped": functools.partial(KLReweighter, tau=0.5, normalize=False, clamp_max=2.0),
+    "cvar": functools.partial(CVaR, worst_fraction=0.3),  # 2.4 of 8 pairs: a fractional boundary weight
+    "chi_square": functools.partial(ChiSquareDRO, rho=0.5),
     "wdpo_fd": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference"),
     "wdpo_fd_eps": functools.partial(WassersteinPenalty, rho=0.05, mode="finite_difference", epsilon=1e-3),
     "wdpo_exact": functools.partial(WassersteinPenalty, rho=0.05, mode="exact"),
@@ -45,6 +50,8 @@ GROUPED = {"train_alpha": None, "train_mixtures": [0.1, 0.9]}
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_fc"], "init_lora_weights": False}
 GLOBAL_BATCH = 8
 WORLD = 2
+#: what each case's fit logged (``trainer.logged_metrics``), by case; rank 0 also writes ``OUT_DIR/<case>.json``
+LOGGED: dict[str, dict[str, float]] = {}
 
 
 def strategy_of(name: str):
@@ -60,6 +67,7 @@ def run_case(
     single = strategy_name == "single"
     L.seed_everything(0, verbose=False)
     lora = "lora" in flags
+    accumulate = next((int(f[3:]) for f in flags if f.startswith("acc")), 1)
     module = RobustDPO(
         model=model_dir,
         # unlike the initial policy, so pair losses (and KL weights) differ at step 0; with LoRA the base is
@@ -75,12 +83,14 @@ def run_case(
         activation_checkpointing="ac" in flags,
         fused_logprobs="full" not in flags,
         reference_cache_dir=cache_dir,
+        accumulate_grad_batches=accumulate,
+        objective_scope="micro_batch" if "micro" in flags else "optimizer_batch",
     )
     data = AttributeWorldDataModule(
         num_train=GLOBAL_BATCH,
         num_val=2,
         val_alphas=[],
-        batch_size=GLOBAL_BATCH if single else GLOBAL_BATCH // WORLD,
+        batch_size=-(-(GLOBAL_BATCH if single else GLOBAL_BATCH // WORLD) // accumulate),  # acc3: 3, 3 and 2 pairs
         max_length=24,
         padding_free="pf" in flags,
         tokenizer_dir=model_dir,
@@ -97,6 +107,7 @@ def run_case(
         trainer.fit(module, datamodule=data)
     except ValueError as error:
         return None, str(error)
+    LOGGED[case] = {name: float(value) for name, value in trainer.logged_metrics.items()}
     if "save" in flags:
         trainer.save_checkpoint(Path(cache_dir) / f"{case}.ckpt")
     params = {}
@@ -118,6 +129,7 @@ def main() -> None:
             (out / f"{case}.err").write_text(refusal)
         else:
             torch.save(params, out / f"{case}.pt")
+            (out / f"{case}.json").write_text(json.dumps(LOGGED[case]))
 
 
 if __name__ == "__main__":

@@ -48,13 +48,34 @@ LORA_CASES = [
     "ddp:dr_dpo+lora+resident",
     "ddp:group_dro+lora",
 ]
+#: the same 8-pair optimizer batch as 2 micro-batches of 2 per rank (model.accumulate_grad_batches: 2), every
+#: strategy once under each of DDP and FSDP2 between them, with LoRA and padding-free batches
+ACCUMULATION_CASES = [
+    "fsdp2:kl+acc2",
+    "fsdp2:cvar+acc2",
+    "fsdp2:group_dro+acc2+pf",
+    "fsdp2:wdpo_fd+acc2",
+    "fsdp2:dr_dpo+lora+acc2",
+    "ddp:none+acc2+pf",
+    "ddp:kl_clamped+acc2",
+    "ddp:chi_square+acc2",
+    "ddp:dr_dpo+acc2",
+    "ddp:group_dro+lora+acc2",
+    "ddp:wdpo_exact+acc2",
+]
 REFUSED = "fsdp2:wdpo_exact"  # refused: last, so a failing rank cannot disturb the others
-DISTRIBUTED_CASES = [*DISTRIBUTED_CASES, *LORA_CASES, REFUSED]
+DISTRIBUTED_CASES = [*DISTRIBUTED_CASES, *LORA_CASES, *ACCUMULATION_CASES, REFUSED]
 
 ATOL = 1e-12
 OBJECTIVES = ("none", "kl", "wdpo_fd", "wdpo_exact")
 LORA_OBJECTIVES = (*OBJECTIVES, "dr_dpo", "group_dro")  # GroupDRO's groups: two training mixtures
-SINGLE_CASES = [*OBJECTIVES, "kl+clip", "wdpo_fd_eps", *(f"{r}+lora" for r in LORA_OBJECTIVES)]
+SINGLE_CASES = [
+    *OBJECTIVES,
+    "kl+clip",
+    "wdpo_fd_eps",
+    *(f"{r}+lora" for r in LORA_OBJECTIVES),
+    *("kl_clamped", "cvar", "chi_square", "dr_dpo", "group_dro"),  # the accumulation cases' full batches
+]
 
 
 def _load_script():
@@ -97,13 +118,21 @@ def single_runs(single_cache, tiny_model_dir: Path, reference_dir: Path) -> dict
 
     datasets.disable_progress_bars()
     script = _load_script()
-    runs = {}
+    runs = SingleRuns()
     for robust in SINGLE_CASES:
         case = f"single:{robust}" + ("+save" if robust == "none+lora" else "")
         params, refusal = script.run_case(case, str(tiny_model_dir), str(reference_dir), str(single_cache))
         assert refusal is None, refusal
-        runs[robust] = params
+        runs[robust], runs.logged[robust] = params, script.LOGGED[case]
     return runs
+
+
+class SingleRuns(dict):
+    """Parameters after the step by case; ``logged``: what each fit logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: dict[str, dict[str, float]] = {}
 
 
 def _deltas(params: dict[str, torch.Tensor], model_dir: Path) -> dict[str, torch.Tensor]:
@@ -114,7 +143,9 @@ def _deltas(params: dict[str, torch.Tensor], model_dir: Path) -> dict[str, torch
     return {name: params[name] - initial[name].detach().double() for name in params}
 
 
-@pytest.mark.parametrize("case", [c for c in DISTRIBUTED_CASES if c != REFUSED and c not in LORA_CASES])
+@pytest.mark.parametrize(
+    "case", [c for c in DISTRIBUTED_CASES if c != REFUSED and c not in LORA_CASES + ACCUMULATION_CASES]
+)
 def test_distributed_step_equals_single_process_full_batch(case, distributed_runs, single_runs, tiny_model_dir):
     out, _ = distributed_runs
     # activation checkpointing and padding-free batches must not change the update
@@ -139,6 +170,23 @@ def test_full_logits_and_padding_free_single_steps_equal_the_default(
     want = _deltas(single_runs[case.split("+")[0]], tiny_model_dir)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=ATOL, msg=f"{case}: {name}")
+
+
+@pytest.mark.parametrize("case", ACCUMULATION_CASES)
+def test_distributed_accumulation_equals_single_process_full_batch(case, distributed_runs, single_runs):
+    """Micro-batches × ranks form the objective over the optimizer's batch: the update (and the logged robust
+    metrics) of the single process's one batch of 8."""
+    import json
+
+    out, _ = distributed_runs
+    flags = [f for f in case.split(":")[1].split("+") if f not in ("acc2", "pf")]
+    got, want = torch.load(out / f"{case}.pt"), single_runs["+".join(flags)]
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=ATOL, msg=f"{case}: {name}")
+    logged = json.loads((out / f"{case}.json").read_text())
+    assert any(name.startswith("train/robust/") for name in logged) or flags[0] in ("none",)
+    assert logged["train/loss"] == pytest.approx(single_runs.logged["+".join(flags)]["train/loss"], rel=1e-9)
 
 
 def test_the_fused_path_ran_under_every_strategy(distributed_runs):
@@ -216,7 +264,9 @@ def test_reference_logps_precomputed_once_per_strategy_then_reused(distributed_r
     computed = log.count("reference log-probs of split 'train' (8 rows): computed and saved")
     loaded = log.count("reference log-probs of split 'train' (8 rows): loaded from cache")
     # the reference model, and the LoRA runs' base, once per strategy; GroupDRO's pairs (other mixtures) once more
+    # per strategy
     cached = [c for c in DISTRIBUTED_CASES if "resident" not in c and c != REFUSED]
     firsts = {"fsdp2:none", "ddp:none", "fsdp2:none+lora+save", "ddp:kl+lora", "ddp:group_dro+lora"}
+    firsts.add("fsdp2:group_dro+acc2+pf")  # GroupDRO's pairs under FSDP2 with a precomputed reference
     assert computed == len(firsts)
     assert loaded == len(cached) - len(firsts)

@@ -1,0 +1,30 @@
+"""benchmarks/accumulation.py end to end at ``--tiny``: strategies against DPO (accumulation 8); no figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.benchmarks.tiny_runs import ROOT, run_tiny
+
+PUBLISHED = ROOT / "benchmarks" / "results" / "accumulation.md"
+
+
+def test_tiny_run_times_strategies_against_dpo(tmp_path: Path) -> None:
+    before = PUBLISHED.read_bytes() if PUBLISHED.exists() else None
+    out = tmp_path / "accumulation.md"
+    # one strategy of each route (every strategy is a fresh process: the published run has all six)
+    strategies, cache = ["--strategies", "kldpo", "cvar"], str(tmp_path / "c")
+    run = run_tiny("accumulation", *strategies, "--output", str(out), cwd=tmp_path, timeout=600, RDPO_CACHE=cache)
+    rows = {}
+    for line in run.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 9 and cells[0] in ("dpo", "kldpo", "dr_dpo", "cvar", "chi_square", "group_dro"):
+            rows[cells[0]] = cells
+    assert set(rows) == {"dpo", "kldpo", "cvar"}  # DPO, the baseline, always runs
+    assert rows["dpo"][3] == rows["dpo"][5] == rows["dpo"][7] == "1.00"
+    assert rows["kldpo"][1] == "one pass" and rows["cvar"][1] == "scoring pass"
+    for cells in rows.values():
+        assert float(cells[2]) > 0 and float(cells[4]) > 0 and 0.1 < float(cells[6]) < 8
+    text = out.read_text()
+    assert "not a published figure" in text and "load average" in text and "Targets:" in text
+    assert (PUBLISHED.read_bytes() if PUBLISHED.exists() else None) == before
