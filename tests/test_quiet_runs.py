@@ -114,6 +114,7 @@ def test_lora_fit_on_own_model_is_quiet(tmp_path, tiny_model_dir, capsys, monkey
                 "--trainer.max_steps=2",
                 "--trainer.log_every_n_steps=1",
                 "--data.init_args.batch_size=4",
+                "--model.accumulate_grad_batches=1",
                 "--model.peft.init_args.fan_in_fan_out=true",  # what PEFT's warning asks of a GPT-2 (Conv1D) user
             ]
         )
