@@ -21,8 +21,10 @@ window's last micro-batch runs one of three exact routes, chosen by the strategy
 Reference log-probs are taken once per micro-batch (the batch's cached columns, or the reference forward) and shared
 by both passes; every forward of a micro-batch is preceded by its own per-batch seed
 (:func:`~rdpo_lightning.reproducibility.seed_training_batch`), so both passes draw the same dropout masks and a
-resumed fit draws what an uninterrupted one did. An additive per-forward term (e.g. a router's load-balancing loss)
-belongs in a micro-batch's backward times its pair share ``share``.
+resumed fit draws what an uninterrupted one did. A Mixture-of-Experts router's load-balancing term
+(:mod:`rdpo_lightning.router_aux`) is additive per forward: it enters each micro-batch's gradient backward times the
+micro-batch's pair share. The ``softmax`` route rescales what it has accumulated, which would rescale that term too,
+so with the term on it runs as ``scored`` (exact, one more forward per micro-batch).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import Tensor
 from rdpo_lightning.data.packing import PACK_INDEX
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
+from rdpo_lightning.router_aux import RouterAuxOnce
 
 ROUTES = ("additive", "softmax", "scored")
 SCOPES = ("optimizer_batch", "micro_batch")
@@ -80,7 +83,8 @@ class AccumulationWindow:
 class WindowPasses:
     """What a route needs of the module: ``reference(batch)``, ``forward(batch, reference, capture, shift)`` (the
     policy's scored pairs), ``seed(index)``, ``backward(loss)``, ``scale_gradients(factor)``, and the data-parallel
-    ``gather`` / ``world_size`` the strategies use."""
+    ``gather`` / ``world_size`` the strategies use; ``router_aux_coef``: the weight of the policy's router
+    load-balancing loss (0: none)."""
 
     reference: Callable[[dict[str, Any]], PairLogps]
     forward: Callable[..., ScoredPairs]
@@ -89,6 +93,15 @@ class WindowPasses:
     scale_gradients: Callable[[float], None]
     gather: Callable[[Tensor], Tensor]
     world_size: int
+    router_aux_coef: float = 0.0
+
+    def router_term(self, pairs: ScoredPairs, share: float, seen: list[Tensor]) -> Tensor | float:
+        """``share`` × coef × the forward's router loss (0 without one); the loss is kept in ``seen`` for logging."""
+        aux = pairs.scores.router_aux_loss if pairs.scores is not None else None
+        if aux is None or self.router_aux_coef == 0:
+            return 0.0
+        seen.append(share * aux.detach())
+        return share * self.router_aux_coef * aux
 
 
 @dataclass
@@ -98,6 +111,11 @@ class WindowResult:
     pairs: ScoredPairs
     output: RobustOutput
     parts: list[ScoredPairs] = field(default_factory=list, repr=False)
+    router_aux: Tensor | None = None  # the router load-balancing loss, pair-share weighted over the window
+
+
+def _share_sum(seen: list[Tensor]) -> Tensor | None:
+    return torch.stack(seen).sum() if seen else None
 
 
 def route_of(robust: RobustLoss, scope: str) -> str:
@@ -109,6 +127,8 @@ def route_of(robust: RobustLoss, scope: str) -> str:
 def run_window(window: list[MicroBatch], robust: RobustLoss, passes: WindowPasses, scope: str) -> WindowResult:
     """Forward and backward the whole window (gradients accumulate into ``.grad``; the caller zeroes and steps)."""
     route = route_of(robust, scope)
+    if route == "softmax" and passes.router_aux_coef != 0:
+        route = "scored"  # its rescaling would rescale the router term's gradient too
     if route not in ROUTES:
         raise ValueError(f"{type(robust).__name__}.accumulation must be one of {ROUTES}, got {route!r}")
     references = []
@@ -124,25 +144,34 @@ def run_window(window: list[MicroBatch], robust: RobustLoss, passes: WindowPasse
 
 def _additive(window, references, robust: RobustLoss, passes: WindowPasses) -> WindowResult:
     total = sum(micro.pairs for micro in window)
-    parts, value, metrics = [], 0.0, {}
+    parts, value, metrics, seen = [], 0.0, {}, []
     for micro, reference in zip(window, references, strict=True):
         share = micro.pairs / total
         passes.seed(micro.index)
         if robust.automatic_optimization:
             pairs = passes.forward(micro.batch, reference, capture=robust.needs_embeddings)
             output = robust(pairs)
-            passes.backward(share * output.loss)
+            passes.backward(share * output.loss + passes.router_term(pairs, share, seen))
         else:
+            router = RouterAuxOnce(passes.router_aux_coef)
 
-            def forward(shift: Tensor | None, batch=micro.batch, reference=reference) -> ScoredPairs:
-                return passes.forward(batch, reference, capture=shift is None, shift=shift)
+            def forward(shift: Tensor | None, batch=micro.batch, reference=reference, router=router) -> ScoredPairs:
+                pairs = passes.forward(batch, reference, capture=shift is None, shift=shift)
+                router.seen(pairs.scores.router_aux_loss if pairs.scores is not None else None)
+                return pairs
 
-            pairs, output = robust.manual_step(forward, lambda loss, share=share: passes.backward(share * loss))
+            def backward(loss: Tensor, share=share, router=router) -> None:
+                passes.backward(share * router.added_to(loss))
+
+            pairs, output = robust.manual_step(forward, backward)
+            if router.added is not None and passes.router_aux_coef != 0:
+                seen.append(share * router.added.detach())
         parts.append(detached(pairs))
         value = value + share * output.loss.detach()
         for name, metric in output.metrics.items():
             metrics[name] = metrics.get(name, 0.0) + share * metric.detach()
-    return WindowResult(concatenate(parts, passes), RobustOutput(loss=value, metrics=metrics), parts)
+    output = RobustOutput(loss=value, metrics=metrics)
+    return WindowResult(concatenate(parts, passes), output, parts, _share_sum(seen))
 
 
 def _softmax(window, references, robust: RobustLoss, passes: WindowPasses) -> WindowResult:
@@ -183,15 +212,16 @@ def _scored(window, references, robust: RobustLoss, passes: WindowPasses) -> Win
         output = robust(scored)
         (coefficients,) = torch.autograd.grad(output.loss, scored.losses)
     scored.losses.requires_grad_(False)
-    offset = 0
+    offset, total, seen = 0, sum(micro.pairs for micro in window), []
     for micro, reference in zip(window, references, strict=True):
         passes.seed(micro.index)
-        losses = passes.forward(micro.batch, reference).losses
+        pairs = passes.forward(micro.batch, reference)
+        losses = pairs.losses
         part = coefficients[offset : offset + losses.shape[0]].to(losses.dtype)
-        passes.backward((part * losses).sum())
+        passes.backward((part * losses).sum() + passes.router_term(pairs, micro.pairs / total, seen))
         offset += losses.shape[0]
     output = RobustOutput(loss=output.loss.detach(), metrics={k: v.detach() for k, v in output.metrics.items()})
-    return WindowResult(scored, output, parts)
+    return WindowResult(scored, output, parts, _share_sum(seen))
 
 
 def detached(pairs: ScoredPairs) -> ScoredPairs:

@@ -15,10 +15,8 @@ written under a temporary name beside the target and renamed at the end, so a fa
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -278,22 +276,8 @@ def _replace(partial: Path, output: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``rdpo export CHECKPOINT OUTPUT [--adapter-only] [--overwrite] [--base DIR]``."""
-    parser = argparse.ArgumentParser(
-        prog="rdpo export",
-        description="Write a RobustDPO checkpoint (any strategy) as a Hugging Face model directory.",
-    )
-    parser.add_argument("checkpoint", help="a .ckpt file or a distributed-checkpoint directory (FSDP)")
-    parser.add_argument("output", help="the directory to write (save_pretrained layout)")
-    parser.add_argument("--adapter-only", action="store_true", help="write the adapter only (PEFT), not merged")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument(
-        "--base", help="an adapter-only checkpoint's base model, where it lies now (default: its recorded model.model)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        written = export_checkpoint(args.checkpoint, args.output, args.adapter_only, args.overwrite, args.base)
-    except InputError as error:
-        print(f"rdpo export: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
-    print(f"rdpo export: wrote {written}")
+    """``rdpo export CHECKPOINT OUTPUT [--adapter-only] [--overwrite] [--base DIR]`` (parsed in
+    :mod:`rdpo_lightning.export_cli`, which ``rdpo`` runs without importing torch first)."""
+    from rdpo_lightning.export_cli import main as export_main
+
+    export_main(argv)

@@ -11,14 +11,18 @@ The head computation runs inside the root module's forward (a forward hook on th
 FSDP1/FSDP2 the output layer is used while its parameters are unsharded, and the log-probs are the forward's output,
 on which FSDP registers its backward hooks. A model whose logits are not ``scale · output_layer(hidden)``, soft-capped
 where the config says so, is detected on its first batch (its own logits at the last position are compared with
-ours) and served by the full-logits path from then on, with one log line.
+ours) and served by the full-logits path from then on, with one log line. So is a model whose forward never calls the
+modules the hidden states are taken from (:func:`body_modules`): no hidden states arrive, and the batch is scored
+again by the full-logits path.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -136,6 +140,23 @@ class _Support:
         object.__setattr__(lm, cls.attribute, ok)
 
 
+def body_modules(lm: nn.Module) -> list[nn.Module]:
+    """The modules whose output is the last hidden state: ``base_model``, and its ``decoder`` where the causal LM
+    calls that directly (OPT's ``forward`` runs ``self.model.decoder``, never ``self.model``). Where both run, the
+    outer one's output (hooked last) is taken."""
+    body = lm.base_model
+    decoder = getattr(body, "decoder", None)
+    return [body, decoder] if isinstance(decoder, nn.Module) else [body]
+
+
+def _last_hidden_state(output: object) -> Tensor | None:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple):
+        return output[0] if output and isinstance(output[0], Tensor) else None
+    return getattr(output, "last_hidden_state", None)
+
+
 def unsupported_reason(lm: nn.Module) -> str | None:
     """Why ``lm`` cannot take the fused path (before trying it), or None."""
     if output_head(lm) is None:
@@ -162,12 +183,17 @@ def _logits_agree(ours: Tensor, theirs: Tensor) -> bool:
 
 
 def fused_token_logps(
-    model: nn.Module, inputs: dict[str, Tensor], labels: Tensor, chunk_tokens: int | None = None
+    model: nn.Module,
+    inputs: dict[str, Tensor],
+    labels: Tensor,
+    chunk_tokens: int | None = None,
+    on_output: Callable[[Any], None] | None = None,
 ) -> tuple[Tensor, Tensor] | None:
     """``(logps, mask)`` (rows, T-1) of ``labels`` under ``model`` called on ``inputs`` (keyword arguments of its
     forward), or None when the model cannot take the fused path (then the caller computes full logits; the reason is
     logged once per model). ``chunk_tokens``: scored tokens per output-layer chunk (default: enough for
-    :data:`DEFAULT_CHUNK_BYTES` of float32 logits).
+    :data:`DEFAULT_CHUNK_BYTES` of float32 logits). ``on_output``: called with the model's output when the log-probs
+    come from it (for what else the forward returns, e.g. a router load-balancing loss).
     """
     lm = unwrap_causal_lm(model)
     verdict = _Support.get(lm)
@@ -183,10 +209,15 @@ def fused_token_logps(
     state: dict[str, object] = {}
 
     def capture(_module, _inputs, output):
-        state["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        hidden = _last_hidden_state(output)
+        if hidden is not None:
+            state["hidden"] = hidden
 
     def finish(_module, _inputs, output):
-        hidden = state.pop("hidden")
+        hidden = state.pop("hidden", None)
+        if hidden is None:  # the forward bypassed every body module: nothing to score from
+            state["bypassed"] = True
+            return output
         if verdict is None:
             with torch.no_grad():
                 state["agree"] = _logits_agree(head.logits(hidden[:, -1:]), output.logits[:, -1:])
@@ -196,20 +227,23 @@ def fused_token_logps(
         output.logits = state["result"][0]  # the forward's output: FSDP hooks its backward on it
         return output
 
-    handles = [
-        lm.base_model.register_forward_hook(capture),
-        called_root(model).register_forward_hook(finish, prepend=True),
-    ]
+    handles = [body.register_forward_hook(capture) for body in body_modules(lm)]
+    handles.append(called_root(model).register_forward_hook(finish, prepend=True))
     try:
         output = model(**inputs, logits_to_keep=1)
     finally:
         for handle in handles:
             handle.remove()
+    if state.get("bypassed", False):
+        _refuse(lm, f"never calls {' or '.join(type(b).__name__ for b in body_modules(lm))} in its forward")
+        return None
     if verdict is None:
         if not state.get("agree", False):
             _refuse(lm, "computes its logits in a way this path does not reproduce")
             return None
         _Support.set(lm, True)
+    if on_output is not None:
+        on_output(output)
     return output.logits, state["result"][1]
 
 
@@ -219,5 +253,6 @@ __all__ = [
     "chunk_tokens_for",
     "fused_token_logps",
     "head_token_logps",
+    "body_modules",
     "output_head",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from rdpo_lightning.data.packing import PACK_INDEX, unpack_token_logps
+from rdpo_lightning.dropout import check_dropout_off, disable_dropout
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.fused_logprobs import fused_token_logps, unwrap_causal_lm
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS, token_logprobs
+from rdpo_lightning.router_aux import router_aux_loss, router_logits_request
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -111,13 +114,6 @@ def quantization_config(arguments: dict[str, Any]) -> Any:
         raise InputError(f"model.quantization: {error}") from error
 
 
-def disable_dropout(model: nn.Module) -> None:
-    """Dropout makes two forwards of one batch disagree; DPO (and WDPO's finite difference) want them equal."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A detached, frozen, dropout-free copy: the default reference policy."""
     reference = copy.deepcopy(model)
@@ -139,23 +135,52 @@ def batch_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     return model(**model_inputs(batch)).logits
 
 
-def token_logps(
-    model: nn.Module, batch: dict[str, torch.Tensor], chunk_rows: int | None = DEFAULT_CHUNK_ROWS, fused: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token response log-probs and their mask, (2B, T−1) in the pair layout of the collated ``batch``: the one
-    forward that yields log-probs, for training, the reference cache and the DDP-redirected reference forward.
+@dataclass
+class TokenScores:
+    """What one forward of a collated batch gives the objective: per-token response log-probs and their mask, (2B,
+    T−1) in the pair layout, and the router load-balancing loss of a Mixture-of-Experts model when asked for."""
+
+    logps: torch.Tensor
+    mask: torch.Tensor
+    router_aux_loss: torch.Tensor | None = None
+
+
+def score_tokens(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    fused: bool = True,
+    router_aux: bool = False,
+) -> TokenScores:
+    """The one forward that yields log-probs, for training, the reference cache and the DDP-redirected reference
+    forward.
 
     ``fused``: through the output layer chunk by chunk, never building the logits (:mod:`rdpo_lightning.fused_logprobs`;
     a model it cannot handle falls back with one log line); otherwise full logits, log-softmaxed a chunk of rows at a
-    time (``chunk_rows``). A packed (padding-free) batch is unpacked to the pair layout.
+    time (``chunk_rows``). A packed (padding-free) batch is unpacked to the pair layout. ``router_aux``: ask a
+    Mixture-of-Experts model for its router logits and return its load-balancing loss
+    (:mod:`rdpo_lightning.router_aux`).
     """
     packed = PACK_INDEX in batch
     if packed:
         check_packing_support(model, batch)
-    result = fused_token_logps(model, model_inputs(batch), batch["labels"]) if fused else None
+    inputs = {**model_inputs(batch), **router_logits_request(model, router_aux)}
+    outputs: list = []
+    result = fused_token_logps(model, inputs, batch["labels"], on_output=outputs.append) if fused else None
     if result is None:
-        result = token_logprobs(batch_logits(model, batch), batch["labels"], chunk_rows)
-    return unpack_token_logps(*result, batch[PACK_INDEX]) if packed else result
+        outputs.append(model(**inputs))
+        result = token_logprobs(outputs[-1].logits, batch["labels"], chunk_rows)
+    logps, mask = unpack_token_logps(*result, batch[PACK_INDEX]) if packed else result
+    return TokenScores(logps, mask, router_aux_loss(model, outputs[-1], batch) if router_aux else None)
+
+
+def token_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], chunk_rows: int | None = DEFAULT_CHUNK_ROWS, fused: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token response log-probs and their mask, (2B, T−1) in the pair layout of the collated ``batch``
+    (:func:`score_tokens` without the router term)."""
+    scores = score_tokens(model, batch, chunk_rows, fused)
+    return scores.logps, scores.mask
 
 
 _PACKING_CHECKED = "_rdpo_packing_checked"
@@ -189,7 +214,7 @@ def check_packing_support(model: nn.Module, batch: dict[str, torch.Tensor]) -> N
     want, got = alone.logits.double(), together.logits[:, 4:].double()
     if (got - want).abs().max() > tolerance * want.abs().max().clamp(min=1e-6):
         attention = getattr(lm.config, "_attn_implementation", None)
-        raise ValueError(
+        raise InputError(
             f"data.padding_free: true needs a model whose attention keeps packed sequences apart by their"
             f" position_ids; {type(lm).__name__} (attn_implementation={attention!r}) lets one see the other: set"
             " data.padding_free: false (data.group_by_length: true still cuts most padding)"
@@ -227,4 +252,5 @@ def build_policy(
         rank_zero_info(f"adapters on the policy: {trainable_summary(policy)}")
     if disable_policy_dropout:
         disable_dropout(policy)
+        check_dropout_off(policy)
     return policy, adapter_config

@@ -45,11 +45,20 @@ from rdpo_lightning.guards import POLICIES as NONFINITE_POLICIES
 from rdpo_lightning.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
 from rdpo_lightning.logprobs import DEFAULT_CHUNK_ROWS
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
-from rdpo_lightning.models import build_policy, check_packing_support, load_causal_lm, resolve_dtype, token_logps
+from rdpo_lightning.models import (
+    build_policy,
+    check_packing_support,
+    load_causal_lm,
+    resolve_dtype,
+    score_tokens,
+    token_logps,
+)
+from rdpo_lightning.optim_checks import check_optimizer
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.reference_cache import ReferenceCache, ReferenceSource, reconcile_reference_state
 from rdpo_lightning.reproducibility import seed_training_batch
 from rdpo_lightning.robust import NoRobust, RobustLoss, RobustOutput, ScoredPairs
+from rdpo_lightning.router_aux import router_aux_coefficient
 from rdpo_lightning.run_record import KEY as RUN_RECORD_KEY
 from rdpo_lightning.run_record import run_record
 from rdpo_lightning.schedules import warmup_cosine
@@ -97,6 +106,10 @@ class RobustDPO(L.LightningModule):
             it would form the objective per micro-batch.
         objective_scope: ``optimizer_batch`` (default) or ``micro_batch``: each micro-batch's objective formed alone
             and averaged by pair share (what Lightning's accumulation does; kept for comparison).
+        router_aux_loss_coef: weight of a Mixture-of-Experts policy's router load-balancing loss in the training
+            objective (logged as ``train/router_aux_loss``); None: the config's ``router_aux_loss_coef`` for a model
+            whose config has ``output_router_logits`` (Mixtral, Qwen-MoE), 0 for any other
+            (:mod:`rdpo_lightning.router_aux`).
         adapter_only_checkpoints: a LoRA run's checkpoints hold the adapters (and optimizer state) only, not the
             frozen base; they record the base (``model.model`` and a digest of its weights) and refuse another one on
             resume and export (:mod:`rdpo_lightning.adapter_checkpoints`). Default (null): on for adapters on a
@@ -129,6 +142,7 @@ class RobustDPO(L.LightningModule):
         reference_cache_dir: str | None = None,
         activation_checkpointing: bool = False,
         accumulate_grad_batches: int = 1,
+        router_aux_loss_coef: float | None = None,
         objective_scope: str = "optimizer_batch",
         adapter_only_checkpoints: bool | None = None,
     ) -> None:
@@ -147,6 +161,9 @@ class RobustDPO(L.LightningModule):
         check_choice("model.on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         check_int_at_least("model.accumulate_grad_batches", accumulate_grad_batches, 1)
+        check_optimizer(optimizer)  # its hyper-parameters, now rather than after the data and models are built
+        if router_aux_loss_coef is not None:
+            check_non_negative("model.router_aux_loss_coef", router_aux_loss_coef)
         check_choice("model.objective_scope", objective_scope, SCOPES)
         self.save_hyperparameters(ignore=["pair_loss", "robust", "optimizer", "peft"])
         self.hparams["peft"] = peft_config_dict(peft)  # plain data: a checkpoint loads without unpickling PEFT classes
@@ -181,6 +198,8 @@ class RobustDPO(L.LightningModule):
         self.activation_checkpointing = activation_checkpointing
         self.adapter_checkpoints = AdapterCheckpoints(adapter_only_checkpoints)
         self.accumulate_grad_batches = accumulate_grad_batches
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self._router_aux_coef = 0.0  # resolved from the policy's config in configure_model
         self.objective_scope = objective_scope
         self.window = AccumulationWindow(accumulate_grad_batches)
         self._joined_window = False
@@ -225,6 +244,7 @@ class RobustDPO(L.LightningModule):
             disable_policy_dropout=self.disable_policy_dropout,
         )  # fmt: skip
         self._logps_dtype = torch.promote_types(next(policy.parameters()).dtype, torch.float32)
+        self._router_aux_coef = router_aux_coefficient(policy, self.router_aux_loss_coef)
         self.adapter_checkpoints.note_base(policy)  # before sharding: every rank holds the whole base
         reference = None
         if self.pair_loss.uses_reference:
@@ -295,15 +315,23 @@ class RobustDPO(L.LightningModule):
 
     # --- forward -----------------------------------------------------------------------------------------------
     def _pair_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[PairLogps, Tensor]:
-        """Sequence log-probs (summed, or per-token means for a length-normalised loss) and response token counts
-        (2B,) of one concatenated forward."""
-        logps, mask = self._token_logps(model, batch)
+        """Sequence log-probs and response token counts (2B,) of one concatenated forward."""
+        logps, counts, _ = self._sequence_scores(model, batch)
+        return logps, counts
+
+    def _sequence_scores(
+        self, model: torch.nn.Module, batch: dict[str, Tensor], router_aux: bool = False
+    ) -> tuple[PairLogps, Tensor, Tensor | None]:
+        """Sequence log-probs (summed, or per-token means for a length-normalised loss), response token counts (2B,)
+        and (with ``router_aux``) the router load-balancing loss of one concatenated forward."""
+        scores = score_tokens(model, batch, self.logprob_chunk_rows, self.fused_logprobs, router_aux)
+        logps, mask = scores.logps, scores.mask
         counts = mask.sum(-1)
         values = logps.sum(-1)
         if self.pair_loss.length_normalized:
             values = values / counts.clamp(min=1)
         half = values.shape[0] // 2
-        return PairLogps(values[:half], values[half:]), counts
+        return PairLogps(values[:half], values[half:]), counts, scores.router_aux_loss
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps:
@@ -332,15 +360,16 @@ class RobustDPO(L.LightningModule):
         directly does not."""
         if PACK_INDEX in batch:
             check_packing_support(self.policy, batch)  # its probe forward must not meet the embedding hook
+        router_aux = self.training and self._router_aux_coef != 0
         with embedding_capture(self.policy, batch, capture, shift) as captured, self.robust.forward_context():
-            policy, counts = self._pair_logps(self.policy, batch)
+            policy, counts, aux = self._sequence_scores(self.policy, batch, router_aux)
         half = counts.shape[0] // 2
-        scores = PairScores(policy, reference, chosen_tokens=counts[:half], rejected_tokens=counts[half:])
+        scores = PairScores(policy, reference, counts[:half], counts[half:], router_aux_loss=aux)
         return ScoredPairs(
             losses=self.pair_loss.pair_losses(scores, self.beta),
             scores=scores,
             columns=batch.get("columns", {}),
-            embeddings=captured[0] if captured else None,
+            embeddings=captured[-1] if captured else None,  # the last forward: the one scored (see token_logps)
             gather=self._gather,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
         )
@@ -361,9 +390,11 @@ class RobustDPO(L.LightningModule):
         reference = self.reference_logps(batch)
         pairs = self.policy_forward(batch, reference, capture=self.robust.needs_embeddings)
         result = self.robust(pairs)
-        self.nonfinite.observe_loss(result.loss)
-        self._log_training(pairs, result)
-        return result.loss
+        aux = pairs.scores.router_aux_loss
+        loss = result.loss if aux is None else result.loss + self._router_aux_coef * aux
+        self.nonfinite.observe_loss(loss)
+        self._log_training(pairs, result, aux)
+        return loss
 
     def _optimizer_step(self, window: list[MicroBatch]) -> None:
         """Manual optimisation: the window's forwards and backwards (:func:`run_window`), then one optimizer step."""
@@ -377,6 +408,7 @@ class RobustDPO(L.LightningModule):
             scale_gradients=self._scale_gradients,
             gather=self._gather,
             world_size=self.trainer.world_size,
+            router_aux_coef=self._router_aux_coef,
         )
         done = run_window(window, self.robust, passes, self.objective_scope)
         self.nonfinite.observe_loss(done.output.loss)
@@ -384,17 +416,19 @@ class RobustDPO(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self._log_training(done.pairs, done.output)
+        self._log_training(done.pairs, done.output, done.router_aux)
 
     def _scale_gradients(self, factor: float) -> None:
         for param in self.policy.parameters():
             if param.grad is not None:
                 param.grad.mul_(factor)
 
-    def _log_training(self, pairs: ScoredPairs, result: RobustOutput) -> None:
+    def _log_training(self, pairs: ScoredPairs, result: RobustOutput, aux: Tensor | None) -> None:
         """``train/*`` describes the optimizer's batch (this rank's pairs of it; ``sync_dist`` averages ranks)."""
         self._log_pairs("train", pairs, prefixes=["train"])
         self.log("train/loss", result.loss.detach(), batch_size=pairs.losses.shape[0], sync_dist=True, prog_bar=True)
+        if aux is not None:
+            self.log("train/router_aux_loss", aux.detach(), batch_size=pairs.losses.shape[0], sync_dist=True)
         for name, value in result.metrics.items():
             self.log(f"train/robust/{name}", value, batch_size=pairs.losses.shape[0], sync_dist=True)
 

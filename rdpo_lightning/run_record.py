@@ -19,6 +19,8 @@ from typing import Any
 
 from torch import nn
 
+from rdpo_lightning.dropout import recorded_config
+
 FORMAT = 1
 KEY = "rdpo"
 #: longest recorded DataModule argument (JSON characters)
@@ -105,7 +107,7 @@ def run_record(module: Any, policy: nn.Module, adapter_config: dict[str, Any] | 
     generation = getattr(policy, "generation_config", None)
     return {
         "format": FORMAT,
-        "model_config": config.to_dict() if config is not None else None,
+        "model_config": recorded_config(policy) if config is not None else None,
         "generation_config": generation.to_dict() if generation is not None else None,
         "adapter_config": adapter_config,
         "tokenizer_files": tokenizer_files(getattr(datamodule, "tokenizer", None)),

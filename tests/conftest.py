@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (its log handler binds sys.stderr on import: at collection, not in a capsys test)
 import pytest
 
 

@@ -82,5 +82,5 @@ def test_unknown_strategy_hyper_parameter_is_a_clear_error(tmp_path: Path, capsy
     with pytest.raises(SystemExit):
         main(["fit", *base, *small_run_args(tmp_path), "--model.robust.init_args.tau=-1"])
     err = capsys.readouterr().err
-    assert "at model.robust: tau must be a finite number > 0, got -1.0" in err
+    assert "rdpo: error: model.robust.tau must be a finite number > 0, got -1.0" in err
     assert "Traceback" not in err

@@ -22,10 +22,12 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from rdpo_lightning.distributed import apply_activation_checkpointing
 from rdpo_lightning.fused_logprobs import fused_token_logps
 from rdpo_lightning.logprobs import IGNORE_INDEX, token_logprobs
+from rdpo_lightning.models import token_logps
 
 VOCAB = 97
 
@@ -273,7 +275,20 @@ class NoLogitsToKeep(LlamaForCausalLM):
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
 
 
-@pytest.mark.parametrize(("cls", "reason"), [(DoubledLogits, "does not reproduce"), (NoLogitsToKeep, "logits_to_keep")])
+class BypassesItsBody(LlamaForCausalLM):
+    """A causal LM that runs its body's forward without calling the body module (as OPT runs ``model.decoder``): no
+    hook on the body fires."""
+
+    def forward(self, input_ids=None, attention_mask=None, use_cache=None, logits_to_keep=0):
+        body = type(self.model).forward(self.model, input_ids=input_ids, attention_mask=attention_mask)
+        hidden = body.last_hidden_state
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden[:, -logits_to_keep:]))
+
+
+@pytest.mark.parametrize(
+    ("cls", "reason"),
+    [(DoubledLogits, "does not reproduce"), (NoLogitsToKeep, "logits_to_keep"), (BypassesItsBody, "never calls")],
+)
 def test_a_model_it_cannot_handle_falls_back_with_one_log_line(cls, reason, caplog):
     torch.manual_seed(0)
     model = cls(llama(False).config).eval()
@@ -283,6 +298,8 @@ def test_a_model_it_cannot_handle_falls_back_with_one_log_line(cls, reason, capl
         assert fused_token_logps(model, inputs, labels) is None
     assert len(caplog.records) == 1
     assert reason in caplog.text and "full-logits path" in caplog.text
+    want = token_logprobs(model(**inputs).logits, labels)[0]
+    torch.testing.assert_close(token_logps(model, {**inputs, "labels": labels})[0], want, rtol=0, atol=0)
 
 
 def test_rows_without_scored_tokens():

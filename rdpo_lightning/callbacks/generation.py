@@ -21,7 +21,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rdpo_lightning.callbacks.metrics import GroupedMean
 from rdpo_lightning.data.mixture import Mixture
 from rdpo_lightning.distributed import data_parallel_replicas
+from rdpo_lightning.known_warnings import dropped_log_message
 from rdpo_lightning.rewards import AttributeWorldReward, RewardFunction
+
+NO_MASK_NOTICE = "We strongly recommend passing in an `attention_mask`"
 
 
 @dataclass
@@ -216,12 +219,15 @@ class GenerationEvaluation:
         DataModule shares it), generate, and return the texts to score and the completions."""
         batch = tokenizer.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt")
         width = batch["input_ids"].shape[1]
-        output = policy.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            generation_config=config,
-            synced_gpus=synced,
-        )
+        # the mask is passed; transformers' padding check misfires on the decoding steps that feed finished rows
+        # their pad token (GPT-2 checks the step's input_ids without the mask generate keeps in its cache)
+        with dropped_log_message("transformers.modeling_utils", NO_MASK_NOTICE):
+            output = policy.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                generation_config=config,
+                synced_gpus=synced,
+            )
         completions = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         if not self.include_prompt:
             return completions, completions

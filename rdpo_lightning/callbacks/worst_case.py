@@ -121,9 +121,10 @@ class WorstCaseEvaluation(Callback):
         means = self._metric.compute().tolist()  # a collective: every rank computes
         self._metric = None
         names = self._names(trainer, len(means))
+        training = in_distribution_names(trainer.datamodule, names)
         results = {
-            name: MixtureResult(name, *row, in_distribution=index == 0)
-            for index, (name, row) in enumerate(zip(names, means, strict=True))
+            name: MixtureResult(name, *row, in_distribution=name in training)
+            for name, row in zip(names, means, strict=True)
         }
         generated = None
         if self.generation is not None and self.generation.due(trainer):
@@ -198,6 +199,20 @@ class WorstCaseEvaluation(Callback):
         path = directory / self.plot_name
         shift_figure(self.report).savefig(path, dpi=120)
         return path
+
+
+def in_distribution_names(datamodule: Any, names: list[str]) -> set[str]:
+    """The validation sets drawn from the training distribution (``(train)`` in the table, the star in the plot).
+
+    A DataModule says so with ``in_distribution_names``; one with an optional held-out split says whether it has
+    one (``has_held_out``: then it is served first); otherwise the first set is the training mixture, as
+    :class:`~rdpo_lightning.data.PreferenceDataModule` serves them."""
+    declared = getattr(datamodule, "in_distribution_names", None)
+    if declared is not None:
+        return set(declared)
+    if getattr(datamodule, "has_held_out", True) is False:
+        return set()
+    return set(names[:1])
 
 
 def _markdown_block(text: str) -> str:

@@ -12,11 +12,15 @@ from collections.abc import Sequence
 from itertools import takewhile
 from typing import Any
 
+from rdpo_lightning.data.rows import EMPTY_RESPONSE, IDENTICAL
+from rdpo_lightning.errors import InputError
+
 Messages = list[dict[str, Any]]
 
 #: the column that says why a row could not be rendered ("" when it could), and the reasons
 RENDER_PROBLEM = "render_problem"
 NO_SHARED_PROMPT = "chosen and rejected do not share the prompt delimiter"
+NO_SHARED_TURNS = "chosen and rejected messages do not share the turns before an assistant answer"
 #: the row's index in its file (kept through shuffling and splitting), so errors name a row the user can find
 SOURCE_ROW = "__source_row__"
 
@@ -73,18 +77,21 @@ def render_pair(
     prompt, chosen, rejected = example.get("prompt"), example["chosen"], example["rejected"]
     where = f"{split}, row {example.get(SOURCE_ROW, index)}"
     for role, value in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        column = (columns or {}).get(role, role)
+        column = f"column {(columns or {}).get(role, role)!r} (data.{role}_column)"
         if value is not None and not isinstance(value, str) and not is_messages(value):
-            raise ValueError(
-                f"{where}: column {column!r} holds {type(value).__name__} ({str(value)[:60]!r}); "
+            raise InputError(
+                f"{where}: {column} holds {type(value).__name__} ({str(value)[:60]!r}); "
                 "expected text or a list of chat messages with 'role' and 'content' (text content)"
             )
         if is_messages(value) and not use_chat_template:
-            raise ValueError(f"{where}: column {column!r} holds chat messages but data.apply_chat_template is false")
+            raise InputError(f"{where}: {column} holds chat messages but data.apply_chat_template is false")
     if chosen is None or rejected is None or ("prompt" in example and prompt is None):
         return _row(None, None, None)  # a null in a configured column: the row checks count it
     if isinstance(chosen, str) != isinstance(rejected, str):
-        raise ValueError(f"{where}: one of chosen/rejected is text and the other chat messages")
+        raise InputError(
+            f"{where}: one of chosen/rejected (data.chosen_column / data.rejected_column) is text and the other "
+            "chat messages"
+        )
 
     if not use_chat_template:
         if prompt is None:
@@ -106,14 +113,20 @@ def render_pair(
                 _as_messages(parts[2], "assistant"),
             )
         else:
+            if chosen == rejected:
+                return _row(None, None, None, IDENTICAL)
             shared = common_prefix_length(chosen, rejected)
             prompt_messages, chosen_messages, rejected_messages = chosen[:shared], chosen[shared:], rejected[shared:]
+            if not shared or not all(m and m[0]["role"] == "assistant" for m in (chosen_messages, rejected_messages)):
+                return _row(None, None, None, NO_SHARED_TURNS)
     else:
         prompt_messages = _as_messages(prompt, "user")
         # UltraFeedback style: the responses repeat the prompt's messages before the assistant's answer
         for messages in (chosen_messages, rejected_messages):
             if messages[: len(prompt_messages)] == prompt_messages:
                 del messages[: len(prompt_messages)]
+    if any(not "".join(m["content"] for m in r).strip() for r in (chosen_messages, rejected_messages)):
+        return _row(None, None, None, EMPTY_RESPONSE)  # as an empty text response is: not the end-of-turn alone
     return {**render_messages(prompt_messages, chosen_messages, rejected_messages, tokenizer), RENDER_PROBLEM: ""}
 
 

@@ -26,15 +26,26 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from rdpo_lightning.checks import check_int_at_least
+from rdpo_lightning.context_length import fit_to_model_context
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
 from rdpo_lightning.data.sampler import LengthGroupedSampler, ResumableDataLoader, ResumableSampler
-from rdpo_lightning.data.tokenize import DROP_COLUMN, NO_ROOM, TOKEN_COLUMNS, check_lengths
+from rdpo_lightning.data.tokenize import (
+    DROP_COLUMN,
+    NO_ROOM,
+    PROMPT_CUT,
+    RESPONSE_CUT,
+    TOKEN_COLUMNS,
+    TRUNCATION_COLUMN,
+    check_lengths,
+    truncation_text,
+)
+from rdpo_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
 
 #: bump when the row checks or tokenisation change what they write, so old cache files are not reused
-PIPELINE_VERSION = "pairs-v3"
+PIPELINE_VERSION = "pairs-v4"
 
 
 def default_cache_dir() -> Path:
@@ -100,6 +111,8 @@ class PreferenceDataModule(L.LightningDataModule):
         #: pairs removed per split (all reasons), and the count per reason
         self.dropped: dict[str, int] = {}
         self.drop_reasons: dict[str, dict[str, int]] = {}
+        #: kept pairs whose prompt / response truncation cut, per split (``{"prompt": n, "response": n}``)
+        self.truncated: dict[str, dict[str, int]] = {}
         self._built: tuple[Any, datasets.Dataset, dict[str, datasets.Dataset]] | None = None
         self._tokenizer_key = ""
         self._reported = False
@@ -120,6 +133,10 @@ class PreferenceDataModule(L.LightningDataModule):
             reasons = self.drop_reasons.setdefault(split, {})
             reasons[reason] = reasons.get(reason, 0) + int(count)
             self.dropped[split] = self.dropped.get(split, 0) + int(count)
+
+    def describe_split(self, split: str) -> str:
+        """How errors name a split: its name, and where subclasses know it, the file and YAML key it came from."""
+        return split
 
     @property
     def pair_columns(self) -> tuple[str, ...]:
@@ -145,7 +162,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _build(self) -> tuple[Any, datasets.Dataset, dict[str, datasets.Dataset]]:
         if self._built is None:
-            self.dropped, self.drop_reasons = {}, {}
+            fit_to_model_context(self)  # max_length against the attached module's models, before tokenising
+            self.dropped, self.drop_reasons, self.truncated = {}, {}, {}
             self.tokenizer = self.build_tokenizer()
             self._tokenizer_key = Hasher.hash(self.tokenizer)  # once: hashing a large vocabulary takes a moment
             train, vals = self.build_splits()
@@ -173,7 +191,7 @@ class PreferenceDataModule(L.LightningDataModule):
         """Check, tokenise and filter one split through cached ``datasets.map`` calls; count what is dropped."""
         require_columns(dataset, PAIR_COLUMNS, split)
         if len(dataset) == 0:
-            raise ValueError(f"{split}: no pair is left ({self._reason_text(split)})")
+            raise InputError(f"{self.describe_split(split)}: no pair is left ({self._reason_text(split)})")
         kwargs = self._tokenize_kwargs()
         settings = {k: v for k, v in kwargs.items() if k != "tokenizer"}
         key = Hasher.hash([dataset._fingerprint, self._tokenizer_key, settings, PIPELINE_VERSION])
@@ -191,6 +209,8 @@ class PreferenceDataModule(L.LightningDataModule):
             desc=f"tokenising {split}",
         )
         reasons = Counter(reason for reason in tokenized[DROP_COLUMN] if reason)
+        cuts = Counter(part for cut in tokenized[TRUNCATION_COLUMN] if cut for part in cut.split(","))
+        self.truncated[split] = {part: cuts.get(part, 0) for part in (PROMPT_CUT, RESPONSE_CUT)}
         for reason, count in sorted(reasons.items()):
             self.count_dropped(split, reason, count)
         self.dropped.setdefault(split, 0)
@@ -204,7 +224,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 desc=f"dropping pairs ({split})",
             )
         if len(kept) == 0:
-            raise ValueError(f"{split}: no pair is left ({self._reason_text(split)})")
+            raise InputError(f"{self.describe_split(split)}: no pair is left ({self._reason_text(split)})")
         return kept.select_columns([*TOKEN_COLUMNS, *keep_columns])
 
     def _reason_text(self, split: str) -> str:
@@ -226,6 +246,9 @@ class PreferenceDataModule(L.LightningDataModule):
                 log.warning("%s: dropped %d of %d pairs (%s)", split, dropped, total, self._reason_text(split))
             else:  # rows removed before pairs were formed (e.g. scored completions)
                 log.warning("%s: dropped %s", split, self._reason_text(split))
+        for split, cuts in self.truncated.items():
+            if any(cuts.values()):
+                log.warning("%s: %s", split, truncation_text(cuts, sizes[split], self._tokenize_kwargs()))
 
     # --- what others read and replace ----------------------------------------------------------------------------
     def collator(self) -> PairCollator:

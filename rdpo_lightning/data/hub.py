@@ -43,7 +43,8 @@ def load_table(
     text_columns: Sequence[str] = (),
 ) -> datasets.Dataset:
     """One split of a data set: ``path`` is a local .json/.jsonl/.parquet/.csv file (its only split is ``train``),
-    a local directory (``datasets`` infers splits from file names), or a Hub data set name.
+    a ``save_to_disk`` directory (:func:`load_saved`), a local directory of files (``datasets`` infers splits from
+    file names), or a Hub data set name.
 
     ``text_columns`` are read from a CSV file verbatim: an empty cell is empty text, ``NA`` or ``null`` is that
     word and ``007`` stays ``"007"`` (pandas would make them nulls and numbers). Errors name ``key`` (the YAML key
@@ -53,6 +54,8 @@ def load_table(
     try:
         if local.is_file():
             return load_file(local, split, key, text_columns)
+        if local.is_dir() and is_saved_to_disk(local):
+            return load_saved(local, split, key)
         if local.is_dir():
             with no_download_count():
                 return datasets.load_dataset(str(local), name, split=split)
@@ -96,6 +99,31 @@ def load_file(file: Path, split: str, key: str, text_columns: Sequence[str] = ()
         if problem:
             raise ValueError(f"{where}: {problem}")
     return table
+
+
+def is_saved_to_disk(directory: Path) -> bool:
+    """A directory written by ``Dataset.save_to_disk`` (``state.json``) or ``DatasetDict.save_to_disk``
+    (``dataset_dict.json``): ``load_dataset`` refuses those, ``load_from_disk`` reads them."""
+    return (directory / "dataset_dict.json").is_file() or (directory / "state.json").is_file()
+
+
+def load_saved(directory: Path, split: str, key: str) -> datasets.Dataset:
+    """One split of a ``save_to_disk`` directory: a DatasetDict's split by name; a Dataset as ``train`` or under the
+    split name it was saved with."""
+    where = f"{key}={directory}"
+    saved = datasets.load_from_disk(str(directory))
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise InputError(
+                f"{where}: the saved DatasetDict has no split {split!r} (data.train_split / data.val_split); its "
+                f"splits are {list(saved)}"
+            )
+        return saved[split]
+    saved_as = str(saved.split) if saved.split is not None else None
+    if split not in ("train", saved_as):
+        also = f" (saved as split {saved_as!r})" if saved_as else ""
+        raise InputError(f"{where} is a saved Dataset{also}, whose only split is 'train'; got split {split!r}")
+    return saved
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
-"""Pairwise preference data sets (``prompt``/``chosen``/``rejected``), from the Hub or local files.
+"""Pairwise preference data sets (``prompt``/``chosen``/``rejected``), from the Hub, local files or ``save_to_disk``
+directories.
 
-UltraFeedback-binarized style (a text prompt, responses as chat-message lists that repeat the prompt), plain-text
-pairs, and HH-RLHF style (no prompt column: whole conversations in ``chosen`` and ``rejected``) all go through one
-path: rename the configured columns, render to text (chat template where the data holds messages), then the base
-class's row checks, tokenisation and drop accounting.
+Every public layout (:mod:`~rdpo_lightning.data.formats`: explicit or implicit prompt, text or conversational, HH-RLHF
+transcripts) goes through one path: detect the layout, rename the columns, render to text (chat template where the
+data holds messages), then the base class's row checks, tokenisation and drop accounting.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
 from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
+from rdpo_lightning.data.formats import detect_pair_layout
 from rdpo_lightning.data.hub import load_table, take
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
@@ -77,8 +78,9 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
             list of them (named by their file stems) or a mapping name → path
             (:mod:`rdpo_lightning.data.validation_sets`).
         prompt_column, chosen_column, rejected_column: column names; ``prompt_column: null`` means the prompt is
-            the shared beginning of chosen and rejected (HH-RLHF), cut after the last ``prompt_delimiter`` (e.g.
-            ``"\\n\\nAssistant:"``) when given.
+            the shared beginning of chosen and rejected, cut after the last ``prompt_delimiter`` when given (HH-RLHF
+            transcripts: ``"\\n\\nAssistant:"``). A missing prompt column with message lists or HH transcripts is
+            detected as that layout (:func:`~rdpo_lightning.data.formats.detect_pair_layout`).
         group_column: an optional column whose values (ints or names) become the pairs' group ids for GroupDRO.
         val_per_group: with ``group_column``, also validate on each group of the held-out set of ``path``
             (``group=<value>``), so the worst case covers every group.
@@ -140,11 +142,17 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
         self.seed = seed
         self.group_names: list[str] | None = None
+        #: per split, the detected layout in one line (which columns became the prompt and the responses)
+        self.layouts: dict[str, str] = {}
         #: held-out pairs whose prompt also occurs in training (when ``val_fraction`` carves the held-out set)
         self.shared_prompts = 0
 
     def build_tokenizer(self):
         return load_tokenizer(self.tokenizer_name)
+
+    def describe_split(self, split: str) -> str:
+        source = getattr(self, "_sources", {}).get(split)
+        return f"{split} ({source})" if source else split
 
     # --- loading -----------------------------------------------------------------------------------------------
     def _load(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
@@ -184,12 +192,15 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         """Rename to prompt/chosen/rejected(/group), render to text, and count rows that cannot be rendered.
         ``with_groups``: the training set (group ids); ``group_sets``: a validation set to cut by group
         (:data:`GROUP_SET` names each pair's set)."""
-        wanted = {role: column for role, column in self.columns.items() if column is not None}
+        source = self._sources[split]
+        layout = detect_pair_layout(dataset, *self.columns.values(), self.prompt_delimiter, f"{split} ({source})")
+        self.layouts[split] = layout.describe()
+        rank_zero_info(f"{split} ({source}): {self.layouts[split]}")
+        wanted = layout.columns
         keys = [f"data.{role}_column" for role in wanted]
         if (with_groups or group_sets) and self.group_column is not None:
             wanted["group"] = self.group_column
             keys.append("data.group_column")
-        source = self._sources[split]
         if group_sets and self.group_column not in dataset.column_names:
             keys[-1] += " (each group a validation set: data.val_per_group false to not)"
         require_columns(dataset.remove_columns(SOURCE_ROW), wanted.values(), f"{split} ({source})", keys)
@@ -202,7 +213,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         if with_groups:
             self.templated = use_template
         elif use_template != self.templated:
-            raise ValueError(
+            raise InputError(
                 f"{split}: chat templating differs between the training ({self.templated}) and validation "
                 f"({use_template}) data; set data.apply_chat_template explicitly"
             )
@@ -213,7 +224,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
                 "columns": {role: column for role, column in wanted.items() if role != "group"},
                 "tokenizer": self.tokenizer,
                 "use_chat_template": use_template,
-                "prompt_delimiter": self.prompt_delimiter,
+                "prompt_delimiter": layout.prompt_delimiter,
             },
             with_indices=True,
             remove_columns=dataset.column_names,
@@ -244,7 +255,10 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
                 role = holds_messages[0]
                 row = next((i for i, value in enumerate(dataset[role]) if isinstance(value, list)), 0)
                 why = f"{where}, row {dataset[row][SOURCE_ROW]}: column {self.columns[role]!r} holds chat messages"
-            raise ValueError(f"{why} but tokenizer {self.tokenizer_name} has no chat template")
+            raise InputError(
+                f"{why} but tokenizer {self.tokenizer_name} (data.tokenizer) has no chat template; use a tokenizer "
+                "with one, or give the data as text"
+            )
         return use
 
     def _check_group_values(self, where: str, values: list, source_rows: list[int], per_group_hint: bool) -> None:
@@ -264,7 +278,7 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         index = {n: i for i, n in enumerate(self.group_names)}
         unknown = sorted(set(names) - set(index))
         if unknown:
-            raise ValueError(f"{where}: groups {unknown} do not occur in training ({self.group_names})")
+            raise InputError(f"{where}: groups {unknown} do not occur in training ({self.group_names})")
         return [index[n] for n in names]
 
     def build_splits(self) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import datasets
 
-from rdpo_lightning.data.tokenize import DROP_COLUMN, tokenize_pair
+from rdpo_lightning.data.tokenize import DROP_COLUMN, TRUNCATION_COLUMN, tokenize_pair
 from rdpo_lightning.errors import InputError
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -39,7 +39,7 @@ def pair_problem(example: dict[str, Any], index: int, split: str) -> str:
         return MISSING_VALUE
     for column, value in zip(PAIR_COLUMNS, values, strict=True):
         if not isinstance(value, str):
-            raise ValueError(
+            raise InputError(
                 f"{split}, row {index}: column {column!r} holds {type(value).__name__}, expected text "
                 "(chat messages are rendered to text before tokenisation)"
             )
@@ -53,7 +53,7 @@ def pair_problem(example: dict[str, Any], index: int, split: str) -> str:
 def check_group(example: dict[str, Any], index: int, split: str) -> None:
     group = example.get("group")
     if group is None or isinstance(group, bool) or not isinstance(group, int) or group < 0:
-        raise ValueError(f"{split}, row {index}: group id must be an integer >= 0, got {group!r}")
+        raise InputError(f"{split}, row {index}: group id must be an integer >= 0, got {group!r}")
 
 
 def check_and_tokenize(example: dict[str, Any], index: int, split: str, **tokenize_kwargs: Any) -> dict[str, Any]:
@@ -62,5 +62,5 @@ def check_and_tokenize(example: dict[str, Any], index: int, split: str, **tokeni
         check_group(example, index, split)
     problem = pair_problem(example, index, split)
     if problem:
-        return {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], DROP_COLUMN: problem}
+        return {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], DROP_COLUMN: problem, TRUNCATION_COLUMN: ""}
     return tokenize_pair(example, **tokenize_kwargs)

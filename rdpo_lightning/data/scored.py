@@ -24,6 +24,7 @@ import numpy as np
 
 from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
+from rdpo_lightning.data.column_paths import is_path, read_paths
 from rdpo_lightning.data.datamodule import batching_arguments
 from rdpo_lightning.data.hub import load_table
 from rdpo_lightning.data.mixture import MixtureEntry
@@ -31,25 +32,40 @@ from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandom
 from rdpo_lightning.data.pairing import PromptCompletions
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
+from rdpo_lightning.errors import InputError
 
 NUMERIC = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64")
 
 #: drop reasons, as counted and logged
-NULL_SCORE = "completions with a null, NaN or infinite score"
+NULL_SCORE = "completions with a null, NaN, N/A or infinite score"
 EMPTY_RESPONSE = "completions with an empty or null response"
 NULL_PROMPT = "completions with a null prompt"
 TOO_FEW = "prompts with fewer than two usable completions"
 
 
+#: text that means "no score" (UltraFeedback rates some completions "N/A"): skipped and counted like a null
+MISSING_SCORE_TEXT = frozenset({"", "n/a", "na", "nan", "null", "none", "#n/a", "<na>"})
+
+
 def is_score(value: Any) -> bool:
-    """A number, a null, or text that reads as a number (a CSV column with one stray word is all text); not a bool."""
+    """A number, a null, text that reads as a number (a CSV column with one stray word is all text) or says there is
+    none (:data:`MISSING_SCORE_TEXT`); not a bool."""
     if isinstance(value, str):
+        if value.strip().lower() in MISSING_SCORE_TEXT:
+            return True
         try:
             float(value)
         except ValueError:
             return False
         return True
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def score_value(value: Any) -> float:
+    """A checked score (:func:`is_score`) as a float; NaN when it is missing."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in MISSING_SCORE_TEXT):
+        return math.nan
+    return float(value)
 
 
 class ScoredCompletionsDataModule(MixturePairsDataModule):
@@ -66,7 +82,8 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         pairing, label_temperature: how pairs are formed and labelled (module docstring).
         train_split, val_split, val_path, val_fraction: validation prompts come from ``val_split`` of the source,
             from ``val_path``, or (neither given) ``val_fraction`` of the prompts are held out (seeded by ``seed``).
-        apply_chat_template: render prompt and completions through the tokenizer's chat template.
+        apply_chat_template: render prompt and completions through the tokenizer's chat template; null (default):
+            when the prompts are chat messages, as for pairwise data.
         max_train_prompts, max_val_prompts: use only the first prompts (quick runs).
     """
 
@@ -93,7 +110,7 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         val_split: str | None = None,
         val_path: str | None = None,
         val_fraction: float = 0.1,
-        apply_chat_template: bool = False,
+        apply_chat_template: bool | None = None,
         max_train_prompts: int | None = None,
         max_val_prompts: int | None = None,
         seed: int = 0,
@@ -131,55 +148,89 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         self.apply_chat_template = apply_chat_template
         self.max_train_prompts, self.max_val_prompts = max_train_prompts, max_val_prompts
         self.seed = seed
-        self.templated = apply_chat_template
+        self.templated: bool | None = None  # decided from the data (apply_chat_template null) when it is read
 
     def build_tokenizer(self):
-        tokenizer = load_tokenizer(self.tokenizer_name)
-        if self.apply_chat_template and getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(
-                f"data.apply_chat_template is true but tokenizer {self.tokenizer_name} has no chat template"
-            )
-        return tokenizer
+        return load_tokenizer(self.tokenizer_name)
 
     # --- grouping rows into prompts ----------------------------------------------------------------------------
-    def _check_schema(self, table: datasets.Dataset, where: str) -> None:
-        keys = ["data.prompt_column", "data.response_column", *(["data.score_columns"] * len(self.score_columns))]
-        require_columns(table, [self.prompt_column, self.response_column, *self.score_columns], where, keys)
+    def _read_columns(self, table: datasets.Dataset, where: str) -> tuple[dict[str, list], list[str] | None]:
+        """The prompt, response and score values, by configured name (a column or a column path,
+        :mod:`~rdpo_lightning.data.column_paths`), and how errors name each entry (None: ``row i``)."""
+        keys = {self.prompt_column: "data.prompt_column", self.response_column: "data.response_column"}
+        keys.update({column: "data.score_columns" for column in self.score_columns})
+        if any(is_path(name, table.column_names) for name in keys):
+            values, names = read_paths(table, keys, where)
+            self._check_scores(values, {}, names, where)
+            return values, names
+        require_columns(table, list(keys), where, list(keys.values()))
+        values = table.select_columns(list(keys)).to_dict()
+        self._check_scores(values, table.features, None, where)
+        return values, None
+
+    def _check_scores(self, values: dict[str, list], features: Any, names: list[str] | None, where: str) -> None:
         for column in self.score_columns:
-            feature = table.features[column]
-            dtype = getattr(feature, "dtype", None)
+            dtype = getattr(features.get(column), "dtype", None) if features else None
             if dtype in (*NUMERIC, "null"):
                 continue
-            kind = f"{dtype or type(feature).__name__}"
-            for row, value in enumerate(table[column]):  # the first value that is not a number
+            for row, value in enumerate(values[column]):  # the first value that is not a number
                 if not is_score(value):
-                    raise ValueError(
-                        f"{where}, row {row}: score column {column!r} (data.score_columns) holds {value!r} "
-                        f"({kind}); expected numbers"
+                    kind = dtype or type(value).__name__
+                    raise InputError(
+                        f"{where}, {names[row] if names else f'row {row}'}: score column {column!r} "
+                        f"(data.score_columns) holds {value!r} ({kind}); expected numbers (null, NaN or 'N/A' for "
+                        "a missing score)"
                     )
+
+    def _uses_template(self, prompts: list, names: list[str] | None, where: str) -> bool:
+        """``apply_chat_template`` null: the template when the prompts are chat messages (as pairwise data)."""
+        first = next((row for row, prompt in enumerate(prompts) if is_messages(prompt)), None)
+        use = first is not None if self.apply_chat_template is None else self.apply_chat_template
+        if first is not None and not use:
+            raise InputError(
+                f"{where}, {names[first] if names else f'row {first}'}: data.prompt_column {self.prompt_column!r} "
+                "holds chat messages but data.apply_chat_template is false"
+            )
+        if use and getattr(self.tokenizer, "chat_template", None) is None:
+            why = "data.apply_chat_template is true"
+            if first is not None:
+                row = names[first] if names else f"row {first}"
+                why = f"{where}, {row}: data.prompt_column {self.prompt_column!r} holds chat messages"
+            raise InputError(
+                f"{why} but tokenizer {self.tokenizer_name} (data.tokenizer) has no chat template; use a tokenizer "
+                "with one, or give the prompts as text"
+            )
+        if self.templated is not None and use != self.templated:
+            raise InputError(f"{where}: chat templating differs between the splits; set data.apply_chat_template")
+        self.templated = use
+        return use
 
     def group_completions(self, table: datasets.Dataset, label: str, source: str = "") -> list[PromptCompletions]:
         """Rows → one :class:`PromptCompletions` per prompt (first-appearance order); bad rows counted under
         ``label``; errors name ``source`` (e.g. ``data.val_path=...``) and the row."""
         where = f"{label} ({source or f'data.path={self.path}'})"
-        self._check_schema(table, where)
-        columns = table.select_columns([self.prompt_column, self.response_column, *self.score_columns]).to_dict()
+        columns, names = self._read_columns(table, where)
         prompts, responses = columns[self.prompt_column], columns[self.response_column]
-        scores = np.array(
-            [[np.nan if v is None else float(v) for v in columns[c]] for c in self.score_columns], dtype=np.float64
-        ).T.reshape(len(prompts), len(self.score_columns))
+        scores = np.array([[score_value(v) for v in columns[c]] for c in self.score_columns], dtype=np.float64)
+        scores = scores.T.reshape(len(prompts), len(self.score_columns))
+        use_template = self._uses_template(prompts, names, where)
         order: dict[str, int] = {}
         raw_prompts: list[Any] = []
         members: list[list[int]] = []
         for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            at = f"{where}, {names[row] if names else f'row {row}'}"
             if prompt is None:
                 self.count_dropped(label, NULL_PROMPT, 1)
                 continue
             if not isinstance(prompt, str) and not is_messages(prompt):
-                raise ValueError(f"{where}, row {row}: data.prompt_column {self.prompt_column!r} holds {prompt!r}")
+                raise InputError(
+                    f"{at}: data.prompt_column {self.prompt_column!r} holds {type(prompt).__name__} "
+                    f"({str(prompt)[:60]!r}); expected text or a list of chat messages"
+                )
             if response is not None and not isinstance(response, str):
-                raise ValueError(
-                    f"{where}, row {row}: data.response_column {self.response_column!r} holds {response!r}"
+                raise InputError(
+                    f"{at}: data.response_column {self.response_column!r} holds {type(response).__name__} "
+                    f"({str(response)[:60]!r}); expected text"
                 )
             if response is None or not response.strip():
                 self.count_dropped(label, EMPTY_RESPONSE, 1)
@@ -189,8 +240,8 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
                 continue
             for k in self._positive_scores:
                 if scores[row, k] <= 0:
-                    raise ValueError(
-                        f"{where}, row {row}: score column {self.score_columns[k]!r} is {scores[row, k]:g}; a "
+                    raise InputError(
+                        f"{at}: score column {self.score_columns[k]!r} is {scores[row, k]:g}; a "
                         "geometric mixture (data.mixture_kind) needs scores > 0 in every column a mixture weighs"
                     )
             key = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
@@ -205,16 +256,15 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
                 self.count_dropped(label, TOO_FEW, 1)
                 continue
             texts = [responses[r] for r in rows]
-            if self.apply_chat_template:
+            if use_template:
                 prompt, texts = render_prompt_and_responses(prompt, texts, self.tokenizer)
-            elif not isinstance(prompt, str):
-                raise ValueError(f"{where}: prompts are chat messages but data.apply_chat_template is false")
             grouped.append(PromptCompletions(prompt, texts, scores[rows]))
         return grouped
 
     # --- splits ------------------------------------------------------------------------------------------------
     def _prompt_groups(self) -> tuple[list[PromptCompletions], list[PromptCompletions]]:
         text = [self.prompt_column, self.response_column]
+        self.templated = None
         train_table = load_table(self.path, self.train_split, self.name, self.revision, text_columns=text)
         if self.val_path is not None or self.val_split is not None:
             train = self.group_completions(train_table, "train source rows")
@@ -227,7 +277,10 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         else:
             groups = self.group_completions(train_table, "source rows")
             if len(groups) < 2:
-                raise ValueError(f"data.path={self.path}: {len(groups)} usable prompt(s); need 2 to hold one out")
+                raise InputError(
+                    f"data.path={self.path}: {len(groups)} usable prompt(s) ({self._reason_text('source rows')}); "
+                    "need 2 to hold one out"
+                )
             order = np.random.default_rng([self.seed, 7]).permutation(len(groups))
             n_val = min(max(1, math.ceil(self.val_fraction * len(groups))), len(groups) - 1)
             val = [groups[i] for i in sorted(order[:n_val])]
@@ -235,8 +288,9 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         train = train[: self.max_train_prompts] if self.max_train_prompts is not None else train
         val = val[: self.max_val_prompts] if self.max_val_prompts is not None else val
         if not train or not val:
-            raise ValueError(
-                f"data.path={self.path}: no usable prompts for {'training' if not train else 'validation'}"
+            dropped = "; ".join(f"{label}: {self._reason_text(label)}" for label in self.drop_reasons) or "none dropped"
+            raise InputError(
+                f"data.path={self.path}: no usable prompts for {'training' if not train else 'validation'} ({dropped})"
             )
         return train, val
 

@@ -24,6 +24,10 @@ from typing import Any
 from rdpo_lightning.checks import check_choice, check_int_at_least
 
 DROP_COLUMN = "drop_reason"
+#: what was cut from a kept pair: "" (nothing), or "prompt" and/or "response", comma-separated (text: a numeric
+#: column would reach the robust strategy as a per-pair column)
+TRUNCATION_COLUMN = "truncated"
+PROMPT_CUT, RESPONSE_CUT = "prompt", "response"
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 TRUNCATION_MODES = ("keep_end", "keep_start")
 
@@ -43,12 +47,15 @@ def tokenize_pair(
     drop_truncated: bool = False,
     templated: bool = False,
 ) -> dict[str, Any]:
-    """One pair of strings → ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and its ``drop_reason`` ("" = kept)."""
+    """One pair of strings → ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, its ``drop_reason`` ("" = kept) and
+    what truncation cut from a kept pair (:data:`TRUNCATION_COLUMN`)."""
     prompt_ids = tokenizer(example["prompt"], add_special_tokens=not templated)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None and not templated else []
     chosen_ids = tokenizer(example["chosen"], add_special_tokens=False)["input_ids"] + eos
     rejected_ids = tokenizer(example["rejected"], add_special_tokens=False)["input_ids"] + eos
+    cut = []
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        cut.append(PROMPT_CUT)
         if truncation_mode == "keep_end":
             prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
         else:
@@ -62,12 +69,20 @@ def tokenize_pair(
         reason = NO_ROOM
     elif drop_truncated and max(len(chosen_ids), len(rejected_ids)) > room:
         reason = TRUNCATED
+    if max(len(chosen_ids), len(rejected_ids)) > room:
+        cut.append(RESPONSE_CUT)
     chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
     if not reason and not (prompt_ids and chosen_ids and rejected_ids):
         reason = NOTHING_TO_SCORE
     if not reason and chosen_ids == rejected_ids:
         reason = IDENTICAL_AFTER_TRUNCATION
-    return {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids, DROP_COLUMN: reason}
+    return {
+        "prompt_ids": prompt_ids,
+        "chosen_ids": chosen_ids,
+        "rejected_ids": rejected_ids,
+        DROP_COLUMN: reason,
+        TRUNCATION_COLUMN: ",".join(cut) if not reason else "",
+    }
 
 
 def check_lengths(max_length: int, max_prompt_length: int | None, truncation_mode: str = "keep_end") -> None:
@@ -75,3 +90,19 @@ def check_lengths(max_length: int, max_prompt_length: int | None, truncation_mod
     if max_prompt_length is not None and not 1 <= max_prompt_length < max_length:
         raise ValueError(f"data.max_prompt_length must lie in [1, max_length), got {max_prompt_length}")
     check_choice("data.truncation_mode", truncation_mode, TRUNCATION_MODES)
+
+
+def truncation_text(cuts: dict[str, int], kept: int, settings: dict[str, Any]) -> str:
+    """One line on what truncation cut from a split's ``kept`` pairs (``cuts``: ``{"prompt": n, "response": n}``)."""
+    parts = []
+    if cuts.get(RESPONSE_CUT):
+        parts.append(
+            f"{cuts[RESPONSE_CUT]} of {kept} pairs had a response cut to fit max_length={settings['max_length']}"
+        )
+    if cuts.get(PROMPT_CUT):
+        kept_part = "end" if settings["truncation_mode"] == "keep_end" else "start"
+        parts.append(
+            f"{cuts[PROMPT_CUT]} of {kept} a prompt cut to max_prompt_length={settings['max_prompt_length']} (its "
+            f"{kept_part} kept: truncation_mode={settings['truncation_mode']})"
+        )
+    return "; ".join(parts)

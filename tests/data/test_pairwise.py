@@ -159,7 +159,7 @@ def test_schema_problems_are_errors_naming_the_column(tmp_path, world_tokenizer_
         datamodule(path, world_tokenizer_dir).setup()
     rows = [{"prompt": "the day", "chosen": "happy", "rejected": 3}] * 4
     path = write_jsonl(tmp_path / "b.jsonl", rows)
-    with pytest.raises(ValueError, match=r"row \d+: column 'rejected' holds int"):
+    with pytest.raises(ValueError, match=r"row \d+: column 'rejected' \(data.rejected_column\) holds int"):
         datamodule(path, world_tokenizer_dir).setup()
     with pytest.raises(ValueError, match=r"data.path=.*only split is 'train'; got split 'train_prefs'"):
         datamodule(path, world_tokenizer_dir, train_split="train_prefs").setup()

@@ -145,4 +145,17 @@ def test_chat_template_renders_prompt_and_completions(tmp_path, chat_tokenizer_d
     assert tokenizer.decode(row["prompt_ids"]).endswith("<bos> <unk>")  # the generation prompt "<bos> assistant"
     assert row["chosen_ids"][-1] == tokenizer.eos_token_id and row["chosen_ids"][-2] != tokenizer.eos_token_id
     with pytest.raises(ValueError, match="apply_chat_template is true but tokenizer"):
-        scored(tmp_path, world_tokenizer_dir, rows, rows, apply_chat_template=True).build_tokenizer()
+        raw_splits(scored(tmp_path, world_tokenizer_dir, rows, rows, apply_chat_template=True))
+
+
+def test_message_prompts_use_the_chat_template_by_default(tmp_path, chat_tokenizer_dir, world_tokenizer_dir):
+    """apply_chat_template null: as for pairwise data, prompts given as chat messages go through the template."""
+    rows = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} for r in helpsteer_rows(12, seed=11)]
+    dm = scored(tmp_path, chat_tokenizer_dir, rows, rows[:8], train_alpha=0.5)
+    train, _ = raw_splits(dm)
+    tokenizer = dm.tokenizer
+    first = rows[0]["prompt"]
+    rendered = tokenizer.apply_chat_template(first, tokenize=False, add_generation_prompt=True)
+    assert dm.templated and train["prompt"][0] == rendered
+    with pytest.raises(ValueError, match=r"row 0: data.prompt_column 'prompt' holds chat messages but tokenizer"):
+        raw_splits(scored(tmp_path, world_tokenizer_dir, rows, rows[:8], train_alpha=0.5))
