@@ -3,11 +3,14 @@
 Every configuration takes the same optimizer steps over the same pairs in the same order: ``--micro-batch`` pairs per
 loader batch × ``model.accumulate_grad_batches: 8``, float32 on CPU, precomputed reference log-probs, padding-free
 batches, AdamW. The shape is ``scale.py``'s realistic one, cut in depth so that the whole run fits about a quarter of
-an hour: a Llama-style model with an untied 128,256 vocabulary (4 layers by default instead of 8), long-tailed lengths
+an hour: a Llama-style model with an untied 128,256 vocabulary (2 layers by default instead of 8), long-tailed lengths
 (log-normal, median 256, clipped to [64, 2,048]). DPO, the one-pass strategies (KLDPO normalised, Dr. DPO) and the
 scoring-pass ones (CVaR, χ², Group DRO; :mod:`rdpo_lightning.accumulation`) each run in a fresh process: step time
 (wall, and CPU seconds of the process, steadier on a loaded machine) over the measured steps after one warm-up, and
-peak memory as the process's resident high-water mark (``VmHWM``).
+peak memory as the process's resident high-water mark (``VmHWM``). A first process tokenises the pairs and computes
+the reference log-probs that every run then loads from the cache (so no measured peak holds the reference pass).
+``--parallel K`` runs K configurations at once (a loaded machine: they then share its load alike; CPU seconds per step
+stay comparable, wall times do not).
 
     python benchmarks/accumulation.py          # published run: results/accumulation.md (about 15 min on 2 cores)
     python benchmarks/accumulation.py --tiny   # a short smoke run (small model and vocabulary); publishes nothing
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,8 +64,8 @@ TARGETS = {"additive": 1.0, "one pass": 1.05, "scoring pass": 1.35}  # step time
 @dataclass
 class Run:
     micro_batch: int = 1
-    steps: int = 2  # measured optimizer steps, after one warm-up step
-    layers: int = 4
+    steps: int = 1  # measured optimizer steps, after one warm-up step (each is 8 micro-batches)
+    layers: int = 2
 
 
 def run_strategy(name: str, settings: Settings, micro_batch: int, paths: dict[str, str]) -> dict[str, Any]:
@@ -90,17 +94,18 @@ def run_strategy(name: str, settings: Settings, micro_batch: int, paths: dict[st
                 first = batch_idx - ACCUMULATE + 1
                 clock.stop(sum(real_tokens(shapes, b, micro_batch) for b in range(first, batch_idx + 1)))
 
-    class_name, init_args, _ = STRATEGIES[name]
+    class_name, init_args, _ = STRATEGIES["dpo" if name == "reference" else name]
     L.seed_everything(settings.seed, verbose=False)
     data = fixed_pairs(paths)(batch_size=micro_batch, max_length=settings.max_length, padding_free=True,
-                              cache_dir=str(Path(paths["work"]) / f"cache-{name}"))  # fmt: skip
+                              cache_dir=str(Path(paths["work"]) / "cache"))  # fmt: skip
     module = RobustDPO(
         model=paths["model"], beta=0.1, robust=getattr(strategies, class_name)(**init_args),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-6, weight_decay=0.0), min_lr_ratio=1.0,
-        precompute_reference=True, reference_cache_dir=str(Path(paths["work"]) / f"reference-{name}"),
+        precompute_reference=True, reference_cache_dir=str(Path(paths["work"]) / "reference"),
         accumulate_grad_batches=ACCUMULATE,
     )  # fmt: skip
-    trainer = quiet_trainer(accelerator="cpu", devices=1, max_steps=settings.steps + 1, limit_val_batches=0,
+    steps = 0 if name == "reference" else settings.steps + 1  # 0: only the reference pass (configure_optimizers)
+    trainer = quiet_trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0,
                             callbacks=[StepTimer()])  # fmt: skip
     trainer.fit(module, datamodule=data)
     return clock.result()
@@ -145,6 +150,8 @@ def run_fresh(name: str, settings: Settings, micro_batch: int, paths: dict[str, 
     print(f"  {name}: {result['wall']:.0f} s, peak {result['peak_rss_kib'] / 2**20:.2f} GiB, steps"
           f" {[round(t, 1) for t in result['times']]} s, cpu {[round(t, 1) for t in result['cpu']]} s, load"
           f" {result['load']}", file=sys.stderr, flush=True)  # fmt: skip
+    if not result["times"]:  # the reference pass alone
+        return {}
     measured = slice(1, None) if len(result["times"]) > 1 else slice(None)
     times, cpu = result["times"][measured], result["cpu"][measured]
     return {"step_s": sum(times) / len(times), "cpu_s": sum(cpu) / len(cpu), "peak_gib": result["peak_rss_kib"] / 2**20,
@@ -159,7 +166,9 @@ def machine() -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
-def render(rows: dict[str, dict[str, float]], settings: Settings, run: Run, tiny: bool, uptime: list[str]) -> str:
+def render(
+    rows: dict[str, dict[str, float]], settings: Settings, run: Run, tiny: bool, uptime: list[str], parallel: int
+) -> str:
     dpo = rows["dpo"]
     lines = [
         "# The price of exactness: robust objectives over the optimizer's batch (accumulation 8)",
@@ -172,7 +181,8 @@ def render(rows: dict[str, dict[str, float]], settings: Settings, run: Run, tiny
         f"Model: Llama, {settings.layers} layers, hidden {settings.hidden}, MLP {settings.mlp}, {settings.heads} heads"
         f" ({settings.kv_heads} KV), untied vocabulary {settings.vocab:,}. Optimizer batch: {run.micro_batch} pair(s)"
         f" per micro-batch × {ACCUMULATE} (`model.accumulate_grad_batches`), long-tailed lengths, padding-free,"
-        f" precomputed reference log-probs; {run.steps} measured steps after one warm-up. Peak memory: resident"
+        f" precomputed reference log-probs; {run.steps} measured step(s) after one warm-up;"
+        f" {parallel} configuration(s) at a time. Peak memory: resident"
         " high-water mark of the run's own process (loading, reference pass, training).",
         "",
         "| strategy | route | s/step (wall) | × DPO | CPU s/step | × DPO | peak memory (GiB) | × DPO | load |",
@@ -204,7 +214,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     parser.add_argument("--steps", type=int, default=None, help="measured optimizer steps (after one warm-up)")
     parser.add_argument("--micro-batch", type=int, default=None, help="pairs per micro-batch (default 1)")
-    parser.add_argument("--layers", type=int, default=None, help="transformer layers (default 4)")
+    parser.add_argument("--layers", type=int, default=None, help="transformer layers (default 2)")
+    parser.add_argument("--parallel", type=int, default=1, help="configurations run at once (each its own process)")
     return parser.parse_args(argv)
 
 
@@ -214,7 +225,7 @@ def main(argv: list[str] | None = None) -> str:
         spec = json.loads(args.worker)
         Path(spec["out"]).write_text(json.dumps(worker(spec)))
         return ""
-    run = Run(steps=1, layers=2) if args.tiny else Run()
+    run = Run(steps=1, layers=1) if args.tiny else Run()
     run = replace(run, **{k: v for k, v in {"steps": args.steps, "micro_batch": args.micro_batch,
                                               "layers": args.layers}.items() if v is not None})  # fmt: skip
     base = TINY if args.tiny else Settings()
@@ -225,8 +236,13 @@ def main(argv: list[str] | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="rdpo-accumulation-") as tmp:
         paths = prepare(Path(tmp), settings, "long_tailed")
         add_groups(paths)
-        rows = {name: run_fresh(name, settings, run.micro_batch, paths) for name in names}
-    report = render(rows, settings, run, args.tiny, [before, uptime()])
+        # a first process tokenises the pairs and computes the reference log-probs every run then loads (so no
+        # measured peak holds the reference pass)
+        run_fresh("reference", settings, run.micro_batch, paths)
+        with ThreadPoolExecutor(args.parallel) as pool:  # each configuration is its own process
+            done = pool.map(lambda name: run_fresh(name, settings, run.micro_batch, paths), names)
+            rows = dict(zip(names, done, strict=True))
+    report = render(rows, settings, run, args.tiny, [before, uptime()], args.parallel)
     return publish(report, args.output or (None if args.tiny else RESULTS))
 
 

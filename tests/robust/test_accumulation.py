@@ -132,3 +132,32 @@ def test_the_issue_repro_is_kldpo_not_dpo_or_refused(tmp_path, capsys):
     assert refused.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rdpo: error:")]
     assert len(errors) == 1 and "set model.accumulate_grad_batches: 8 instead" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("robust", "micro", "accumulate", "expected"),
+    [
+        ("KLReweighter()", 1, 1, "weighs 1 pair per optimizer step: its weights are uniform"),
+        ("DrDPO()", 1, 1, "weighs 1 pair per optimizer step"),
+        ("CVaR(worst_fraction=0.1)", 2, 4, "worst_fraction=0.1 of 8 pairs per optimizer step is less than one pair"),
+        ("ChiSquareDRO(rho=4.0)", 2, 4, "rho=4 over 8 pairs per optimizer step (1 + 2·rho >= pairs)"),
+        ("GroupDRO(num_groups=4)", 1, 2, "num_groups=4 sees 2 pairs per optimizer step: some group is absent"),
+    ],
+)
+def test_a_degenerate_optimizer_batch_is_one_warning_naming_the_keys(robust, micro, accumulate, expected):
+    from types import SimpleNamespace
+
+    from rdpo_lightning import robust as strategies
+    from rdpo_lightning.accumulation import warn_if_degenerate
+
+    strategy = eval(robust, vars(strategies))
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=micro), world_size=1)
+    with pytest.warns(UserWarning) as warned:
+        message = warn_if_degenerate(trainer, strategy, accumulate, "optimizer_batch")
+    assert len(warned) == 1 and expected in message
+    assert "model.accumulate_grad_batches" in message and "data.batch_size" in message
+    # enough pairs: silent (and DPO and WDPO never degenerate)
+    roomy = SimpleNamespace(datamodule=SimpleNamespace(batch_size=16), world_size=2)
+    assert warn_if_degenerate(roomy, strategy, 8, "optimizer_batch") is None
+    assert warn_if_degenerate(trainer, strategies.NoRobust(), 1, "optimizer_batch") is None
+    assert warn_if_degenerate(trainer, strategies.WassersteinPenalty(), 1, "optimizer_batch") is None
