@@ -25,8 +25,9 @@ def write_pairs(path: Path, count: int = 24, seed: int = 0) -> Path:
             "prompt": f"the {rng.choice(nouns)} {rng.choice(nouns)}",
             "chosen": " ".join(rng.choices(good, k=3)),
             "rejected": " ".join(rng.choices(bad, k=3)),
+            "user": f"user{i % 3}",  # three groups
         }
-        for _ in range(count)
+        for i in range(count)
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -56,6 +57,15 @@ CASES = {
     "quantization": (["--model.quantization={{load_in_4bit: true}}"], "model.quantization (bitsandbytes"),
     # Lightning's accumulation would form the robust objective per micro-batch
     "accumulation": (["--trainer.accumulate_grad_batches=8"], "set model.accumulate_grad_batches: 8 instead"),
+    # more groups in the data than GroupDRO's num_groups: found at the first step, named by its key
+    "num_groups": (
+        [
+            "--model.robust=rdpo_lightning.robust.GroupDRO",
+            "--model.robust.init_args.num_groups=2",
+            "--data.init_args.group_column=user",
+        ],
+        "for model.robust.init_args.num_groups=2; the batch has ids",
+    ),
     # a plain dict is a PEFT config's to_dict() (what a checkpoint keeps): one without its peft_type is not one
     "peft_dict": (
         ["--model.peft=null", '--model.peft={{"r": 8}}'],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from rdpo_lightning.checks import check_positive
+from rdpo_lightning.errors import InputError
 from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
 from rdpo_lightning.robust.reweighting import weighted_objective
 
@@ -46,14 +47,15 @@ class GroupDRO(RobustLoss):
 
     def _check_groups(self, groups: torch.Tensor | None) -> torch.Tensor:
         if groups is None:
-            raise ValueError(
+            raise InputError(
                 "GroupDRO needs a group id per pair: use a DataModule that supplies a `group` column "
                 "(several train_mixtures, or data.group_column)"
             )
         if groups.numel() and (groups.min() < 0 or groups.max() >= self.num_groups):
-            raise ValueError(
-                f"group ids must lie in [0, {self.num_groups}) for num_groups={self.num_groups}; "
-                f"the batch has ids {sorted(set(groups.tolist()))}"
+            raise InputError(
+                f"group ids must lie in [0, {self.num_groups}) for model.robust.init_args.num_groups="
+                f"{self.num_groups}; the batch has ids {sorted(set(groups.tolist()))}: set num_groups to the number of"
+                " groups in the data"
             )
         return groups.long()
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
+from rdpo_lightning.errors import InputError
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import GroupDRO, ScoredPairs
@@ -88,9 +89,11 @@ def test_evaluation_does_not_move_the_weights_and_bad_groups_are_errors():
     strategy = GroupDRO(num_groups=2, eta=1.0).eval()
     strategy(ScoredPairs(losses=torch.tensor([0.1, 2.0]), columns={"group": torch.tensor([0, 1])}))
     assert strategy.group_weights.tolist() == [0.5, 0.5]
-    with pytest.raises(ValueError, match="needs a group id per pair"):
+    with pytest.raises(InputError, match="needs a group id per pair"):
         strategy(ScoredPairs(losses=torch.tensor([0.1, 2.0])))
-    with pytest.raises(ValueError, match=r"group ids must lie in \[0, 2\) .* ids \[0, 5\]"):
+    with pytest.raises(
+        InputError, match=r"group ids must lie in \[0, 2\) for model.robust.init_args.num_groups=2; .* ids \[0, 5\]"
+    ):
         strategy(ScoredPairs(losses=torch.tensor([0.1, 2.0]), columns={"group": torch.tensor([0, 5])}))
     with pytest.raises(ValueError, match="num_groups"):
         GroupDRO(num_groups=0)
