@@ -35,6 +35,7 @@ from rdpo_lightning.data.validation_sets import (
 from rdpo_lightning.errors import InputError
 
 log = logging.getLogger(__name__)
+GROUP_COPY = "__rdpo_group"  # the group column when it is also the prompt or a response column
 
 TEXT_FEATURES = datasets.Features(
     {
@@ -204,6 +205,10 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         if group_sets and self.group_column not in dataset.column_names:
             keys[-1] += " (each group a validation set: data.val_per_group false to not)"
         require_columns(dataset.remove_columns(SOURCE_ROW), wanted.values(), f"{split} ({source})", keys)
+        shared = wanted.get("group")
+        if shared is not None and shared in [c for role, c in wanted.items() if role != "group"]:
+            dataset = dataset.add_column(GROUP_COPY, dataset[shared])  # e.g. the prompt itself as the group
+            wanted["group"] = GROUP_COPY
         dataset = dataset.select_columns([*wanted.values(), SOURCE_ROW])
         dataset = dataset.rename_columns({c: role for role, c in wanted.items() if c != role})
         group = list(dataset["group"]) if "group" in dataset.column_names else None

@@ -127,3 +127,18 @@ def test_a_val_split_without_groups_names_the_keys(tmp_path, world_tokenizer_dir
     write_jsonl(directory / "test.jsonl", pairs(4, start=20, g="b"))
     dm = datamodule(str(directory), world_tokenizer_dir, val_split="test", group_column="g")
     assert dm.val_names == ["held_out", "group=b"] and len(dm.val_datasets["group=b"]) == 4
+
+
+def test_the_group_column_may_be_the_prompt_column(tmp_path, world_tokenizer_dir):
+    """Grouping by the prompt itself (e.g. one group per task prompt) selects that column twice: the group is a copy
+    (it was datasets' ``Field "group" exists 2 times``)."""
+    rows = [{**row, "chosen": "happy", "rejected": "gloomy"} for row in pairs(4)] * 3
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    dm = datamodule(train, world_tokenizer_dir, group_column="prompt", val_fraction=0.25)
+    prompts_seen = sorted({row["prompt"] for row in rows})
+    assert dm.group_names == prompts_seen
+    assert dm.val_names == ["held_out", *(f"group={p}" for p in prompts_seen)]
+    tokenizer = load_tokenizer(world_tokenizer_dir)
+    for row in dm.train_dataset:  # each pair's group id is its own prompt's index
+        prompt = tokenizer.decode(row["prompt_ids"], skip_special_tokens=True).strip()
+        assert dm.group_names[row["group"]] == prompt
