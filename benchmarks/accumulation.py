@@ -12,7 +12,7 @@ the reference log-probs that every run then loads from the cache (so no measured
 ``--parallel K`` runs K configurations at once (a loaded machine: they then share its load alike; CPU seconds per step
 stay comparable, wall times do not).
 
-    python benchmarks/accumulation.py          # published run: results/accumulation.md (about 15 min on 2 cores)
+    python benchmarks/accumulation.py          # writes results/accumulation.md (minutes on 2 idle cores)
     python benchmarks/accumulation.py --tiny   # a short smoke run (small model and vocabulary); publishes nothing
 """
 
