@@ -15,7 +15,8 @@ Scenarios (``--scenario``)
   loss, accuracy, generation reward r(α). Methods: DPO, KLDPO (``--taus``), WDPO (``--rhos``).
 * ``group``: two groups of users with known group ids, 90 % labelling at α = 0.1 and 10 % at α = 0.9 (the minority
   weighs the other attribute); in-distribution = the population (0.9·majority + 0.1·minority), worst case = the worse
-  group. Methods: DPO, KLDPO, DrDPO (``--beta-primes``), GroupDRO (``--etas``), and CVaR / χ² when the package has them.
+  group. Methods: DPO, KLDPO, DrDPO (``--beta-primes``), GroupDRO (``--etas``), CVaR (``--worst-fractions``) and χ²
+  (``--chi-rhos``).
 * ``input``: trained at α₀ = 0.1 on the world's usual inputs; evaluated on the usual inputs and on inputs from
   another generator (longer responses, more neutral words, more mixed attributes), labelled by the same reward at α₀
   (``AttributeWorldDataModule(input_shifts=...)``); metrics: loss, accuracy. Methods: DPO, KLDPO, WDPO.
@@ -83,9 +84,13 @@ def configurations(args: argparse.Namespace) -> list[Config]:
         configs += [Config("DrDPO", f"beta'={b:g}", lambda b=b: robust.DrDPO(beta_prime=b)) for b in args.beta_primes]
         configs += [Config("GroupDRO", f"eta={e:g}", lambda e=e: robust.GroupDRO(2, eta=e)) for e in args.etas]
         if hasattr(robust, "CVaR"):  # the strategies of another issue, when they have landed
-            configs += [Config("CVaR", f"worst={f:g}", lambda f=f: robust.CVaR(worst_fraction=f)) for f in (0.1, 0.5)]
+            configs += [
+                Config("CVaR", f"worst={f:g}", lambda f=f: robust.CVaR(worst_fraction=f)) for f in args.worst_fractions
+            ]
         if hasattr(robust, "ChiSquareDRO"):
-            configs += [Config("ChiSquare", f"rho={r:g}", lambda r=r: robust.ChiSquareDRO(rho=r)) for r in (0.1, 0.5)]
+            configs += [
+                Config("ChiSquare", f"rho={r:g}", lambda r=r: robust.ChiSquareDRO(rho=r)) for r in args.chi_rhos
+            ]
     return configs
 
 
@@ -278,6 +283,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rhos", type=shift.float_list, default=[1.0, 50.0, 75.0, 100.0], help="WDPO ρ (paper: 50-100)")
     p.add_argument("--beta-primes", type=shift.float_list, default=[0.5, 1.0, 2.0], help="DrDPO β'")
     p.add_argument("--etas", type=shift.float_list, default=[0.01, 0.1, 1.0], help="GroupDRO step size η")
+    p.add_argument("--worst-fractions", type=shift.float_list, default=[0.1, 0.5], help="CVaR worst fraction")
+    p.add_argument("--chi-rhos", type=shift.float_list, default=[0.1, 0.5], help="chi-square DRO radius rho")
     p.add_argument("--train-alpha", type=float, default=0.1, help="training α of the label and input scenarios")
     p.add_argument("--alphas", type=shift.float_list, default=[0.0, 0.5, 1.0], help="label scenario's evaluation α")
     p.add_argument("--label-temperature", type=float, default=0.05)
