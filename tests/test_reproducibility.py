@@ -54,18 +54,10 @@ STRATEGIES = {
         str(CONFIGS / "peft" / "lora.yaml"),
         "--model.peft.init_args.lora_dropout=0.1",
     ],
-    # the same with adapter-only checkpoints (the base, built from model_config, is not in them; the resumed run
-    # rebuilds it from the seed, and the recorded digest confirms it is the same base)
-    "kl_lora_adapter_only": [
-        "-c",
-        str(CONFIGS / "robust" / "kl.yaml"),
-        "--model.robust.init_args.tau=0.5",
-        "-c",
-        str(CONFIGS / "peft" / "lora.yaml"),
-        "--model.peft.init_args.lora_dropout=0.1",
-        "--model.adapter_only_checkpoints=true",
-    ],
 }
+# the same with adapter-only checkpoints (the base, built from model_config, is not in them; the resumed run
+# rebuilds it from the seed, and the recorded digest confirms it is the same base)
+STRATEGIES["kl_lora_adapter_only"] = [*STRATEGIES["kl_lora"], "--model.adapter_only_checkpoints=true"]
 ADAPTER_ONLY = {"kl_lora_adapter_only"}
 # the same optimizer batch of 12 as 2 micro-batches of 6 (model.accumulate_grad_batches), killed in the middle of the
 # window after step K: one-pass KLDPO, and Group DRO (scoring pass; its group weights are state)
