@@ -5,8 +5,8 @@ loader batch × ``model.accumulate_grad_batches: 8``, float32 on CPU, precompute
 batches, AdamW. The shape is ``scale.py``'s realistic one, cut in depth so that the whole run fits about a quarter of
 an hour: a Llama-style model with an untied 128,256 vocabulary (2 layers by default instead of 8), long-tailed lengths
 (log-normal, median 256, clipped to [64, 2,048]). DPO, the one-pass strategies (KLDPO normalised, Dr. DPO) and the
-scoring-pass ones (CVaR, χ², Group DRO; :mod:`rdpo_lightning.accumulation`) each run in a fresh process: step time
-(wall, and CPU seconds of the process, steadier on a loaded machine) over the measured steps after one warm-up, and
+scoring-pass ones (CVaR, χ², Group DRO; :mod:`rdpo_lightning.training.accumulation`) each run in a fresh process: step
+time (wall, and CPU seconds of the process, steadier on a loaded machine) over the measured steps after one warm-up, and
 peak memory as the process's resident high-water mark (``VmHWM``). A first process tokenises the pairs and computes
 the reference log-probs that every run then loads from the cache (so no measured peak holds the reference pass).
 ``--parallel K`` runs K configurations at once (a loaded machine: they then share its load alike; CPU seconds per step
@@ -75,8 +75,8 @@ def run_strategy(name: str, settings: Settings, micro_batch: int, paths: dict[st
     import torch
 
     from rdpo_lightning import robust as strategies
-    from rdpo_lightning.module import RobustDPO
-    from rdpo_lightning.quiet import quiet_trainer
+    from rdpo_lightning.training.module import RobustDPO
+    from rdpo_lightning.training.quiet import quiet_trainer
 
     shapes = json.loads(paths["shapes"])
     clock, seen = StepClock(), {"step": 0}

@@ -38,10 +38,10 @@ from lightning.pytorch.strategies import FSDPStrategy
 from peft import LoraConfig
 
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.distributed import FSDP2Strategy
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
+from rdpo_lightning.training.strategies import FSDP2Strategy
 
 #: a GPT-2-shaped model big enough that sharding does real work, small enough to build in seconds
 MODEL = {"model_type": "gpt2", "n_layer": 6, "n_head": 8, "n_embd": 512, "n_positions": 128}
@@ -176,7 +176,7 @@ def run_case(strategy: str, case: str, steps: int, cache_dir: str, cpu: bool = F
 
 def saved_base(cache_dir: str) -> str:
     """MODEL with random weights and the world's tokenizer, saved once (QLoRA quantizes weights it loads)."""
-    from rdpo_lightning.models import load_causal_lm
+    from rdpo_lightning.models.loading import load_causal_lm
 
     directory = os.path.join(cache_dir, "qlora_base")
     if not os.path.isfile(os.path.join(directory, "config.json")):
@@ -192,7 +192,7 @@ def check_exports(trainer: L.Trainer, module: RobustDPO, cache_dir: str, name: s
     logits on one batch with the trained policy's (bf16 tolerance); a collective on every rank."""
     from transformers import AutoModelForCausalLM
 
-    from rdpo_lightning.export import export_checkpoint
+    from rdpo_lightning.checkpoints.export import export_checkpoint
 
     kinds = ["full", "sharded"] if isinstance(trainer.strategy, FSDPStrategy) else ["default"]
     batch = next(iter(trainer.datamodule.train_dataloader()))

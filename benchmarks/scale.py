@@ -228,9 +228,9 @@ def run_ours(
     import lightning as L
     import torch
 
-    from rdpo_lightning.module import RobustDPO
-    from rdpo_lightning.quiet import quiet_trainer
     from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
+    from rdpo_lightning.training.module import RobustDPO
+    from rdpo_lightning.training.quiet import quiet_trainer
 
     robust = {"dpo": NoRobust, "kldpo": lambda: KLReweighter(tau=1.0), "wdpo": lambda: WassersteinPenalty(rho=0.01)}
     shapes = json.loads(paths["shapes"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import torch
+
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -55,3 +57,19 @@ def check_fraction(name: str, value: float) -> None:
 def check_probability(name: str, value: float, upper_open: bool = True) -> None:
     """A label-flip probability in [0, 0.5) (or [0, 0.5] when ``upper_open`` is False)."""
     check_interval(name, value, 0.0, 0.5, open_low=False, open_high=upper_open)
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def resolve_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"model.torch_dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model name is meant as a local path (a Hub id is ``name`` or ``owner/name``)."""
+    return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path

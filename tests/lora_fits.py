@@ -10,8 +10,8 @@ import lightning as L
 import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 
 
 def brute_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from rdpo_lightning.callbacks.metrics import GroupedMean
 from rdpo_lightning.data.mixture import Mixture
-from rdpo_lightning.distributed import data_parallel_replicas
+from rdpo_lightning.data.sampler import data_parallel_replicas
 from rdpo_lightning.known_warnings import dropped_log_message
 from rdpo_lightning.rewards import AttributeWorldReward, RewardFunction
 

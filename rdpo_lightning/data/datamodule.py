@@ -26,8 +26,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from rdpo_lightning.checks import check_int_at_least
-from rdpo_lightning.context_length import fit_to_model_context
 from rdpo_lightning.data.collate import PairCollator
+from rdpo_lightning.data.context_length import fit_to_model_context
 from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
 from rdpo_lightning.data.sampler import LengthGroupedSampler, ResumableDataLoader, ResumableSampler
 from rdpo_lightning.data.tokenize import (

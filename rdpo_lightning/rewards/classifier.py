@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from rdpo_lightning.models import resolve_dtype
+from rdpo_lightning.checks import resolve_dtype
 from rdpo_lightning.rewards.base import RewardFunction
 
 

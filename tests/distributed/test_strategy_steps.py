@@ -224,10 +224,10 @@ def test_fsdp2_distributed_checkpoint_exports_like_a_single_file_checkpoint(
     distributed_runs, single_runs, single_cache, tmp_path
 ):
     """The FSDP2 run's checkpoint is a distributed-checkpoint directory; its export (merged) equals the export of the
-    single-process run's file checkpoint, whose round trip tests/test_export.py checks."""
+    single-process run's file checkpoint, whose round trip tests/checkpoints/test_export.py checks."""
     from safetensors.torch import load_file
 
-    from rdpo_lightning.export import export_checkpoint
+    from rdpo_lightning.checkpoints.export import export_checkpoint
 
     out, _ = distributed_runs
     sharded = out / "cache-fsdp2" / "fsdp2:none+lora+save.ckpt"
