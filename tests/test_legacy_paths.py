@@ -26,6 +26,14 @@ NAMES = json.loads((FIXTURE / "names.json").read_text())["modules"]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
+#: internal helpers that were removed, not moved (no configuration, checkpoint or documented script names them)
+RETIRED = {
+    # the DataModules' repeated argument blocks gave way to **kwargs passed on to the base classes
+    "rdpo_lightning.data.datamodule.batching_arguments",
+    "rdpo_lightning.data.mixture_pairs.mixture_arguments",
+}
+
+
 def test_every_class_and_function_of_the_flat_layout_still_imports_from_its_old_path():
     missing = []
     for module_name, defined in NAMES.items():
@@ -37,7 +45,7 @@ def test_every_class_and_function_of_the_flat_layout_still_imports_from_its_old_
                 continue
             home = importlib.import_module(value.__module__)  # the object is the one at its new home
             assert getattr(home, value.__qualname__.split(".")[0]) is value
-    assert not missing, missing
+    assert set(missing) == RETIRED, sorted(set(missing) ^ RETIRED)
     flat_root = {name.removeprefix("rdpo_lightning.") for name in NAMES if name.count(".") == 1}
     assert set(MOVED) <= flat_root  # the table names only modules that existed
     assert not (set(MOVED) & {p.stem for p in Path(importlib.import_module("rdpo_lightning").__path__[0]).iterdir()})

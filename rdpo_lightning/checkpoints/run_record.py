@@ -10,7 +10,6 @@ LoRA run adds its base (``model.model`` and a digest of its weights, and whether
 
 from __future__ import annotations
 
-import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from rdpo_lightning.checks import constructor_parameters
 from rdpo_lightning.models.dropout import recorded_config
 
 FORMAT = 1
@@ -42,7 +42,7 @@ def plain(value: Any) -> Any:
 def init_args(obj: Any) -> dict[str, Any]:
     """``class_path`` and the constructor arguments an object still holds as attributes of the same name."""
     arguments = {}
-    for name in list(inspect.signature(type(obj).__init__).parameters)[1:]:
+    for name in constructor_parameters(type(obj)):
         for attribute in (name, f"_{name}"):
             if hasattr(obj, attribute) and not callable(getattr(obj, attribute)):
                 arguments[name] = plain(getattr(obj, attribute))

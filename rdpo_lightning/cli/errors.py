@@ -10,12 +10,12 @@ parameters of the class a key names, the subclasses its type accepts), so they f
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rdpo_lightning.checks import constructor_parameters
 from rdpo_lightning.cli import aliases
 
 #: keys whose classes are listed in full when a class path is wrong (the project's own families)
@@ -88,17 +88,7 @@ def init_parameters(class_path: str) -> list[str]:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError):
         return []
-    names: list[str] = []
-    for klass in inspect.getmro(cls) if inspect.isclass(cls) else [cls]:
-        init = klass.__init__ if inspect.isclass(klass) else klass
-        try:
-            parameters = list(inspect.signature(init).parameters.values())
-        except (TypeError, ValueError):
-            break
-        names += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
-            break
-    return [n for n in dict.fromkeys(names) if n != "self"]
+    return constructor_parameters(cls)
 
 
 # --- messages ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ seconds to import. What it adds to Lightning's CLI:
 
 from __future__ import annotations
 
-import inspect
 import sys
 import traceback
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rdpo_lightning.callbacks import MetricsProgressBar
 from rdpo_lightning.checkpoints.run_record import KEY
+from rdpo_lightning.checks import constructor_parameters
 from rdpo_lightning.cli import aliases, yaml_config
 from rdpo_lightning.cli.errors import explain
 from rdpo_lightning.data import PreferenceDataModule
@@ -142,7 +142,7 @@ def key_and_message(key: str | None, cls: type | None, message: str) -> str:
     if key is None or message.startswith((f"{key} ", f"{key}.", f"{key}:", f"{key}=", f"{key}[")):
         return message
     first = message.split(" ", 1)[0]
-    if cls is not None and first in inspect.signature(cls.__init__).parameters:
+    if cls is not None and first in constructor_parameters(cls):
         return f"{key}.{message}"
     return f"{key}: {message}"
 

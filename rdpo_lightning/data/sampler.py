@@ -149,18 +149,10 @@ class LengthGroupedSampler(ResumableSampler):
     """
 
     def __init__(
-        self,
-        dataset: Sized,
-        lengths: list[int],
-        batch_size: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        group_batches: int = 50,
+        self, dataset: Sized, lengths: list[int], batch_size: int, group_batches: int = 50, **kwargs: Any
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        """``kwargs``: the parent's (``num_replicas``, ``rank``, ``shuffle``, ``seed``, ``drop_last``)."""
+        super().__init__(dataset, **kwargs)
         if len(lengths) != len(dataset):
             raise ValueError(f"lengths has {len(lengths)} entries for {len(dataset)} pairs")
         self.lengths = list(lengths)

@@ -5,7 +5,7 @@ Mixture-of-Experts router term, input-embedding capture and sharding for FSDP.
 The names below were the flat layout's ``rdpo_lightning.models`` module; they stay importable from here.
 """
 
-from rdpo_lightning.checks import DTYPES, looks_local, resolve_dtype
+from rdpo_lightning.checks import DTYPES, looks_local, resolve_dtype  # noqa: F401 (the old models module's)
 from rdpo_lightning.models.loading import build_policy, frozen_copy, load_causal_lm, quantization_config
 from rdpo_lightning.models.scoring import (
     TokenScores,

@@ -115,20 +115,12 @@ def check_packing_support(model: nn.Module, batch: dict[str, torch.Tensor]) -> N
     object.__setattr__(lm, _PACKING_CHECKED, True)
 
 
-def pair_sequence_logps(
-    model: nn.Module,
-    batch: dict[str, torch.Tensor],
-    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
-    fused: bool = True,
-    length_normalized: bool = False,
-    router_aux: bool = False,
-) -> tuple[PairLogps, torch.Tensor, torch.Tensor | None]:
-    """Sequence log-probs of a pair batch's chosen and rejected responses (summed, or per-token means for a
-    length-normalised loss), the response token counts (2B,), and (with ``router_aux``) the router loss."""
-    scores = score_tokens(model, batch, chunk_rows, fused, router_aux)
+def pair_sequence_logps(scores: TokenScores, length_normalized: bool = False) -> tuple[PairLogps, torch.Tensor]:
+    """Sequence log-probs of a pair batch's chosen and rejected responses from its token scores (summed, or
+    per-token means for a length-normalised loss), and the response token counts (2B,)."""
     counts = scores.mask.sum(-1)
     values = scores.logps.sum(-1)
     if length_normalized:
         values = values / counts.clamp(min=1)
     half = values.shape[0] // 2
-    return PairLogps(values[:half], values[half:]), counts, scores.router_aux_loss
+    return PairLogps(values[:half], values[half:]), counts

@@ -26,7 +26,7 @@ from rdpo_lightning.models.embeddings import embedding_capture
 from rdpo_lightning.models.loading import build_policy
 from rdpo_lightning.models.logprobs import DEFAULT_CHUNK_ROWS
 from rdpo_lightning.models.router_aux import router_aux_coefficient
-from rdpo_lightning.models.scoring import check_packing_support, pair_sequence_logps, token_logps
+from rdpo_lightning.models.scoring import check_packing_support, pair_sequence_logps, score_tokens, token_logps
 from rdpo_lightning.models.sharding import (
     apply_activation_checkpointing,
     clip_grad_norm,
@@ -265,8 +265,8 @@ class RobustDPO(L.LightningModule):
     # --- forward -----------------------------------------------------------------------------------------------
     def _pair_logps(self, model: torch.nn.Module, batch: dict[str, Tensor], router_aux: bool = False):
         """Sequence log-probs, response token counts (2B,) and the router loss of one concatenated forward."""
-        normalized = self.pair_loss.length_normalized
-        return pair_sequence_logps(model, batch, self.logprob_chunk_rows, self.fused_logprobs, normalized, router_aux)
+        scores = score_tokens(model, batch, self.logprob_chunk_rows, self.fused_logprobs, router_aux)
+        return (*pair_sequence_logps(scores, self.pair_loss.length_normalized), scores.router_aux_loss)
 
     @torch.no_grad()
     def reference_logps(self, batch: dict[str, Tensor]) -> PairLogps:
