@@ -81,6 +81,3 @@ def __getattr__(name: str) -> Any:
         return getattr(lightning_cli, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-if __name__ == "__main__":
-    run()

@@ -74,7 +74,7 @@ def test_a_failed_export_leaves_nothing_behind(trained, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("rdpo_lightning.checkpoints.model_card.model_card", broken)
+    monkeypatch.setattr("rdpo_lightning.checkpoints.export.model_card", broken)
     with pytest.raises(OSError, match="disk full"):
         export_checkpoint(checkpoint, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary directory
@@ -199,7 +199,7 @@ def test_a_failed_overwrite_leaves_the_previous_export_intact(trained, tmp_path,
         def broken(*args, **kwargs):
             raise OSError("disk full")
 
-        monkeypatch.setattr("rdpo_lightning.checkpoints.model_card.model_card", broken)
+        monkeypatch.setattr("rdpo_lightning.checkpoints.export.model_card", broken)
     else:  # the new directory is complete, its move into place fails
         rename = Path.rename
 
