@@ -66,10 +66,12 @@ def test_a_resume_restores_it_and_takes_the_uninterrupted_runs_next_step(runs):
     assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
 
 
-@pytest.mark.parametrize("source", ["steps/step=3.ckpt", "resumed_full.ckpt"], ids=["adapter_only", "full"])
-def test_export_writes_the_trained_output_layer(runs, source, tmp_path):
+@pytest.mark.parametrize(
+    ("source", "run"), [("steps/step=3.ckpt", "whole"), ("resumed_full.ckpt", "resumed")], ids=["adapter_only", "full"]
+)
+def test_export_writes_the_trained_output_layer(runs, source, run, tmp_path):
     path, base = runs["root"] / source, runs["base"]
-    trained = {n: p.detach() for n, p in runs["whole"].policy.named_parameters()}
+    trained = {n: p.detach() for n, p in runs[run].policy.named_parameters()}
     merged_dir = export_checkpoint(path, tmp_path / "merged")
     merged = load_file(merged_dir / "model.safetensors")
     assert torch.equal(merged["lm_head.weight"], trained[COPY])
