@@ -190,14 +190,25 @@ def _tied_names(model: nn.Module) -> set[str]:
     if not getattr(base.config, "tie_word_embeddings", False):
         return set()
     prefix = "base_model.model." if base is not model else ""
-    output = base.get_output_embeddings()
+    output = _unwrapped(base.get_output_embeddings())
     return {f"{prefix}{name}" for name, p in base.named_parameters(remove_duplicate=False) if p is output.weight}
+
+
+def _unwrapped(layer: nn.Module) -> nn.Module:
+    """The base layer inside a PEFT wrapper (``modules_to_save``'s ``original_module``, a LoRA layer's
+    ``base_layer``): what the tie joins; a trained copy of the output layer stays its own weight."""
+    for name in ("original_module", "base_layer"):
+        inner = getattr(layer, name, None)
+        if isinstance(inner, nn.Module):
+            return _unwrapped(inner)
+    return layer
 
 
 def _tie(model: nn.Module) -> None:
     base = _base(model)
     if getattr(base.config, "tie_word_embeddings", False):
-        base.get_output_embeddings().weight = base.get_input_embeddings().weight
+        output, embeddings = _unwrapped(base.get_output_embeddings()), _unwrapped(base.get_input_embeddings())
+        output.weight = embeddings.weight
 
 
 def export_checkpoint(

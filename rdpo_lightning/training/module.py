@@ -219,6 +219,7 @@ class RobustDPO(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._equip_reference_logps()  # normally done already, in configure_optimizers
+        self.train()  # from_pretrained returns the policy in eval mode, and Lightning leaves modes as it finds them
 
     def _equip_reference_logps(self) -> None:
         """Compute the missing reference log-probs, attach them to the data sets, then drop the reference model.

@@ -192,3 +192,39 @@ def test_rdpo_fit_logs_the_router_aux_loss(robust, tmp_path, tensorboard_scalars
     ])  # fmt: skip
     aux = tensorboard_scalars(tmp_path)["train/router_aux_loss"]
     assert sorted(aux) == [0, 1] and all(1.0 < value < 4.0 for value in aux.values()), aux
+
+
+def eight_pairs() -> list[dict]:
+    """Eight pairs of different lengths (so micro-batches pad differently and their router terms differ)."""
+    g = torch.Generator().manual_seed(11)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, VOCAB, (n,), generator=g).tolist()
+
+    lengths = [(3, 6, 2), (1, 2, 9), (2, 5, 5), (4, 3, 7), (2, 8, 1), (3, 2, 2), (1, 7, 4), (5, 4, 6)]
+    return [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)} for p, c, r in lengths]
+
+
+def test_scored_route_adds_each_unequal_micro_batchs_term_by_its_pair_share():
+    """The scored route (CVaR here; the clamped KL, chi-square and Group DRO take it too) over micro-batches of 3, 3
+    and 2 pairs with the term on: the gradient is the one-batch objective's gradient over all 8 pairs (a module
+    without the term, automatic optimisation) plus coef × Σ_k (n_k / 8) × micro-batch k's own independent aux-loss
+    gradient. Equal micro-batches (or one pair each) cannot tell the pair share from 1/(number of micro-batches);
+    3/8, 3/8, 2/8 can."""
+    from rdpo_lightning.robust import CVaR
+
+    coef, everything = 2.0, eight_pairs()
+    dpo, plain = (moved(module(c, robust=CVaR(worst_fraction=0.3))) for c in (coef, 0.0))
+    assert dpo.robust.accumulation == "scored"
+    micro = [PairCollator(0)(everything[a:b]) for a, b in ((0, 3), (3, 6), (6, 8))]
+    dpo.policy.zero_grad()
+    run_window([MicroBatch(i, b) for i, b in enumerate(micro)], dpo.robust, window_passes(dpo), "optimizer_batch")
+    plain.training_step(PairCollator(0)(everything), 0).backward()
+    want = [q.grad.clone() for q in plain.policy.parameters()]
+    for batch, pairs_in in zip(micro, (3, 3, 2), strict=True):
+        aux = independent_aux(dpo.policy, batch, batch["attention_mask"], grad=True)
+        for i, a in enumerate(torch.autograd.grad(aux, list(dpo.policy.parameters()), allow_unused=True)):
+            if a is not None:
+                want[i] = want[i] + coef * (pairs_in / 8) * a
+    for (name, p), w in zip(dpo.policy.named_parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, w, rtol=1e-4, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
