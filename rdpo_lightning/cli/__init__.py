@@ -80,4 +80,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(lightning_cli, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

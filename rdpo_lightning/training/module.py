@@ -224,10 +224,9 @@ class RobustDPO(L.LightningModule):
     def _equip_reference_logps(self) -> None:
         """Compute the missing reference log-probs, attach them to the data sets, then drop the reference model.
 
-        Runs once the models sit on their devices (wrapped and sharded) and before anything builds a training
-        DataLoader: ``configure_optimizers`` is the first hook after the strategy's setup, and its
-        ``estimated_stepping_batches`` already builds the loader from the DataModule's training split.
-        """
+        Runs once the models sit on their devices (wrapped and sharded) and before anything builds a training loader:
+        ``configure_optimizers`` is the first hook after the strategy's setup, and its ``estimated_stepping_batches``
+        already builds the loader from the DataModule's training split."""
         model = self.reference if self.reference is not None else self.policy
         length_normalized = self.pair_loss.length_normalized
         if self.references.equip(

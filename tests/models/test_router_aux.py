@@ -5,6 +5,7 @@ padding masked out; and its place in the training objective (``coef`` × aux on 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from rdpo_lightning.errors import InputError
 from rdpo_lightning.models.loading import load_causal_lm
 from rdpo_lightning.models.scoring import score_tokens
 from rdpo_lightning.robust.base import local_gather
-from rdpo_lightning.training.accumulation import MicroBatch, WindowPasses, run_window
+from rdpo_lightning.training.accumulation import MicroBatch, WindowPasses, run_window, scale_gradients
 from rdpo_lightning.training.module import RobustDPO
 
 VOCAB = 61
@@ -107,7 +108,7 @@ def window_passes(dpo: RobustDPO) -> WindowPasses:
         forward=dpo.policy_forward,
         seed=lambda index: None,
         backward=lambda loss: loss.backward(),
-        scale_gradients=dpo._scale_gradients,
+        scale_gradients=functools.partial(scale_gradients, dpo.policy),
         gather=local_gather,
         world_size=1,
         router_aux_coef=dpo._router_aux_coef,

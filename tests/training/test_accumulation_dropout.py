@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from rdpo_lightning.reproducibility import batch_seed
 from rdpo_lightning.robust import KLReweighter
+from rdpo_lightning.training.reproducibility import batch_seed
 from tests.lora_fits import brute_logps, fit
 
 SEED, BETA, TAU, CLAMP = 0, 0.1, 0.02, 2.0  # fit() seeds everything with 0

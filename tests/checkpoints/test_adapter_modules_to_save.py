@@ -18,7 +18,7 @@ from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from rdpo_lightning.export import export_checkpoint
+from rdpo_lightning.checkpoints.export import export_checkpoint
 from tests.lora_fits import fit
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "modules_to_save": ["lm_head"]}
@@ -93,8 +93,8 @@ def test_export_writes_the_trained_output_layer(runs, source, run, tmp_path):
 def test_a_full_checkpoint_may_leave_out_the_tied_base_head_but_not_the_trained_copy(runs):
     """A state dict may omit the output layer's base weight (it is the input embeddings, tied); the trained copy is no
     tied weight, and a state dict without it is refused rather than exported with an empty head."""
+    from rdpo_lightning.checkpoints.export import policy_state, read_checkpoint, rebuild_policy, record_of
     from rdpo_lightning.errors import InputError
-    from rdpo_lightning.export import policy_state, read_checkpoint, rebuild_policy, record_of
 
     path = runs["root"] / "resumed_full.ckpt"
     state, meta = read_checkpoint(path)
