@@ -111,11 +111,10 @@ def test_a_hanging_part_is_killed_with_its_children_and_the_next_still_runs(tmp_
         return status
 
     monkeypatch.setattr(session, "run_part", run_part)
-    started = time.monotonic()
     assert session.run() == 1
-    assert time.monotonic() - started < 25  # not the 30 s the part would have slept
     log = (out / "session.log").read_text()
     assert "## 1. hangs: timed out after 1 s" in log
+    assert (out / "1-hangs.log").read_text().endswith("[killed: past its 1 s]\n")
     assert "## 2. next: ok" in log and "    RESULT next PASS" in log
     assert "## 3. late: skipped" in log
     assert "# done: 1 of 3 parts ok" in log
