@@ -420,9 +420,14 @@ class RobustDPO(L.LightningModule):
         self._log_training(done.pairs, done.output, done.router_aux)
 
     def _scale_gradients(self, factor: float) -> None:
-        for param in self.policy.parameters():
-            if param.grad is not None:
-                param.grad.mul_(factor)
+        """Scale the accumulated gradients of the parameters the optimizer steps: between its forward and backward,
+        an FSDP2 root module shows its unsharded parameters (no ``.grad``), while the gradients accumulated so far stay
+        on the sharded parameters, which the optimizer holds."""
+        optimizer = self.optimizers()
+        for group in getattr(optimizer, "optimizer", optimizer).param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.mul_(factor)
 
     def _log_training(self, pairs: ScoredPairs, result: RobustOutput, aux: Tensor | None) -> None:
         """``train/*`` describes the optimizer's batch (this rank's pairs of it; ``sync_dist`` averages ranks)."""
