@@ -144,8 +144,11 @@ def check(wheels: Path) -> int:
 class Session:
     """Runs the parts in order under their timeouts and the overall budget, logging under ``out``."""
 
-    def __init__(self, out: Path, wheels: Path, tiny: bool, budget: float, site: Path) -> None:
+    def __init__(
+        self, out: Path, wheels: Path, tiny: bool, budget: float, site: Path, only: list[str] | None = None
+    ) -> None:
         self.out, self.wheels, self.tiny, self.site = out, wheels, tiny, site
+        self.parts = [p for p in PARTS if only is None or p.name in ("install", *only)]  # a fresh machine: install
         self.deadline = time.monotonic() + budget
         self.work = Path(tempfile.mkdtemp(prefix="rdpo-gpu-session-"))
         self.logs = self.work / "details"
@@ -173,10 +176,10 @@ class Session:
         self.say(f"# GPU session ({'--tiny on CPU: a rehearsal' if self.tiny else 'GPU'}), {time.ctime()}, budget"
                  f" {self.deadline - time.monotonic():.0f} s, python {sys.executable}")  # fmt: skip
         failures = 0
-        for number, part in enumerate(PARTS, 1):
-            failures += self.run_part(number, part) != "ok"
+        for part in self.parts:
+            failures += self.run_part(PARTS.index(part) + 1, part) != "ok"
         self.pack()
-        self.say(f"# done: {len(PARTS) - failures} of {len(PARTS)} parts ok")
+        self.say(f"# done: {len(self.parts) - failures} of {len(self.parts)} parts ok")
         return 1 if failures else 0
 
     def run_part(self, number: int, part: Part) -> str:
@@ -340,7 +343,7 @@ def image_environment(venv: Path) -> None:
 REHEARSAL = Path(tempfile.gettempdir()) / "rdpo-gpu-rehearsal"
 
 
-def dry_run(out: Path, wheels: Path, keep_venv: bool) -> int:
+def dry_run(out: Path, wheels: Path, keep_venv: bool, parts: list[str] | None = None) -> int:
     start = time.monotonic()
     work = REHEARSAL
     venv = work / "venv"
@@ -350,7 +353,7 @@ def dry_run(out: Path, wheels: Path, keep_venv: bool) -> int:
     shutil.rmtree(site, ignore_errors=True)
     command = [str(venv / "bin" / "python"), str(Path(__file__)), "run", "--tiny", "--out", str(out),
                "--wheels", str(wheels), "--site", str(site), "--budget", "100000"]  # fmt: skip
-    code = subprocess.run(command, cwd=ROOT).returncode
+    code = subprocess.run(command + (["--parts", *parts] if parts else []), cwd=ROOT).returncode
     print(f"dry run: {time.monotonic() - start:.0f} s in all; logs in {out}")
     return code
 
@@ -369,6 +372,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=BUDGET, help="run: seconds for all parts together")
     parser.add_argument("--site", type=Path, default=Path("/tmp/site"), help="run: where the wheels are installed")
     parser.add_argument("--keep-venv", action="store_true", help="dry-run: reuse the last rehearsal's venv")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=None,
+        choices=[p.name for p in PARTS[1:]],
+        help="these parts only (after the install), e.g. to rerun the ones that failed",
+    )
     return parser.parse_args(argv)
 
 
@@ -382,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out = rehearsal if args.mode == "dry-run" else Path(os.environ.get("OUT") or tempfile.mkdtemp())
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode == "dry-run":
-        return dry_run(args.out, args.wheels, args.keep_venv)
-    return Session(args.out, args.wheels, args.tiny, args.budget, args.site).run()
+        return dry_run(args.out, args.wheels, args.keep_venv, args.parts)
+    return Session(args.out, args.wheels, args.tiny, args.budget, args.site, args.parts).run()
 
 
 if __name__ == "__main__":

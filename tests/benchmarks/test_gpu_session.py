@@ -89,6 +89,11 @@ def test_the_parts_fit_a_device_command_most_valuable_first():
     assert sum(part.seconds for part in gpu_session.PARTS) <= gpu_session.BUDGET <= 600 - 45
 
 
+def test_a_rerun_of_some_parts_installs_first(tmp_path):
+    session = gpu_session.Session(tmp_path, tmp_path, tiny=False, budget=1, site=tmp_path, only=["scale", "gpu_check"])
+    assert [part.name for part in session.parts] == ["install", "gpu_check", "scale"]
+
+
 def test_a_hanging_part_is_killed_with_its_children_and_the_next_still_runs(tmp_path, monkeypatch):
     marker = tmp_path / "grandchild_survived"
     python = sys.executable
