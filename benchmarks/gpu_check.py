@@ -50,11 +50,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 from peft import LoraConfig
 
+from rdpo_lightning import robust
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.distributed import FSDP2Strategy
 from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.quiet import quiet_trainer
-from rdpo_lightning.robust import CVaR, KLReweighter, NoRobust, WassersteinPenalty
+from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
 
 #: a GPT-2-shaped model big enough that sharding does real work, small enough to build in seconds
 MODEL = {"model_type": "gpt2", "n_layer": 6, "n_head": 8, "n_embd": 512, "n_positions": 128}
@@ -81,12 +82,13 @@ CASES = {
     "none+full": (NoRobust, False, True),
     "wdpo_fd+pf": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False, True),
     "wdpo_exact+pf": (functools.partial(WassersteinPenalty, rho=0.01, mode="exact"), False, True),
-    "kl+accum": (functools.partial(KLReweighter, tau=1.0), False, True),
-    "cvar+accum": (functools.partial(CVaR, worst_fraction=0.25), False, True),
+    "kl+accum": (functools.partial(robust.KLReweighter, tau=1.0), False, True),
+    "cvar+accum": (functools.partial(robust.CVaR, worst_fraction=0.25), False, True),
     "lora_base+adapter_only": (functools.partial(KLReweighter, tau=1.0), False, True),
     "mixtral+router": (NoRobust, False, True),
-    # issue 25 ("Robust to the mixture itself"): once its strategy lands, its case is this one line (named as landed):
-    # "mixture": (functools.partial(MixtureDRO, radius=0.2), False, True),
+    # issue 25 ("Robust to the mixture itself"): once its strategy lands, its case is this one line, uncommented
+    # (with the class name and arguments it landed with; gpu_check.sh counts the cases it expects from PLAN lines):
+    # "mixture": (functools.partial(robust.MixtureDRO, radius=0.2), False, True),
     "qlora": (NoRobust, False, True),
     "qlora+export": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False, True),
     "qlora+resume+export": (NoRobust, False, True),
