@@ -97,9 +97,18 @@ class AccumulationWindow:
             )
 
 
-def scale_gradients(model: torch.nn.Module, factor: float) -> None:
-    """Multiply every accumulated gradient of ``model`` by ``factor`` (the softmax route's rescaling)."""
-    for param in model.parameters():
+def optimized_parameters(optimizer: Any) -> list[Tensor]:
+    """The parameters an optimizer (or Lightning's wrapper of one) steps."""
+    return [param for group in getattr(optimizer, "optimizer", optimizer).param_groups for param in group["params"]]
+
+
+def scale_gradients(parameters: list[Tensor], factor: float) -> None:
+    """Multiply the accumulated gradients of ``parameters`` by ``factor`` (the softmax route's rescaling).
+
+    Pass the optimizer's parameters (:func:`optimized_parameters`), not the module's: between its forward and backward
+    an FSDP2 root module shows its unsharded parameters (no ``.grad``), while the gradients accumulated so far stay on
+    the sharded parameters the optimizer holds."""
+    for param in parameters:
         if param.grad is not None:
             param.grad.mul_(factor)
 

@@ -40,6 +40,7 @@ from rdpo_lightning.training.accumulation import (
     AccumulationWindow,
     MicroBatch,
     WindowPasses,
+    optimized_parameters,
     optimizer_steps,
     run_window,
     scale_gradients,
@@ -335,7 +336,7 @@ class RobustDPO(L.LightningModule):
             forward=self.policy_forward,
             seed=functools.partial(seed_training_batch, self.trainer),
             backward=self.manual_backward,
-            scale_gradients=functools.partial(scale_gradients, self.policy),
+            scale_gradients=functools.partial(scale_gradients, optimized_parameters(optimizer)),
             gather=self._gather,
             world_size=self.trainer.world_size,
             router_aux_coef=self._router_aux_coef,
@@ -343,8 +344,7 @@ class RobustDPO(L.LightningModule):
         done = run_window(window, self.robust, passes, self.objective_scope)
         self.nonfinite.observe_loss(done.output.loss)
         optimizer.step()  # clipping happens in on_before_optimizer_step, after any loss-scale unscaling
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
+        if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()
         log_training_step(self, done.pairs, done.output, done.router_aux)
 

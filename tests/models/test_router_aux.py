@@ -108,7 +108,7 @@ def window_passes(dpo: RobustDPO) -> WindowPasses:
         forward=dpo.policy_forward,
         seed=lambda index: None,
         backward=lambda loss: loss.backward(),
-        scale_gradients=functools.partial(scale_gradients, dpo.policy),
+        scale_gradients=functools.partial(scale_gradients, list(dpo.policy.parameters())),
         gather=local_gather,
         world_size=1,
         router_aux_coef=dpo._router_aux_coef,
