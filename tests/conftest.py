@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning.pytorch  # noqa: F401  (its log handler binds sys.stderr on import: at collection, not in a capsys test)
-import pytest
+# One torch thread for the suite and for every process it starts (they inherit the variable), unless the caller set a
+# count: its tensors are tiny, and on a shared 2-core machine a second OpenMP thread mostly spins while its partner
+# waits for a core (tests/models took 72 s of CPU at 2 threads, 17 s at 1). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import lightning.pytorch  # noqa: E402, F401  (its log handler binds sys.stderr on import: at collection, not in a capsys test)
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
