@@ -51,8 +51,9 @@ RESULTS = HERE / "results" / "largest_batch.md"
 FRAMEWORKS = ("ours-dpo", "trl-dpo")
 #: Llama 3.2 1B's shape, random weights
 MODEL_1B = replace(LLAMA_1B, steps=1, device="cuda", bf16=True)
+#: a smoke run, on one thread as scale.py's TINY
 TINY = Settings(vocab=2000, layers=2, hidden=64, heads=4, kv_heads=2, mlp=128, steps=1, min_length=16,
-                max_length=256, median_length=64)  # fmt: skip
+                max_length=256, median_length=64, threads=1)  # fmt: skip
 
 
 def trial(name: str, pairs: int, settings: Settings, model: dict[str, str], work: Path, budget_gib: float) -> dict:

@@ -43,16 +43,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.throughput`
 
 from benchmarks.throughput import (  # noqa: E402
-    BETA,
     PRELOAD,
     THREADS,
     TRL_PRELOAD,
     StepClock,
     peak_rss,
+    quiet_worker,
     reset_peak_rss,
     time_our_fit,
     token_digest,
-    trl_step_timer,
+    train_trl,
+    trl_args,
 )
 
 RESULTS = Path(__file__).parent / "results" / "lora.md"
@@ -73,13 +74,16 @@ class Settings:
     lr: float = 1e-4
     rank: int = 16
     seed: int = 0
+    threads: int = THREADS
 
     @property
     def total_steps(self) -> int:
         return self.warmup + self.steps
 
 
-TINY = Settings(steps=2, warmup=1, batch_size=2, seq_len=16, layers=2, hidden=64, heads=2, intermediate=128, vocab=512)
+#: a smoke run, on one thread as scale.py's TINY
+TINY = Settings(steps=2, warmup=1, batch_size=2, seq_len=16, layers=2, hidden=64, heads=2, intermediate=128, vocab=512,
+                threads=1)  # fmt: skip
 
 
 def lora_config(settings: Settings):
@@ -160,64 +164,16 @@ def run_ours(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str,
 
 
 def run_trl(lora: bool, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
-    import datasets
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
     clock = StepClock()
-    args = DPOConfig(
-        output_dir=str(Path(paths["work"]) / f"trl-{'lora' if lora else 'full'}"),
-        per_device_train_batch_size=settings.batch_size,
-        max_length=settings.seq_len,
-        max_steps=settings.total_steps,
-        learning_rate=settings.lr,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        beta=BETA,
-        seed=settings.seed,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        dataloader_num_workers=0,
-        logging_strategy="no",
-        optim="adamw_torch",
-        lr_scheduler_type="constant",
-        precompute_ref_log_probs=False,
-    )
-    timer = trl_step_timer(clock)
-    trainer = DPOTrainer(
-        model=paths["model"],
-        args=args,
-        train_dataset=datasets.load_from_disk(paths["pairs"]),
-        processing_class=AutoTokenizer.from_pretrained(paths["tokenizer"]),
-        peft_config=lora_config(settings) if lora else None,
-        callbacks=[timer],
-    )
-    timer.trainer = trainer
-    trainer.train()
+    args = trl_args(settings, str(Path(paths["work"]) / f"trl-{'lora' if lora else 'full'}"))
+    trainer = train_trl(args, paths, clock, peft_config=lora_config(settings) if lora else None)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     return {**clock.result(), "digest": token_digest(trainer.train_dataset), "trainable": trainable}
 
 
 def worker(name: str, settings: Settings, paths: dict[str, str], result_path: str) -> None:
     """One configuration in a fresh process: threads, peak-RSS reset after imports, run, write JSON."""
-    import logging
-    import warnings
-
-    import datasets
-    import torch
-    import transformers
-
-    torch.set_num_threads(THREADS)
-    os.environ["TQDM_DISABLE"] = "1"
-    warnings.filterwarnings("ignore")
-    for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl", "peft"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_worker(settings.threads)
     framework, kind = name.split("-")
     baseline = reset_peak_rss()
     load_before = os.getloadavg()[0]
@@ -346,8 +302,8 @@ def main(argv: list[str] | None = None) -> str:
         f"d={settings.hidden}, {settings.heads} heads, MLP {settings.intermediate}, vocabulary {settings.vocab}, "
         f"untied); LoRA r={settings.rank}, alpha {2 * settings.rank}, all-linear; batch {settings.batch_size} pairs "
         f"(= {2 * settings.batch_size} sequences) x {settings.seq_len} tokens; fp32, AdamW lr {settings.lr:g}, "
-        f"reference every step; median of {settings.steps} steps after {settings.warmup} warm-up; {THREADS} torch "
-        f"threads; {os.cpu_count()}-CPU {cpu_name()}; {versions}; 1-min load "
+        f"reference every step; median of {settings.steps} steps after {settings.warmup} warm-up; {settings.threads} "
+        f"torch threads; {os.cpu_count()}-CPU {cpu_name()}; {versions}; 1-min load "
         f"average {min(loads):.1f}-{max(loads):.1f} during the runs."
     )
     table = render(rows, header)

@@ -80,8 +80,10 @@ class Settings:
     memory_budget_gib: float | None = None  # on a GPU: the process's memory cap (set_per_process_memory_fraction)
 
 
+#: a smoke run: one thread (on a shared 2-core machine a second OpenMP thread of a tiny model mostly spins, and its
+#: steps took ten times as long)
 TINY = Settings(vocab=2000, layers=2, hidden=64, heads=4, kv_heads=2, mlp=128, batch_size=2, steps=1,
-                min_length=16, max_length=128, median_length=32)  # fmt: skip
+                min_length=16, max_length=128, median_length=32, threads=1)  # fmt: skip
 #: Llama 3.2 1B's shape: 16 layers, hidden 2,048, 32 / 8 heads, MLP 8,192, tied vocabulary 128,256 (1.24 B parameters)
 LLAMA_1B = Settings(layers=16, hidden=2048, heads=32, kv_heads=8, mlp=8192, tied=True)
 

@@ -80,6 +80,7 @@ class Settings:
     hidden: int = 256
     lr: float = 1e-4
     seed: int = 0
+    threads: int = THREADS
 
     @property
     def heads(self) -> int:
@@ -370,13 +371,27 @@ def trl_step_timer(clock: StepClock):
 
 # --- TRL's side ------------------------------------------------------------------------------------------------------
 def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
-    import datasets
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
     clock = StepClock()
+    output_dir = str(Path(paths["work"]) / f"trl-{config.name}")
+    args = trl_args(settings, output_dir, config.trl_defaults, bf16=config.bf16, precompute=config.precompute)
+    trainer = train_trl(args, paths, clock)
+    ran_with = {
+        "bf16": bool(trainer.args.bf16),
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "optim": str(trainer.args.optim.value),
+        "precompute_ref_log_probs": bool(trainer.args.precompute_ref_log_probs),
+    }
+    return {**clock.result(), "digest": token_digest(trainer.train_dataset), "trl": ran_with}
+
+
+def trl_args(settings, output_dir: str, trl_defaults: bool = False, bf16: bool = False, precompute: bool = False):
+    """TRL's ``DPOConfig`` like ours (``settings``' batch, length, steps, lr and seed; AdamW, no weight decay, clip 1.0,
+    no logging or saving); unless ``trl_defaults``, also fp32 (or bf16 autocast), no gradient checkpointing, torch's
+    AdamW, a constant learning rate and the reference computed every step (or ``precompute``-d)."""
+    from trl import DPOConfig
+
     common = {
-        "output_dir": str(Path(paths["work"]) / f"trl-{config.name}"),
+        "output_dir": output_dir,
         "per_device_train_batch_size": settings.batch_size,
         "max_length": settings.seq_len,
         "max_steps": settings.total_steps,
@@ -390,19 +405,26 @@ def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[s
         "disable_tqdm": True,
         "use_cpu": True,  # on a machine without GPU, TRL refuses to start without it
     }
-    if config.trl_defaults:  # everything else as a CPU user gets it: bf16 autocast, gradient checkpointing, fused AdamW
-        args = DPOConfig(**common)
-    else:
-        args = DPOConfig(
-            **common,
-            bf16=config.bf16,
-            gradient_checkpointing=False,
-            dataloader_num_workers=0,
-            logging_strategy="no",
-            optim="adamw_torch",  # torch.optim.AdamW with its defaults, as ours
-            lr_scheduler_type="constant",
-            precompute_ref_log_probs=config.precompute,
-        )
+    if trl_defaults:  # everything else as a CPU user gets it: bf16 autocast, gradient checkpointing, fused AdamW
+        return DPOConfig(**common)
+    return DPOConfig(
+        **common,
+        bf16=bf16,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        logging_strategy="no",
+        optim="adamw_torch",  # torch.optim.AdamW with its defaults, as ours
+        lr_scheduler_type="constant",
+        precompute_ref_log_probs=precompute,
+    )
+
+
+def train_trl(args, paths: dict[str, str], clock: StepClock, **trainer_args: Any):
+    """A ``DPOTrainer`` with ``args`` on the benchmark's model and pairs, trained with its steps timed on ``clock``."""
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
     timer = trl_step_timer(clock)
     trainer = DPOTrainer(
         model=paths["model"],
@@ -410,16 +432,11 @@ def run_trl(config: Config, settings: Settings, paths: dict[str, str]) -> dict[s
         train_dataset=datasets.load_from_disk(paths["pairs"]),
         processing_class=AutoTokenizer.from_pretrained(paths["tokenizer"]),
         callbacks=[timer],
+        **trainer_args,
     )
     timer.trainer = trainer
     trainer.train()
-    ran_with = {
-        "bf16": bool(trainer.args.bf16),
-        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
-        "optim": str(trainer.args.optim.value),
-        "precompute_ref_log_probs": bool(trainer.args.precompute_ref_log_probs),
-    }
-    return {**clock.result(), "digest": token_digest(trainer.train_dataset), "trl": ran_with}
+    return trainer
 
 
 # --- the floor: a plain PyTorch loop, no framework ------------------------------------------------------------------
@@ -477,8 +494,8 @@ def run_torch_loop(config: Config, settings: Settings, paths: dict[str, str]) ->
 RUNNERS = {"ours": run_ours, "trl": run_trl, "torch": run_torch_loop}
 
 
-def worker(name: str, settings: Settings, paths: dict[str, str], result_path: str, live_memory: bool) -> None:
-    """One configuration in a fresh process: threads, allocator mode, peak-RSS reset, run, write JSON."""
+def quiet_worker(threads: int) -> None:
+    """A configuration's own process: ``threads`` torch threads, and no library's warnings, logs or progress bars."""
     import logging
     import warnings
 
@@ -486,13 +503,20 @@ def worker(name: str, settings: Settings, paths: dict[str, str], result_path: st
     import torch
     import transformers
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore")
-    for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl"):
+    for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl", "peft"):
         logging.getLogger(logger).setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+
+
+def worker(name: str, settings: Settings, paths: dict[str, str], result_path: str, live_memory: bool) -> None:
+    """One configuration in a fresh process: threads, allocator mode, peak-RSS reset, run, write JSON."""
+    import torch
+
+    quiet_worker(settings.threads)
     if live_memory:
         return_freed_blocks_to_kernel()
     config = CONFIGS[name]
@@ -686,7 +710,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    base = Settings(steps=2, warmup=1, batch_size=2, seq_len=16, layers=1, hidden=32) if args.tiny else Settings()
+    tiny = Settings(steps=2, warmup=1, batch_size=2, seq_len=16, layers=1, hidden=32, threads=1)  # scale.py's TINY
+    base = tiny if args.tiny else Settings()
     given = {
         "steps": args.steps,
         "warmup": args.warmup,
@@ -766,7 +791,7 @@ def main(argv: list[str] | None = None) -> str:
         f"batch {settings.batch_size} pairs (= {2 * settings.batch_size} sequences) × {settings.seq_len} tokens; "
         f"AdamW lr {settings.lr:g}; median of {settings.steps} steps after {settings.warmup} warm-up"
         f"{f', median over {args.repeats} interleaved repeats' if args.repeats > 1 else ''}; "
-        f"{THREADS} torch threads; {os.cpu_count()}-CPU {platform.machine()}; {versions(names)}; "
+        f"{settings.threads} torch threads; {os.cpu_count()}-CPU {platform.machine()}; {versions(names)}; "
         f"1-min load average {min(loads):.1f}–{max(loads):.1f} during the timed runs."
     )
     table = render(rows, header)
