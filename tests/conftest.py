@@ -49,26 +49,40 @@ def world_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_word_tokenizer(AttributeWorld().vocabulary(), tmp_path_factory.mktemp("world_tokenizer"))
 
 
+def world_gpt2_config(tokenizer, **sizes):
+    """A GPT-2 config for a tokenizer of the world's vocabulary: its size and special tokens, and ``sizes``."""
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **sizes,
+    )
+
+
+def save_reinitialised(model_dir: Path, seed: int, directory: Path) -> Path:
+    """``model_dir``'s GPT-2 architecture with fresh weights drawn after ``torch.manual_seed(seed)``, saved."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config.from_pretrained(model_dir)).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer_dir: Path) -> Path:
     """A 2-layer GPT-2 for the world's vocabulary, written with ``save_pretrained``."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     from rdpo_lightning.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(world_tokenizer_dir)
     torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        n_positions=64,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = world_gpt2_config(tokenizer, n_layer=2, n_head=2, n_embd=32, n_positions=64)
     directory = tmp_path_factory.mktemp("tiny_gpt2")
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -106,13 +120,7 @@ def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer
 def tiny_reference_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """Another 2-layer GPT-2 like ``tiny_model_dir`` but initialised with another seed: a reference that differs
     from the policy, so validation losses and implicit rewards are not all log 2 and 0 before any training."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(1)
-    directory = tmp_path_factory.mktemp("tiny_gpt2_reference")
-    GPT2LMHeadModel(GPT2Config.from_pretrained(tiny_model_dir)).save_pretrained(directory)
-    return directory
+    return save_reinitialised(tiny_model_dir, 1, tmp_path_factory.mktemp("tiny_gpt2_reference"))
 
 
 def read_scalars(root: Path) -> dict[str, dict[int, float]]:

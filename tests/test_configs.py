@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from rdpo_lightning.cli import main
+from tests.cli.test_cli import run_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EMOTIONS = ["sadness", "joy", "love", "anger", "fear"]
@@ -31,15 +32,6 @@ def test_every_config_the_docs_and_configs_name_exists():
     }
     assert "configs/distributed/multinode.yaml" in named
     assert sorted(name for name in named if not (root / name).is_file()) == []
-
-
-def run_args(root: Path) -> list[str]:
-    return [
-        f"--trainer.default_root_dir={root}",
-        f"--trainer.logger.init_args.save_dir={root}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.log_every_n_steps=1",
-    ]
 
 
 def test_quickstart_logs_one_validation_result_per_mixture(tmp_path, tensorboard_scalars):

@@ -16,13 +16,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorld, AttributeWorldDataModule
 from rdpo_lightning.data.tokenizer import load_tokenizer
 from rdpo_lightning.training.module import RobustDPO
 from rdpo_lightning.training.quiet import quiet_trainer
+from tests.conftest import world_gpt2_config
 
 LENGTH = 4
 P_RAGE = 0.75
@@ -32,17 +33,7 @@ SHARPNESS = AttributeWorld().sharpness
 @pytest.fixture(scope="module")
 def two_word_policy_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer_dir: Path) -> Path:
     tokenizer = load_tokenizer(world_tokenizer_dir)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        n_positions=64,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = world_gpt2_config(tokenizer, n_layer=1, n_head=2, n_embd=32, n_positions=64, tie_word_embeddings=False)
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()

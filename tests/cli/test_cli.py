@@ -24,14 +24,21 @@ STRATEGY_TAGS = {
 }
 
 
-def small_run_args(root: Path) -> list[str]:
+def run_args(root: Path) -> list[str]:
+    """A run's checkpoints and TensorBoard events under ``root``, every step logged, no progress bar."""
     return [
         f"--trainer.default_root_dir={root}",
         f"--trainer.logger.init_args.save_dir={root}",
-        "--trainer.max_epochs=1",
-        "--trainer.log_every_n_steps=1",
-        "--trainer.val_check_interval=1.0",
         "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1",
+    ]
+
+
+def small_run_args(root: Path) -> list[str]:
+    return [
+        *run_args(root),
+        "--trainer.max_epochs=1",
+        "--trainer.val_check_interval=1.0",
         "--data.init_args.num_train=48",
         "--data.init_args.num_val=16",
         "--data.init_args.batch_size=16",

@@ -89,21 +89,10 @@ def _load_script():
 
 
 @pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
-    """Another random init of the tiny GPT-2: a reference unlike the initial policy."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(1)
-    directory = tmp_path_factory.mktemp("tiny_reference")
-    GPT2LMHeadModel(GPT2Config.from_pretrained(tiny_model_dir)).save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def distributed_runs(tmp_path_factory, tiny_model_dir: Path, reference_dir: Path) -> tuple[Path, str]:
+def distributed_runs(tmp_path_factory, tiny_model_dir: Path, tiny_reference_dir: Path) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("distributed_steps")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(SCRIPT), str(tiny_model_dir), str(reference_dir), str(out), *DISTRIBUTED_CASES]
+    command = [sys.executable, str(SCRIPT), str(tiny_model_dir), str(tiny_reference_dir), str(out), *DISTRIBUTED_CASES]
     done = subprocess.run(command, env=env, cwd=out, capture_output=True, text=True, timeout=300)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
@@ -116,7 +105,7 @@ def single_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def single_runs(single_cache, tiny_model_dir: Path, reference_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+def single_runs(single_cache, tiny_model_dir: Path, tiny_reference_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     import datasets
 
     datasets.disable_progress_bars()
@@ -124,7 +113,7 @@ def single_runs(single_cache, tiny_model_dir: Path, reference_dir: Path) -> dict
     runs = SingleRuns()
     for robust in SINGLE_CASES:
         case = f"single:{robust}" + ("+save" if robust == "none+lora" else "")
-        params, refusal = script.run_case(case, str(tiny_model_dir), str(reference_dir), str(single_cache))
+        params, refusal = script.run_case(case, str(tiny_model_dir), str(tiny_reference_dir), str(single_cache))
         assert refusal is None, refusal
         runs[robust], runs.logged[robust] = params, script.LOGGED[case]
     return runs
@@ -163,11 +152,11 @@ def test_distributed_step_equals_single_process_full_batch(case, distributed_run
 
 @pytest.mark.parametrize("case", ["none+full", "wdpo_exact+full", "wdpo_fd+pf", "wdpo_exact+pf", "kl+pf"])
 def test_full_logits_and_padding_free_single_steps_equal_the_default(
-    case, single_runs, tiny_model_dir, reference_dir, tmp_path
+    case, single_runs, tiny_model_dir, tiny_reference_dir, tmp_path
 ):
     """The default (fused log-probs, padded batches) against the full-logits path and against packed batches."""
     script = _load_script()
-    params, refusal = script.run_case(f"single:{case}", str(tiny_model_dir), str(reference_dir), str(tmp_path))
+    params, refusal = script.run_case(f"single:{case}", str(tiny_model_dir), str(tiny_reference_dir), str(tmp_path))
     assert refusal is None, refusal
     got = _deltas(params, tiny_model_dir)
     want = _deltas(single_runs[case.split("+")[0]], tiny_model_dir)

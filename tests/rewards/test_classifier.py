@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
 
 from rdpo_lightning.data.tokenizer import load_tokenizer
 from rdpo_lightning.rewards import SequenceClassifierReward
+from tests.conftest import world_gpt2_config
 
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
@@ -19,17 +20,10 @@ def classifier_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer_dir
     """A tiny randomly initialised GPT-2 emotion classifier saved like the paper's (6 labels)."""
     tokenizer = load_tokenizer(world_tokenizer_dir)
     torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        n_positions=64,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={name: i for i, name in enumerate(LABELS)},
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = world_gpt2_config(
+        tokenizer, n_layer=1, n_head=2, n_embd=16, n_positions=64, num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)), label2id={name: i for i, name in enumerate(LABELS)},
+    )  # fmt: skip
     directory = tmp_path_factory.mktemp("tiny_emotion_classifier")
     GPT2ForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

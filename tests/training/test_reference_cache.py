@@ -14,6 +14,7 @@ from rdpo_lightning.losses import IPOLoss
 from rdpo_lightning.training.module import RobustDPO
 from rdpo_lightning.training.quiet import quiet_trainer
 from rdpo_lightning.training.reference_cache import ReferenceCache, shard_indices, unshard
+from tests.conftest import save_reinitialised
 
 
 @pytest.fixture()
@@ -36,12 +37,7 @@ def lightning_messages():
 
 @pytest.fixture(scope="module")
 def other_reference_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(2)
-    directory = tmp_path_factory.mktemp("other_reference")
-    GPT2LMHeadModel(GPT2Config.from_pretrained(tiny_model_dir)).save_pretrained(directory)
-    return directory
+    return save_reinitialised(tiny_model_dir, 2, tmp_path_factory.mktemp("other_reference"))
 
 
 def fit(model_dir, cache_dir, seed=0, reference=None, precompute=True, max_steps=1, pair_loss=None):
