@@ -1,19 +1,19 @@
-"""README, "Bring your own model": every command of its block runs as written (``rdpo`` and ``python`` from this
-environment), from a directory holding tiny stand-ins for the user's model (``path/to/my-model``, a saved GPT-2 with
-its tokenizer), pairs (``pairs.jsonl``) and a shifted set (``other_users.jsonl``: pairs with the opposite
-preference); the block ends in ``rdpo validate``'s table of both sets and their worst case."""
+"""README, "Bring your own model": every command of its block runs as written, from a directory holding tiny
+stand-ins for the user's model (``path/to/my-model``, a saved GPT-2 with its tokenizer), pairs (``pairs.jsonl``) and a
+shifted set (``other_users.jsonl``: pairs with the opposite preference); the block ends in ``rdpo validate``'s table of
+both sets and their worst case. The commands run in-process, as the console script and the interpreter run them
+(``rdpo`` is :func:`rdpo_lightning.cli.run`, ``python -c`` executes its code as ``__main__``): four fresh interpreters
+would add only their start-up (a multi-process ``rdpo`` run is tests/distributed/test_cli_fsdp2.py's)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+from rdpo_lightning.cli import run
 from tests.cli.test_input_errors import write_pairs
 from tests.test_own_data_shifts import table_rows
 
@@ -28,14 +28,15 @@ def readme_commands() -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_readme_commands_run_on_tiny_stand_ins(tmp_path, tiny_model_dir):
+def test_readme_commands_run_on_tiny_stand_ins(tmp_path, tiny_model_dir, monkeypatch, capsys):
     shutil.copytree(tiny_model_dir, tmp_path / "path" / "to" / "my-model")
     write_pairs(tmp_path / "pairs.jsonl", count=24)
     flipped = [json.loads(line) for line in write_pairs(tmp_path / "other_users.jsonl", count=8, seed=1).open()]
     flipped = [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} for row in flipped]  # a shifted set
     (tmp_path / "other_users.jsonl").write_text("".join(json.dumps(row) + "\n" for row in flipped))
     (tmp_path / "configs").symlink_to(ROOT / "configs")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RDPO_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RDPO_CACHE", str(tmp_path / "cache"))
     commands = readme_commands()
     assert [c.split()[:2] for c in commands] == [
         ["rdpo", "fit"],
@@ -45,14 +46,14 @@ def test_readme_commands_run_on_tiny_stand_ins(tmp_path, tiny_model_dir):
     ]
     outputs = []
     for command in commands:
-        argv = shlex.split(command)
-        if argv[0] == "rdpo":
-            argv = [sys.executable, "-m", "rdpo_lightning.cli", *argv[1:]]
+        program, *args = shlex.split(command)
+        capsys.readouterr()
+        if program == "rdpo":
+            run(args)  # the console script; a usage or configuration error would raise SystemExit(2)
         else:
-            argv[0] = sys.executable
-        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
-        outputs.append(done.stdout)
+            assert args[0] == "-c", command
+            exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
+        outputs.append(capsys.readouterr().out)
     assert (tmp_path / "my-model-rdpo" / "model.safetensors").is_file()
     assert "worst-case loss" in (tmp_path / "my-model-rdpo" / "README.md").read_text()
     generated = outputs[2].strip()

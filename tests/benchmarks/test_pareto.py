@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rdpo_lightning.pareto import Point, mean_gap
-from tests.benchmarks.tiny_runs import ROOT, run_tiny
+from tests.benchmarks.tiny_runs import run_tiny, run_tiny_here
 
 pareto = importlib.import_module("benchmarks.pareto")
 
@@ -25,13 +25,14 @@ EXPECTED = {
 
 @pytest.mark.parametrize("scenario", sorted(EXPECTED))
 def test_tiny_scenario_judges_every_family_from_its_logged_points(scenario: str, tmp_path: Path):
-    results = ROOT / "benchmarks" / "results"
-    before = {p.name: p.stat().st_mtime for p in results.iterdir()}
-    out_args = [] if scenario == "label" else ["--out", str(tmp_path)]  # label: the --tiny default directory
-    run = run_tiny("pareto", "--scenario", scenario, *out_args, cwd=tmp_path)
-    assert {p.name: p.stat().st_mtime for p in results.iterdir()} == before  # --tiny left results/ alone
+    if scenario == "label":  # as a user runs it, into the --tiny default directory: $TMPDIR/rdpo_lightning_tiny
+        run = run_tiny("pareto", "--scenario", scenario, cwd=tmp_path, TMPDIR=str(tmp_path))
+        expected_out = tmp_path / pareto.shift.TINY_OUT.name
+    else:  # main in this process: the label run shows the script runs as a user runs it
+        run = run_tiny_here("pareto", "--scenario", scenario, "--out", str(tmp_path), cwd=tmp_path)
+        expected_out = tmp_path
     out = Path(re.search(r"wrote (\S+)/pareto_", run.stderr).group(1))
-    assert out == (tmp_path if out_args else pareto.shift.TINY_OUT)
+    assert out == expected_out
     stem = out / f"pareto_{scenario}"
     assert stem.with_suffix(".txt").read_text().strip() == run.stdout.strip()
     assert stem.with_suffix(".png").read_bytes().startswith(b"\x89PNG")

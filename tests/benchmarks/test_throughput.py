@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks.tiny_runs import run_tiny
+from tests.benchmarks.tiny_runs import run_tiny, run_tiny_here
 
 
 def load_script():
@@ -25,15 +25,17 @@ def table_rows(text: str, first_cell: set[str]) -> dict[str, list[str]]:
     return rows
 
 
-def run_throughput(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_throughput(tmp_path: Path, *extra: str, here: bool = False) -> subprocess.CompletedProcess:
     out = str(tmp_path / "throughput.md")
-    return run_tiny("throughput", "--out", out, *extra, cwd=tmp_path, RDPO_CACHE=str(tmp_path / "cache"))
+    run = run_tiny_here if here else run_tiny
+    return run("throughput", "--out", out, *extra, cwd=tmp_path, RDPO_CACHE=str(tmp_path / "cache"))
 
 
 def test_tiny_run_without_trl_times_our_configurations(tmp_path: Path) -> None:
-    """Our side of the benchmark needs no TRL (the ``bench`` extra): it runs, and rows of TRL are absent."""
+    """Our side of the benchmark needs no TRL (the ``bench`` extra): it runs, and rows of TRL are absent. Main in this
+    process (the next test runs the script as a user does); each configuration in its own forked process."""
     throughput = load_script()
-    run = run_throughput(tmp_path, "--skip-trl", "--methods", "dpo,kldpo,wdpo-fd")
+    run = run_throughput(tmp_path, "--skip-trl", "--methods", "dpo,kldpo,wdpo-fd", here=True)
     rows = table_rows(run.stdout, set(throughput.CONFIGS))
     assert set(rows) == {"dpo", "kldpo", "wdpo-finite_difference"}
     header = table_rows(run.stdout, {"config"})["config"]
