@@ -1,16 +1,17 @@
 """An adapter-only checkpoint on 2 gloo CPU processes, under FSDP2 (a distributed checkpoint) or DDP (a file):
 saved, restored, resumed.
 
-Run as a script (Lightning re-executes it for rank 1): ``python _adapter_checkpoint.py MODEL_DIR OUT_DIR STRATEGY``
-with STRATEGY ``fsdp2`` or ``ddp``.
+Run as a script (Lightning re-executes it for rank 1): ``python _adapter_checkpoint.py MODEL_DIR OUT_DIR STRATEGY
+[STRATEGY ...]`` with each STRATEGY ``fsdp2`` or ``ddp``: one launch runs them in turn (both ranks stay up between
+them), each writing under ``OUT_DIR/<STRATEGY>`` (``DIR`` below).
 
 1. ``uninterrupted``: a LoRA fit of 4 AdamW steps (3 batches an epoch) on the ``MODEL_DIR`` base, with a
-   distributed-checkpoint directory ``OUT_DIR/checkpoints/step=<k>.ckpt`` after every step. As each is written,
+   distributed-checkpoint directory ``DIR/checkpoints/step=<k>.ckpt`` after every step. As each is written,
    every rank writes the local shards of its trainable weights and of their optimizer moments to
-   ``OUT_DIR/saved-step<k>-rank<r>.pt``; rank 0 writes the full policy at the end to ``OUT_DIR/uninterrupted.pt``.
+   ``DIR/saved-step<k>-rank<r>.pt``; rank 0 writes the full policy at the end to ``DIR/uninterrupted.pt``.
 2. ``resumed``: a new module and Trainer resume from ``step=2.ckpt`` (mid-epoch) to step 4; at ``on_train_start``
-   (restored, no step taken) every rank writes its local shards to ``OUT_DIR/restored-rank<r>.pt`` (the base weights'
-   too); rank 0 the full policy at the end to ``OUT_DIR/resumed.pt``.
+   (restored, no step taken) every rank writes its local shards to ``DIR/restored-rank<r>.pt`` (the base weights'
+   too); rank 0 the full policy at the end to ``DIR/resumed.pt``.
 
 ``ADAPTER_ONLY=0`` in the environment writes full checkpoints instead (for comparison by hand).
 """
@@ -114,8 +115,14 @@ def full_policy(module: RobustDPO) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     datasets.disable_progress_bars()
-    model_dir, out_dir, strategy = sys.argv[1:]
-    out = Path(out_dir)
+    model_dir, out_dir, *strategies = sys.argv[1:]
+    for strategy in strategies:
+        out = Path(out_dir) / strategy
+        out.mkdir(exist_ok=True)
+        save_and_resume(model_dir, out, strategy)
+
+
+def save_and_resume(model_dir: str, out: Path, strategy: str) -> None:
     every_step = ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=1, save_top_k=-1, filename="{step}")
     module, trainer = run(model_dir, out, strategy, STEPS, callbacks=[every_step, RecordShards(out, "save")])
     uninterrupted = full_policy(module)

@@ -17,14 +17,16 @@ ROOT = HERE.parent.parent
 SCRIPT = HERE / "_adapter_checkpoint.py"
 WORLD = 2
 RESUME_AT = 2  # the checkpoint the script resumes from
+STRATEGIES = ("fsdp2", "ddp")
 
 
-@pytest.fixture(scope="module", params=["fsdp2", "ddp"])
-def launched(request, tmp_path_factory, tiny_model_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp(f"{request.param}_adapter_checkpoint")
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    """One launch of 2 processes runs both strategies in turn."""
+    out = tmp_path_factory.mktemp("adapter_checkpoint")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tiny_model_dir), str(out), request.param],
+        [sys.executable, str(SCRIPT), str(tiny_model_dir), str(out), *STRATEGIES],
         env=env,
         cwd=out,
         capture_output=True,
@@ -32,7 +34,12 @@ def launched(request, tmp_path_factory, tiny_model_dir: Path) -> Path:
         timeout=300,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return out  # its name begins with the strategy
+    return out
+
+
+@pytest.fixture(params=STRATEGIES)
+def launched(request, launch: Path) -> Path:
+    return launch / request.param  # named after the strategy
 
 
 def test_every_ranks_adapter_shards_and_moments_are_restored(launched):

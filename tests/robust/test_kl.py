@@ -132,32 +132,44 @@ def _per_pair_losses(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softplus(-model(x).squeeze(-1))
 
 
-def _ddp_worker(rank: int, world: int, store: str, x: torch.Tensor, tau: float, normalize: bool, queue) -> None:
-    gather = gloo_ranks.join(rank, world, store)
-    torch.manual_seed(0)
-    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1).double())
+NORMALIZE = (True, False)
+TAU = 0.5
 
-    local = x.chunk(world)[rank]
-    losses = _per_pair_losses(model, local)
-    out = KLReweighter(tau=tau, normalize=normalize)(ScoredPairs(losses=losses, gather=gather, world_size=world))
-    out.loss.backward()
+
+def _pairs() -> torch.Tensor:
+    return torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def _ddp_worker(rank: int, world: int, store: str, x: torch.Tensor, tau: float, queue) -> None:
+    gather = gloo_ranks.join(rank, world, store)
+    grads = {}
+    for normalize in NORMALIZE:  # one launch for both forms
+        torch.manual_seed(0)
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1).double())
+        local = x.chunk(world)[rank]
+        losses = _per_pair_losses(model, local)
+        out = KLReweighter(tau=tau, normalize=normalize)(ScoredPairs(losses=losses, gather=gather, world_size=world))
+        out.loss.backward()
+        grads[normalize] = [p.grad.tolist() for p in model.parameters()]
+        del model  # DDP's reducer goes before its process group
     if rank == 0:
-        queue.put([p.grad.tolist() for p in model.parameters()])
-    del model  # DDP's reducer goes before its process group
+        queue.put(grads)
     gloo_ranks.leave(queue)
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_distributed_weighted_gradient_equals_full_batch(normalize, tmp_path):
-    """Two gloo ranks, DDP gradient averaging: the same gradient as one process on the whole batch."""
-    tau = 0.5
-    x = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    store = str(tmp_path / "gloo_store")
-    mp.start_processes(_ddp_worker, args=(2, store, x, tau, normalize, queue), nprocs=2, start_method="spawn")
-    distributed = queue.get(timeout=60)
+@pytest.fixture(scope="module")
+def distributed_grads(tmp_path_factory) -> dict[bool, list]:
+    """Rank 0's gradient after DDP's averaging, by ``normalize``, from one 2-process launch."""
+    queue = mp.get_context("spawn").Queue()
+    store = str(tmp_path_factory.mktemp("kl_ddp") / "gloo_store")
+    mp.start_processes(_ddp_worker, args=(2, store, _pairs(), TAU, queue), nprocs=2, start_method="spawn")
+    return queue.get(timeout=60)
 
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_distributed_weighted_gradient_equals_full_batch(normalize, distributed_grads):
+    """Two gloo ranks, DDP gradient averaging: the same gradient as one process on the whole batch."""
+    tau, x, distributed = TAU, _pairs(), distributed_grads[normalize]
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1).double()
     KLReweighter(tau=tau, normalize=normalize)(ScoredPairs(losses=_per_pair_losses(model, x))).loss.backward()
