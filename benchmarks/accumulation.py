@@ -47,11 +47,11 @@ from benchmarks.scale import (  # noqa: E402
     add_gpu_arguments,
     fixed_pairs,
     gpu_settings,
+    launch_worker,
     peak_rss_kib,
     prepare,
     publish,
     real_tokens,
-    worker_env,
 )
 
 RESULTS = HERE / "results" / "accumulation.md"
@@ -155,11 +155,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 def run_fresh(name: str, settings: Settings, micro_batch: int, paths: dict[str, str]) -> dict[str, Any]:
     out = Path(paths["work"]) / f"{name}.json"
     spec = {"name": name, "settings": asdict(settings), "micro_batch": micro_batch, "paths": paths, "out": str(out)}
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=worker_env(settings.threads),
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
-    result = json.loads(out.read_text())
+    result = launch_worker(__file__, spec, settings.threads)
     print(f"  {name}: {result['wall']:.0f} s, peak {result['peak_rss_kib'] / 2**20:.2f} GiB, steps"
           f" {[round(t, 1) for t in result['times']]} s, cpu {[round(t, 1) for t in result['cpu']]} s, load"
           f" {result['load']}", file=sys.stderr, flush=True)  # fmt: skip

@@ -35,7 +35,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,8 @@ from benchmarks.throughput import (  # noqa: E402
     peak_rss,
     quiet_worker,
     reset_peak_rss,
+    run_forked,
+    save_pairs,
     time_our_fit,
     token_digest,
     train_trl,
@@ -94,7 +95,6 @@ def lora_config(settings: Settings):
 
 def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
     """The tokenizer (``vocab`` words), the model and the pairs every configuration loads."""
-    import datasets
     import numpy as np
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -134,22 +134,11 @@ def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
         return [" ".join(rng.choice(words, count)) for _ in range(n)]
 
     prompts = text(prompt_words)
-    pairs = datasets.Dataset.from_dict(
-        {
-            "prompt": prompts,
-            "chosen": [" " + t for t in text(response_words)],
-            "rejected": [" " + t for t in text(response_words)],
-        }
-    )
-    pairs_dir = workdir / "pairs"
-    pairs.save_to_disk(pairs_dir)
-    length = len(tokenizer(prompts[0] + pairs[0]["chosen"])["input_ids"]) + 1
-    if length != settings.seq_len:
-        raise RuntimeError(f"built sequences of {length} tokens, expected --seq-len={settings.seq_len}")
+    chosen, rejected = text(response_words), text(response_words)  # the rng draws the chosen responses first
     return {
         "tokenizer": str(tokenizer_dir),
         "model": str(model_dir),
-        "pairs": str(pairs_dir),
+        "pairs": save_pairs(workdir, tokenizer, settings.seq_len, prompts, chosen, rejected),
         "work": str(workdir),
         "parameters": str(parameters),
     }
@@ -190,14 +179,7 @@ def run_configs(names: list[str], settings: Settings, paths: dict[str, str]) -> 
     results = {}
     for name in names:
         result_path = Path(paths["work"]) / f"result-{name}.json"
-        process = context.Process(target=worker, args=(name, settings, paths, str(result_path)), name=name)
-        start = time.perf_counter()
-        process.start()
-        process.join()
-        if process.exitcode != 0 or not result_path.exists():
-            raise RuntimeError(f"configuration {name!r} failed (exit code {process.exitcode}); see its traceback")
-        results[name] = json.loads(result_path.read_text())
-        print(f"  {name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        results[name] = run_forked(context, worker, (name, settings, paths, str(result_path)), result_path, name)
     return results
 
 

@@ -387,15 +387,21 @@ def worker_env(threads: int) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
 
 
+def launch_worker(script: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """``python <script> --worker <spec>``: one configuration in a fresh interpreter (its own resident high-water
+    mark) on ``threads`` threads; the result it wrote to ``spec["out"]`` (this script's runs, accumulation.py's)."""
+    done = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], env=worker_env(threads),
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec['name']} failed:\n{done.stderr[-4000:]}")
+    return json.loads(Path(spec["out"]).read_text())
+
+
 def run_fresh(name: str, settings: Settings, paths: dict[str, str], live: bool = False) -> dict[str, Any]:
     """One configuration in a fresh interpreter (its own resident high-water mark); ``live``: the live-memory run."""
     out = Path(paths["work"]) / f"{name}{'-live' if live else ''}.json"
-    spec = json.dumps({"name": name, "settings": asdict(settings), "paths": paths, "out": str(out), "live": live})
-    done = subprocess.run([sys.executable, __file__, "--worker", spec], env=worker_env(settings.threads),
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
-    result = json.loads(out.read_text())
+    spec = {"name": name, "settings": asdict(settings), "paths": paths, "out": str(out), "live": live}
+    result = launch_worker(__file__, spec, settings.threads)
     cuda = f" (GPU {result['cuda_peak_bytes'] / 2**30:.2f} GiB)" if "cuda_peak_bytes" in result else ""
     print(f"  {name}{' (live memory)' if live else ''}: {result['wall']:.0f} s, peak"
           f" {result['peak_rss_kib'] / 2**20:.2f} GiB{cuda}, steps {result['times']} s, cpu {result['cpu']} s, load"

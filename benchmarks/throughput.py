@@ -161,7 +161,6 @@ ALIASES = {"wdpo-fd": "wdpo-finite_difference", "wdpo": "wdpo-finite_difference"
 # --- shared inputs: tokenizer, model weights, pairs ----------------------------------------------------------------
 def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
     """Write the tokenizer, the initial model and the pairs every configuration loads."""
-    import datasets
     import numpy as np
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -195,22 +194,32 @@ def prepare(workdir: Path, settings: Settings) -> dict[str, str]:
     n = settings.total_steps * settings.batch_size
     prompts = world.sample_prompts(n, rng)
     first, second = world.sample_responses(n, rng), world.sample_responses(n, rng)
-    # Leading space: TRL tokenises prompt + completion as one string; the word-level tokenizer splits on whitespace.
+    return {
+        "tokenizer": str(tokenizer_dir),
+        "model": str(model_dir),
+        "pairs": save_pairs(workdir, tokenizer, settings.seq_len, prompts, first, second),
+        "work": str(workdir),
+        "vocab": str(len(tokenizer)),
+    }
+
+
+def save_pairs(
+    workdir: Path, tokenizer, seq_len: int, prompts: list[str], chosen: list[str], rejected: list[str]
+) -> str:
+    """The pairs as a dataset in ``workdir/pairs`` (its path), each sequence checked to be ``seq_len`` tokens (with
+    ``<eos>``). A space leads each response: TRL tokenises prompt + completion as one string, and the word-level
+    tokenizer splits on whitespace."""
+    import datasets
+
     pairs = datasets.Dataset.from_dict(
-        {"prompt": prompts, "chosen": [" " + t for t in first], "rejected": [" " + t for t in second]}
+        {"prompt": prompts, "chosen": [" " + t for t in chosen], "rejected": [" " + t for t in rejected]}
     )
     pairs_dir = workdir / "pairs"
     pairs.save_to_disk(pairs_dir)
     length = len(tokenizer(prompts[0] + pairs[0]["chosen"])["input_ids"]) + 1
-    if length != settings.seq_len:
-        raise RuntimeError(f"built sequences of {length} tokens, expected --seq-len={settings.seq_len}")
-    return {
-        "tokenizer": str(tokenizer_dir),
-        "model": str(model_dir),
-        "pairs": str(pairs_dir),
-        "work": str(workdir),
-        "vocab": str(len(tokenizer)),
-    }
+    if length != seq_len:
+        raise RuntimeError(f"built sequences of {length} tokens, expected --seq-len={seq_len}")
+    return str(pairs_dir)
 
 
 def token_digest(rows) -> str:
@@ -535,17 +544,22 @@ def worker(name: str, settings: Settings, paths: dict[str, str], result_path: st
 
 def run_one(context, name: str, settings: Settings, paths: dict[str, str], live_memory: bool) -> dict[str, Any]:
     result_path = Path(paths["work"]) / f"result-{name}-{'live' if live_memory else 'timed'}.json"
+    kind = "live-memory run" if live_memory else "timed run"
+    return run_forked(context, worker, (name, settings, paths, str(result_path), live_memory), result_path, name, kind)
+
+
+def run_forked(context, target: Callable, args: tuple, result_path: Path, name: str, kind: str = "run") -> dict:
+    """``target(*args)`` in a fresh process forked from ``context``'s forkserver; the JSON it wrote to
+    ``result_path``."""
     result_path.unlink(missing_ok=True)
-    process = context.Process(target=worker, args=(name, settings, paths, str(result_path), live_memory), name=name)
+    process = context.Process(target=target, args=args, name=name)
     start = time.perf_counter()
     process.start()
     process.join()
     if process.exitcode != 0 or not result_path.exists():
         raise RuntimeError(f"configuration {name!r} failed (exit code {process.exitcode}); see its traceback above")
-    result = json.loads(result_path.read_text())
-    kind = "live-memory run" if live_memory else "timed run"
     print(f"  {name}: {kind} done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    return result
+    return json.loads(result_path.read_text())
 
 
 def run_configs(
