@@ -1,0 +1,62 @@
+"""Per-pair score margins: what a pair's label would be under *any* mixture, not only the one that labelled it.
+
+A DataModule that knows each completion's K attribute scores (the attribute world, scored completions) hands every
+training pair the K differences Δ_k = s_k(chosen) − s_k(rejected), in the space its mixtures combine: raw scores for a
+convex mixture (r(α) = Σ α_k s_k, so r_α(chosen) − r_α(rejected) = α·Δ) and log scores for a geometric one
+(r(α) = Π s_k^α_k, so log r_α(chosen) − log r_α(rejected) = α·Δ). The column is ``score_margins`` (a list of K floats
+per pair, a (B, K) tensor in ``ScoredPairs.columns``); :class:`MixtureSpace` says what the K entries are and which
+mixture labelled the training pairs, so a strategy (:class:`~rdpo_lightning.robust.MixtureDRO`) can build mixtures
+around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rdpo_lightning.data.mixture import Mixture
+
+#: the per-pair column: K score differences, chosen minus rejected
+SCORE_MARGINS = "score_margins"
+
+
+@dataclass(frozen=True)
+class MixtureSpace:
+    """The attributes behind a DataModule's ``score_margins`` and the mixtures its training pairs were labelled at.
+
+    ``attributes``: the K names, in column order. ``kind``: ``convex`` or ``geometric`` (the margins are then of log
+    scores). ``train``: the training mixture(s), one per group. ``pair``: the indices of ``data.attribute_a`` and
+    ``data.attribute_b`` (the paper's one-parameter family α·r_a + (1 − α)·r_b), or None. ``train_keys``: how errors
+    name the training mixtures (``data.train_alpha``, ``data.train_mixtures``)."""
+
+    attributes: tuple[str, ...]
+    kind: str
+    train: tuple[Mixture, ...]
+    pair: tuple[int, int] | None = None
+    train_keys: str = "data.train_alpha"
+
+
+def score_margins(chosen: np.ndarray, rejected: np.ndarray, kind: str) -> list[float]:
+    """Δ = s(chosen) − s(rejected) (convex) or log s(chosen) − log s(rejected) (geometric), as a list of K floats.
+
+    A geometric margin of a score ≤ 0 is not a number (−inf, or NaN for two zeros): the strategy that weighs that
+    attribute refuses it with a line naming the column, and one that does not weigh it never reads it."""
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    if kind == "geometric":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            margins = np.log(np.where(chosen > 0, chosen, np.nan)) - np.log(np.where(rejected > 0, rejected, np.nan))
+    else:
+        margins = chosen - rejected
+    return [float(m) for m in margins]
+
+
+def attribute_pair(
+    attributes: Sequence[str], attribute_a: str | None, attribute_b: str | None
+) -> tuple[int, int] | None:
+    """The indices of ``attribute_a`` and ``attribute_b`` (already checked by the mixture grid), or None."""
+    if attribute_a is None or attribute_b is None:
+        return None
+    names = list(attributes)
+    return names.index(attribute_a), names.index(attribute_b)
