@@ -230,6 +230,7 @@ class RobustDPO(L.LightningModule):
         refusal = self.robust.accumulation_refusal(self.accumulate_grad_batches)
         if refusal is not None:
             raise InputError(refusal)
+        self.robust.setup_data(getattr(self.trainer, "datamodule", None))
         adapted = self.peft is not None or self.adapter is not None
         self.adapter_checkpoints.setup(strategy, adapted, self.model_name)
 
@@ -366,6 +367,9 @@ class RobustDPO(L.LightningModule):
             policy, counts, aux = self._sequence_scores(self.policy, batch, router_aux)
         half = counts.shape[0] // 2
         scores = PairScores(policy, reference, counts[:half], counts[half:], router_aux_loss=aux)
+        reversed_losses = (
+            self.pair_loss.pair_losses(scores.swapped(), self.beta) if self.robust.needs_reversed_losses else None
+        )
         return ScoredPairs(
             losses=self.pair_loss.pair_losses(scores, self.beta),
             scores=scores,
@@ -373,6 +377,7 @@ class RobustDPO(L.LightningModule):
             embeddings=captured[-1] if captured else None,  # the last forward: the one scored (see token_logps)
             gather=self._gather,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
+            reversed_losses=reversed_losses,
         )
 
     def _gather(self, tensor: Tensor) -> Tensor:
