@@ -16,8 +16,10 @@ from tests.benchmarks.tiny_runs import ROOT, run_tiny
 
 pareto = importlib.import_module("benchmarks.pareto")
 
+#: ``mixture`` is the label shift (its data, metrics, DPO, KLDPO and WDPO) with MixtureDRO and Mean added: it carries
+#: the ``label`` scenario's path at no extra run
 EXPECTED = {
-    "label": ({"DPO", "KLDPO", "WDPO"}, {"loss", "accuracy", "reward"}),
+    "mixture": ({"DPO", "KLDPO", "WDPO", "MixtureDRO", "Mean"}, {"loss", "accuracy", "reward"}),
     "group": ({"DPO", "KLDPO", "DrDPO", "GroupDRO"}, {"loss", "accuracy", "reward"}),
     "input": ({"DPO", "KLDPO", "WDPO"}, {"loss", "accuracy"}),
 }
@@ -27,7 +29,7 @@ EXPECTED = {
 def test_tiny_scenario_judges_every_family_from_its_logged_points(scenario: str, tmp_path: Path):
     results = ROOT / "benchmarks" / "results"
     before = {p.name: p.stat().st_mtime for p in results.iterdir()}
-    out_args = [] if scenario == "label" else ["--out", str(tmp_path)]  # label: the --tiny default directory
+    out_args = [] if scenario == "mixture" else ["--out", str(tmp_path)]  # mixture: the --tiny default directory
     run = run_tiny("pareto", "--scenario", scenario, *out_args, cwd=tmp_path)
     assert {p.name: p.stat().st_mtime for p in results.iterdir()} == before  # --tiny left results/ alone
     out = Path(re.search(r"wrote (\S+)/pareto_", run.stderr).group(1))
@@ -62,3 +64,11 @@ def test_tiny_scenario_judges_every_family_from_its_logged_points(scenario: str,
                 dpo = [Point(p["x"], p["y"]) for p in points["DPO"][seed]]
                 assert gap == pytest.approx(mean_gap(mine, dpo), abs=1e-12)
             assert verdicts[config]["outcome"] == "too few seeds"  # --tiny runs 2 seeds; a verdict needs 3
+        for verdict in metric.get("against_mean", []):  # MixtureDRO against Mean at the same radius
+            method, baseline = verdict["method"], verdict["baseline"]
+            assert method.replace("MixtureDRO", "Mean") == baseline
+            for seed, gap in verdict["gaps"].items():
+                mine = [Point(p["x"], p["y"]) for p in points[method][seed]]
+                theirs = [Point(p["x"], p["y"]) for p in points[baseline][seed]]
+                assert gap == pytest.approx(mean_gap(mine, theirs), abs=1e-12)
+        assert bool(metric.get("against_mean")) == (scenario == "mixture")
