@@ -5,15 +5,20 @@ loader batch × ``model.accumulate_grad_batches: 8``, float32 on CPU, precompute
 batches, AdamW. The shape is ``scale.py``'s realistic one, cut in depth so that the whole run fits about a quarter of
 an hour: a Llama-style model with an untied 128,256 vocabulary (2 layers by default instead of 8), long-tailed lengths
 (log-normal, median 256, clipped to [64, 2,048]). DPO, the one-pass strategies (KLDPO normalised, Dr. DPO) and the
-scoring-pass ones (CVaR, χ², Group DRO; :mod:`rdpo_lightning.accumulation`) each run in a fresh process: step time
-(wall, and CPU seconds of the process, steadier on a loaded machine) over the measured steps after one warm-up, and
+scoring-pass ones (CVaR, χ², Group DRO; :mod:`rdpo_lightning.training.accumulation`) each run in a fresh process: step
+time (wall, and CPU seconds of the process, steadier on a loaded machine) over the measured steps after one warm-up, and
 peak memory as the process's resident high-water mark (``VmHWM``). A first process tokenises the pairs and computes
 the reference log-probs that every run then loads from the cache (so no measured peak holds the reference pass).
 ``--parallel K`` runs K configurations at once (a loaded machine: they then share its load alike; CPU seconds per step
 stay comparable, wall times do not).
 
+On a GPU (``--gpu``: bf16 mixed precision, CUDA-synchronised step times, peak ``torch.cuda.max_memory_allocated``),
+typically at ``--shape llama-1b`` (Llama 3.2 1B's shape, all 16 layers unless ``--layers``). WDPO
+(``finite_difference``: two forward-backward passes per micro-batch) runs the additive route.
+
     python benchmarks/accumulation.py          # writes results/accumulation.md (minutes on 2 idle cores)
     python benchmarks/accumulation.py --tiny   # a short smoke run (small model and vocabulary); publishes nothing
+    python benchmarks/accumulation.py --gpu --shape llama-1b --strategies kldpo wdpo_fd cvar --output x.md
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from benchmarks.scale import (  # noqa: E402
     Settings,
     StepClock,
     add_common_arguments,
+    add_gpu_arguments,
     fixed_pairs,
+    gpu_settings,
     peak_rss_kib,
     prepare,
     publish,
@@ -57,8 +64,11 @@ STRATEGIES = {
     "cvar": ("CVaR", {"worst_fraction": 0.5}, "scoring pass"),
     "chi_square": ("ChiSquareDRO", {"rho": 0.5}, "scoring pass"),
     "group_dro": ("GroupDRO", {"num_groups": 2, "eta": 0.01}, "scoring pass"),
+    "wdpo_fd": ("WassersteinPenalty", {"rho": 0.01, "mode": "finite_difference"}, "two passes"),
 }
-TARGETS = {"additive": 1.0, "one pass": 1.05, "scoring pass": 1.35}  # step time ≤ x DPO's; peak memory ≤ 1.05x
+#: step time ≤ x DPO's; peak memory ≤ 1.05x. "two passes": WDPO's additive route with two forward-backward passes
+#: per micro-batch (finite difference), at most twice DPO's step
+TARGETS = {"additive": 1.0, "one pass": 1.05, "scoring pass": 1.35, "two passes": 2.0}
 
 
 @dataclass
@@ -75,11 +85,11 @@ def run_strategy(name: str, settings: Settings, micro_batch: int, paths: dict[st
     import torch
 
     from rdpo_lightning import robust as strategies
-    from rdpo_lightning.module import RobustDPO
-    from rdpo_lightning.quiet import quiet_trainer
+    from rdpo_lightning.training.module import RobustDPO
+    from rdpo_lightning.training.quiet import quiet_trainer
 
     shapes = json.loads(paths["shapes"])
-    clock, seen = StepClock(), {"step": 0}
+    clock, seen = StepClock(cuda=settings.device == "cuda"), {"step": 0}
 
     class StepTimer(L.Callback):
         """One optimizer step: from the first micro-batch of its window to the end of the last."""
@@ -105,7 +115,8 @@ def run_strategy(name: str, settings: Settings, micro_batch: int, paths: dict[st
         accumulate_grad_batches=ACCUMULATE,
     )  # fmt: skip
     steps = 0 if name == "reference" else settings.steps + 1  # 0: only the reference pass (configure_optimizers)
-    trainer = quiet_trainer(accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0,
+    trainer = quiet_trainer(accelerator="gpu" if settings.device == "cuda" else "cpu", devices=1, max_steps=steps,
+                            precision="bf16-mixed" if settings.bf16 else "32-true", limit_val_batches=0,
                             callbacks=[StepTimer()])  # fmt: skip
     trainer.fit(module, datamodule=data)
     return clock.result()
@@ -136,6 +147,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     start, load = time.perf_counter(), os.getloadavg()[0]
     result = run_strategy(spec["name"], settings, spec["micro_batch"], spec["paths"])
     load = [load, os.getloadavg()[0]]
+    if settings.device == "cuda":
+        result.update(cuda_peak_bytes=torch.cuda.max_memory_allocated(), device_name=torch.cuda.get_device_name(0))
     return {**result, "peak_rss_kib": peak_rss_kib(), "wall": time.perf_counter() - start, "load": load}
 
 
@@ -154,8 +167,9 @@ def run_fresh(name: str, settings: Settings, micro_batch: int, paths: dict[str, 
         return {}
     measured = slice(1, None) if len(result["times"]) > 1 else slice(None)
     times, cpu = result["times"][measured], result["cpu"][measured]
-    return {"step_s": sum(times) / len(times), "cpu_s": sum(cpu) / len(cpu), "peak_gib": result["peak_rss_kib"] / 2**20,
-            "load": max(result["load"])}  # fmt: skip
+    peak = result["cuda_peak_bytes"] / 2**30 if "cuda_peak_bytes" in result else result["peak_rss_kib"] / 2**20
+    return {"step_s": sum(times) / len(times), "cpu_s": sum(cpu) / len(cpu), "peak_gib": peak,
+            "load": max(result["load"]), "device_name": result.get("device_name")}  # fmt: skip
 
 
 def machine() -> str:
@@ -170,10 +184,13 @@ def render(
     rows: dict[str, dict[str, float]], settings: Settings, run: Run, tiny: bool, uptime: list[str], parallel: int
 ) -> str:
     dpo = rows["dpo"]
+    where = f"{machine()}, {settings.threads} threads, float32"
+    if settings.device == "cuda":
+        where = f"{dpo.get('device_name') or 'a CUDA GPU'}, bf16 mixed precision"
     lines = [
         "# The price of exactness: robust objectives over the optimizer's batch (accumulation 8)",
         "",
-        f"Machine: {machine()}, {settings.threads} threads, float32. Written by `benchmarks/accumulation.py`"
+        f"Machine: {where}. Written by `benchmarks/accumulation.py`"
         + (" --tiny (not a published figure)." if tiny else ".")
         + f" `uptime` before and after: {uptime[0]} / {uptime[1]} (the machine is shared: loads above the core"
         " count stretch wall times, CPU seconds less so).",
@@ -182,8 +199,9 @@ def render(
         f" ({settings.kv_heads} KV), untied vocabulary {settings.vocab:,}. Optimizer batch: {run.micro_batch} pair(s)"
         f" per micro-batch × {ACCUMULATE} (`model.accumulate_grad_batches`), long-tailed lengths, padding-free,"
         f" precomputed reference log-probs; {run.steps} measured step(s) after one warm-up;"
-        f" {parallel} configuration(s) at a time. Peak memory: resident"
-        " high-water mark of the run's own process (loading, reference pass, training).",
+        f" {parallel} configuration(s) at a time. Peak memory: "
+        + ("the GPU's `max_memory_allocated`" if settings.device == "cuda" else "resident high-water mark")
+        + " of the run's own process (loading, reference pass, training).",
         "",
         "| strategy | route | s/step (wall) | × DPO | CPU s/step | × DPO | peak memory (GiB) | × DPO | load |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -192,7 +210,7 @@ def render(
     for name, row in rows.items():
         route = STRATEGIES[name][2]
         wall, cpu, memory = (row[k] / dpo[k] for k in ("step_s", "cpu_s", "peak_gib"))
-        lines.append(f"| {name} | {route} | {row['step_s']:.1f} | {wall:.2f} | {row['cpu_s']:.1f} | {cpu:.2f} |"
+        lines.append(f"| {name} | {route} | {row['step_s']:.3g} | {wall:.2f} | {row['cpu_s']:.3g} | {cpu:.2f} |"
                      f" {row['peak_gib']:.2f} | {memory:.2f} | {row['load']:.1f} |")  # fmt: skip
         if name != "dpo":
             target = TARGETS[route]
@@ -216,6 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--micro-batch", type=int, default=None, help="pairs per micro-batch (default 1)")
     parser.add_argument("--layers", type=int, default=None, help="transformer layers (default 2)")
     parser.add_argument("--parallel", type=int, default=1, help="configurations run at once (each its own process)")
+    add_gpu_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -225,10 +244,12 @@ def main(argv: list[str] | None = None) -> str:
         spec = json.loads(args.worker)
         Path(spec["out"]).write_text(json.dumps(worker(spec)))
         return ""
+    base, _ = gpu_settings(args, TINY if args.tiny else Settings())
     run = Run(steps=1, layers=1) if args.tiny else Run()
+    if args.shape == "llama-1b" and not args.tiny:  # the whole 1 B model, unless --layers says otherwise
+        run = replace(run, layers=base.layers)
     run = replace(run, **{k: v for k, v in {"steps": args.steps, "micro_batch": args.micro_batch,
                                               "layers": args.layers}.items() if v is not None})  # fmt: skip
-    base = TINY if args.tiny else Settings()
     # prepare() writes batch_size × (steps + 1) pairs: one optimizer batch per step
     settings = replace(base, layers=run.layers, steps=run.steps, batch_size=run.micro_batch * ACCUMULATE)
     names = ["dpo", *(n for n in args.strategies if n != "dpo")]
@@ -243,7 +264,7 @@ def main(argv: list[str] | None = None) -> str:
             done = pool.map(lambda name: run_fresh(name, settings, run.micro_batch, paths), names)
             rows = dict(zip(names, done, strict=True))
     report = render(rows, settings, run, args.tiny, [before, uptime()], args.parallel)
-    return publish(report, args.output or (None if args.tiny else RESULTS))
+    return publish(report, args.output or (None if args.tiny or args.gpu or args.shape != "default" else RESULTS))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ MB = 1e6
 def measure(settings: Settings, workdir: Path) -> dict[str, float]:
     import torch
 
-    from rdpo_lightning.adapters import base_state
-    from rdpo_lightning.reference_cache import weights_digest
+    from rdpo_lightning.models.adapters import base_state
+    from rdpo_lightning.models.digest import weights_digest
 
     paths = prepare(workdir, settings)
     out: dict[str, float] = {"parameters": int(paths["parameters"])}

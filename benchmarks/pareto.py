@@ -157,7 +157,7 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
-    from rdpo_lightning.quiet import quiet_trainer
+    from rdpo_lightning.training.quiet import quiet_trainer
 
     L.seed_everything(seed, verbose=False)
     datamodule = make_datamodule(args, seed, cache_dir)

@@ -25,8 +25,15 @@ allocator would report. That run stops after the batch with the most tokens (pad
 steps, so the optimizer state exists during a forward and backward pass. Speed: real (non-padding) tokens of the
 measured steps (all but the first) over their wall time, each framework timed between its own step-boundary callbacks.
 
+On a GPU (``--gpu``: bf16 mixed precision on both sides) the peak is ``torch.cuda.max_memory_allocated`` (live
+tensors: no second run), step times are CUDA-synchronised, and the report adds model FLOPs utilisation: the model
+FLOPs of each measured step's real tokens (``benchmarks/model_flops.py``: 6·N per token plus attention) per second,
+against ``--peak-tflops`` (default on ``--gpu``: an H200's measured 790 TFLOP/s dense bf16). ``--shape llama-1b``
+runs Llama 3.2 1B's shape (``largest_batch.py``'s) instead of the 155 M one.
+
     python benchmarks/scale.py          # published run: about 17 min on 2 idle cores; results/scale.md
     python benchmarks/scale.py --tiny   # a short smoke run (small vocabulary); writes nothing published
+    python benchmarks/scale.py --gpu --shape llama-1b --batch-size 8 --configs trl-dpo ours-dpo --output x.md
 """
 
 from __future__ import annotations
@@ -75,6 +82,8 @@ class Settings:
 
 TINY = Settings(vocab=2000, layers=2, hidden=64, heads=4, kv_heads=2, mlp=128, batch_size=2, steps=1,
                 min_length=16, max_length=128, median_length=32)  # fmt: skip
+#: Llama 3.2 1B's shape: 16 layers, hidden 2,048, 32 / 8 heads, MLP 8,192, tied vocabulary 128,256 (1.24 B parameters)
+LLAMA_1B = Settings(layers=16, hidden=2048, heads=32, kv_heads=8, mlp=8192, tied=True)
 
 
 # --- shared inputs ----------------------------------------------------------------------------------------------------
@@ -110,12 +119,21 @@ def prepare(workdir: Path, settings: Settings, lengths: str) -> dict[str, str]:
 
 
 def prepare_model(workdir: Path, settings: Settings) -> dict[str, str]:
-    """The word-level tokenizer and the random Llama-style model, saved with ``save_pretrained``."""
+    """The word-level tokenizer and the random Llama-style model, saved with ``save_pretrained``. With
+    ``$RDPO_BENCH_MODELS`` set, saved once there per shape and reused (a session that runs several benchmarks at
+    the 1 B shape writes its 5 GB of weights once)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from benchmarks.model_flops import matmul_parameters
     from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 
+    if os.environ.get("RDPO_BENCH_MODELS"):
+        shape = (settings.vocab, settings.layers, settings.hidden, settings.heads, settings.kv_heads, settings.mlp,
+                 settings.max_length, settings.tied, settings.seed)  # fmt: skip
+        workdir = Path(os.environ["RDPO_BENCH_MODELS"]) / "-".join(str(x) for x in shape)
+        if (workdir / "model.json").is_file():
+            return json.loads((workdir / "model.json").read_text())
     tokenizer_dir = save_word_tokenizer(vocabulary(settings), workdir / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(settings.seed)
@@ -131,7 +149,10 @@ def prepare_model(workdir: Path, settings: Settings) -> dict[str, str]:
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     parameters = sum(p.numel() for p in model.parameters())
-    return {"tokenizer": str(tokenizer_dir), "model": str(model_dir), "parameters": str(parameters)}
+    saved = {"tokenizer": str(tokenizer_dir), "model": str(model_dir), "parameters": str(parameters),
+             "matmul_parameters": str(matmul_parameters(model))}  # fmt: skip
+    (workdir / "model.json").write_text(json.dumps(saved))
+    return saved
 
 
 def prepare_pairs(workdir: Path, settings: Settings, lengths: str, model: dict[str, str]) -> dict[str, str]:
@@ -162,18 +183,27 @@ class StepClock:
     """Wall time, process CPU time and real tokens of each step, from the frameworks' own step-boundary callbacks.
 
     CPU time (all threads of the process) is the fairer measure on a shared machine: another job's load stretches a
-    step's wall time but not the CPU seconds the step itself needs."""
+    step's wall time but not the CPU seconds the step itself needs. ``cuda``: wait for the GPU at both ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool = False) -> None:
         self.times: list[float] = []
         self.cpu: list[float] = []
         self.tokens: list[int] = []
         self._start = self._cpu = 0.0
+        self.cuda = cuda
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
 
     def start(self) -> None:
+        self.synchronize()
         self._start, self._cpu = time.perf_counter(), time.process_time()
 
     def stop(self, tokens: int) -> None:
+        self.synchronize()
         self.times.append(time.perf_counter() - self._start)
         self.cpu.append(time.process_time() - self._cpu)
         self.tokens.append(tokens)
@@ -228,14 +258,14 @@ def run_ours(
     import lightning as L
     import torch
 
-    from rdpo_lightning.module import RobustDPO
-    from rdpo_lightning.quiet import quiet_trainer
     from rdpo_lightning.robust import KLReweighter, NoRobust, WassersteinPenalty
+    from rdpo_lightning.training.module import RobustDPO
+    from rdpo_lightning.training.quiet import quiet_trainer
 
     robust = {"dpo": NoRobust, "kldpo": lambda: KLReweighter(tau=1.0), "wdpo": lambda: WassersteinPenalty(rho=0.01)}
     shapes = json.loads(paths["shapes"])
     FixedPairs = fixed_pairs(paths)
-    clock = StepClock()
+    clock = StepClock(cuda=settings.device == "cuda")
 
     class StepTimer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -270,7 +300,7 @@ def run_trl(settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     shapes = json.loads(paths["shapes"])
-    clock = StepClock()
+    clock = StepClock(cuda=settings.device == "cuda")
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs) -> None:
@@ -345,6 +375,7 @@ def worker(name: str, settings: Settings, paths: dict[str, str], live: bool = Fa
     load = [load, os.getloadavg()[0]]
     if cuda:
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+        result["device_name"] = torch.cuda.get_device_name(0)
     return {**result, "peak_rss_kib": peak_rss_kib(), "wall": time.perf_counter() - start, "load": load}
 
 
@@ -363,15 +394,16 @@ def run_fresh(name: str, settings: Settings, paths: dict[str, str], live: bool =
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
     result = json.loads(out.read_text())
+    cuda = f" (GPU {result['cuda_peak_bytes'] / 2**30:.2f} GiB)" if "cuda_peak_bytes" in result else ""
     print(f"  {name}{' (live memory)' if live else ''}: {result['wall']:.0f} s, peak"
-          f" {result['peak_rss_kib'] / 2**20:.2f} GiB, steps {result['times']} s, cpu {result['cpu']} s, load"
+          f" {result['peak_rss_kib'] / 2**20:.2f} GiB{cuda}, steps {result['times']} s, cpu {result['cpu']} s, load"
           f" {result['load']}", file=sys.stderr, flush=True)  # fmt: skip
     return result
 
 
 def run_lengths(settings: Settings, paths: dict[str, str], names: list[str], live_names: list[str]) -> dict:
     """Every configuration's timed run, then the live-memory runs, at one length distribution."""
-    rows = {name: summarise(run_fresh(name, settings, paths)) for name in names}
+    rows = {name: summarise(run_fresh(name, settings, paths), batch_flops(settings, paths)) for name in names}
     short = replace(settings, steps=live_steps(json.loads(paths["shapes"]), settings.batch_size))
     for name in live_names:
         rows[name]["live_gib"] = run_fresh(name, short, paths, live=True)["peak_rss_kib"] / 2**20
@@ -379,13 +411,29 @@ def run_lengths(settings: Settings, paths: dict[str, str], names: list[str], liv
 
 
 # --- report -----------------------------------------------------------------------------------------------------------
-def summarise(result: dict[str, Any]) -> dict[str, float]:
-    """Peak memory, and real tokens per wall second and per CPU second over the measured steps (all but the first)."""
+def batch_flops(settings: Settings, paths: dict[str, str]) -> list[int]:
+    """The model FLOPs of each batch in dataset order (``benchmarks/model_flops.py``: its real tokens only)."""
+    from benchmarks.model_flops import pairs_flops
+
+    shapes, size = json.loads(paths["shapes"]), settings.batch_size
+    batches = [shapes[i : i + size] for i in range(0, len(shapes), size)]
+    return [pairs_flops(b, int(paths["matmul_parameters"]), settings.layers, settings.hidden) for b in batches]
+
+
+def summarise(result: dict[str, Any], flops: list[int] | None = None) -> dict[str, float]:
+    """Peak memory (the GPU's ``max_memory_allocated`` where there is one, else the resident high-water mark), and
+    real tokens and model FLOPs per wall second and per CPU second over the measured steps (all but the first)."""
     measured = slice(1, None) if len(result["times"]) > 1 else slice(None)
     times, cpu, tokens = (result[k][measured] for k in ("times", "cpu", "tokens"))
-    return {"peak_gib": result["peak_rss_kib"] / 2**20, "tokens_per_s": sum(tokens) / sum(times),
-            "tokens_per_cpu_s": sum(tokens) / sum(cpu), "step_s": sum(times) / len(times),
-            "load": max(result["load"])}  # fmt: skip
+    peak = result["cuda_peak_bytes"] / 2**30 if "cuda_peak_bytes" in result else result["peak_rss_kib"] / 2**20
+    row = {"peak_gib": peak, "tokens_per_s": sum(tokens) / sum(times),
+           "tokens_per_cpu_s": sum(tokens) / sum(cpu), "step_s": sum(times) / len(times),
+           "load": max(result["load"])}  # fmt: skip
+    if flops is not None:  # step i trained batch i (both frameworks take the pairs in dataset order)
+        row["flops_per_s"] = sum(flops[: len(result["times"])][measured]) / sum(times)
+    if "device_name" in result:
+        row["device_name"] = result["device_name"]
+    return row
 
 
 TARGETS = {"long_tailed": (0.5, 1.5), "equal": (1.0, 1.0)}  # (peak memory <= x TRL, real tokens/s >= y TRL)
@@ -396,25 +444,47 @@ def live_ratio(row: dict[str, float], trl: dict[str, float]) -> float | None:
     return row["live_gib"] / trl["live_gib"] if "live_gib" in row and "live_gib" in trl else None
 
 
-def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, tiny: bool) -> str:
+def machine_line(settings: Settings, device_name: str | None) -> str:
+    if settings.device == "cuda":
+        return f"Machine: {device_name or 'a CUDA GPU'}, bf16 mixed precision on both sides."
+    return (f"Machine: {platform.processor() or platform.machine()}, {settings.threads} threads (the 2-core AMD EPYC"
+            " with AVX512-BF16 of this project's CPU runs), float32.")  # fmt: skip
+
+
+def render(
+    cases: dict[str, dict[str, dict[str, float]]], settings: Settings, tiny: bool, peak_tflops: float | None = None
+) -> str:
+    cuda = settings.device == "cuda"
+    device_name = next((r["device_name"] for rows in cases.values() for r in rows.values() if "device_name" in r), None)
+    memory = (
+        "Peak memory: the GPU's `max_memory_allocated` in the run's own process (live tensors)."
+        if cuda
+        else "Peak memory: resident high-water mark of the run's own process."
+    )
+    mfu = (
+        f" MFU: model FLOPs (6·N per real token plus attention, `benchmarks/model_flops.py`) per second against"
+        f" {peak_tflops:g} TFLOP/s."
+        if peak_tflops
+        else " Model TFLOP/s: model FLOPs (6·N per real token plus attention, `benchmarks/model_flops.py`) per second."
+    )
     lines = [
-        "# Scale: our DPO / KLDPO / WDPO against TRL's DPOTrainer (Llama-style, vocabulary 128,256)",
+        f"# Scale: our DPO / KLDPO / WDPO against TRL's DPOTrainer (Llama-style, vocabulary {settings.vocab:,})",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {settings.threads} threads "
-        "(the 2-core AMD EPYC with AVX512-BF16 of this project's CPU runs), float32. Written by `benchmarks/scale.py`"
+        machine_line(settings, device_name)
+        + " Written by `benchmarks/scale.py`"
         + (" --tiny (not a published figure)." if tiny else "."),
         "",
         f"Model: Llama, {settings.layers} layers, hidden {settings.hidden}, MLP {settings.mlp}, {settings.heads} heads"
-        f" ({settings.kv_heads} KV), untied vocabulary {settings.vocab:,}. Batch: {settings.batch_size} pairs;"
-        f" {settings.steps} measured steps after one warm-up. Peak memory: resident high-water mark of the run's own"
-        " process. Speed: real (non-padding) tokens per wall second of the measured steps, and per CPU second of the"
-        " process (all threads; robust to other jobs' load, which the last column gives: the 1-minute load average)."
+        f" ({settings.kv_heads} KV), {'tied' if settings.tied else 'untied'} vocabulary {settings.vocab:,}. Batch:"
+        f" {settings.batch_size} pairs; {settings.steps} measured steps after one warm-up. {memory} Speed: real"
+        " (non-padding) tokens per wall second of the measured steps, and per CPU second of the"
+        " process (all threads; robust to other jobs' load, which the load column gives: the 1-minute load average)."
         " Live peak: the high-water mark of a second, short run in which glibc unmaps every freed block above 64 KiB,"
-        " so it tracks the memory actually alive (— where not run).",
+        " so it tracks the memory actually alive (— where not run)." + mfu,
         "",
         "| lengths | configuration | peak memory (GiB) | × TRL | live peak (GiB) | × TRL | real tokens/s | × TRL"
-        " | real tokens/CPU-s | × TRL | s/step | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " | real tokens/CPU-s | × TRL | s/step | load | model TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for lengths, rows in cases.items():
@@ -426,8 +496,8 @@ def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, ti
             live_cells = "— | —" if live is None else f"{row['live_gib']:.2f} | {live:.2f}"
             lines.append(f"| {lengths} | {name} | {row['peak_gib']:.2f} | {memory:.2f} | {live_cells} |"
                          f" {row['tokens_per_s']:.0f} |"
-                         f" {speed:.2f} | {row['tokens_per_cpu_s']:.0f} | {per_cpu:.2f} | {row['step_s']:.1f} |"
-                         f" {row['load']:.1f} |")  # fmt: skip
+                         f" {speed:.2f} | {row['tokens_per_cpu_s']:.0f} | {per_cpu:.2f} | {row['step_s']:.3g} |"
+                         f" {row['load']:.1f} | {flops_cells(row, peak_tflops)} |")  # fmt: skip
             if name == "ours-dpo":
                 max_memory, min_speed = TARGETS[lengths]
                 live_verdict = "" if live is None else (
@@ -436,9 +506,24 @@ def render(cases: dict[str, dict[str, dict[str, float]]], settings: Settings, ti
                     f"- {lengths}: peak memory {memory:.2f}× TRL (target ≤ {max_memory}×:"
                     f" {'met' if memory <= max_memory else 'missed'}{live_verdict}), real tokens/s {speed:.2f}× TRL"
                     f" (target ≥ {min_speed}×: {'met' if speed >= min_speed else 'missed'}; per CPU second"
-                    f" {per_cpu:.2f}×)"
+                    f" {per_cpu:.2f}×)" + mfu_verdict(row, trl, peak_tflops)
                 )
     return "\n".join([*lines, "", "Targets (our DPO against TRL's):", *verdicts, ""])
+
+
+def mfu_verdict(row: dict[str, float], trl: dict[str, float], peak_tflops: float | None) -> str:
+    if not peak_tflops or "flops_per_s" not in row:
+        return ""
+    ours, theirs = (r["flops_per_s"] / (peak_tflops * 1e12) for r in (row, trl))
+    return f"; MFU {ours:.1%} against TRL's {theirs:.1%}"
+
+
+def flops_cells(row: dict[str, float], peak_tflops: float | None) -> str:
+    """The model TFLOP/s and MFU cells of a row (— where not known)."""
+    if "flops_per_s" not in row:
+        return "— | —"
+    mfu = f"{row['flops_per_s'] / (peak_tflops * 1e12):.1%}" if peak_tflops else "—"
+    return f"{row['flops_per_s'] / 1e12:.3g} | {mfu}"
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -456,9 +541,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=[*CONFIGS, *EXTRA])
     parser.add_argument("--steps", type=int, default=None, help="measured steps (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 4)")
-    parser.add_argument("--live-configs", nargs="*", default=["trl-dpo", "ours-dpo"], choices=[*CONFIGS, *EXTRA],
-                        help="configurations that also get a live-memory run (none: leave it out)")  # fmt: skip
+    parser.add_argument(
+        "--live-configs",
+        nargs="*",
+        default=["trl-dpo", "ours-dpo"],
+        choices=[*CONFIGS, *EXTRA],
+        help="configurations that also get a live-memory run (none: leave it out; never on a GPU)",
+    )
+    add_gpu_arguments(parser)
     return parser.parse_args(argv)
+
+
+def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--gpu``, ``--shape`` and ``--peak-tflops`` (this benchmark's and accumulation.py's)."""
+    parser.add_argument("--gpu", action="store_true", help="one CUDA GPU, bf16 mixed precision on both sides")
+    parser.add_argument(
+        "--shape",
+        choices=["default", "llama-1b"],
+        default="default",
+        help="the model: this benchmark's default, or Llama 3.2 1B's shape (1.24 B parameters)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak for MFU (default with --gpu: an H200's measured 790 bf16)",
+    )
+
+
+def gpu_settings(args: argparse.Namespace, base: Settings) -> tuple[Settings, float | None]:
+    """``base`` with ``--shape`` and ``--gpu`` applied (not with ``--tiny``: that stays a CPU smoke run), and the
+    peak FLOP/s for MFU."""
+    from benchmarks.model_flops import H200_BF16_TFLOPS
+
+    settings = base
+    if args.shape == "llama-1b" and not args.tiny:
+        settings = replace(LLAMA_1B, batch_size=base.batch_size, steps=base.steps)
+    if args.gpu:
+        settings = replace(settings, device="cuda", bf16=True)
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"{Path(sys.argv[0]).name}: --gpu: no CUDA GPU visible")
+    return settings, args.peak_tflops or (H200_BF16_TFLOPS if args.gpu else None)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -468,7 +593,7 @@ def main(argv: list[str] | None = None) -> str:
         result = worker(spec["name"], Settings(**spec["settings"]), spec["paths"], spec["live"])
         Path(spec["out"]).write_text(json.dumps(result))
         return ""
-    settings = TINY if args.tiny else Settings()
+    settings, peak_tflops = gpu_settings(args, TINY if args.tiny else Settings())
     if args.steps is not None:
         settings.steps = args.steps
     if args.batch_size is not None:
@@ -479,9 +604,11 @@ def main(argv: list[str] | None = None) -> str:
             print(f"{lengths}:", file=sys.stderr)
             paths = prepare(Path(tmp) / lengths, settings, lengths)
             names = ["trl-dpo", *(n for n in args.configs if n != "trl-dpo")]
-            live_names = [name for name in names if name in args.live_configs]
+            # on a GPU max_memory_allocated counts live tensors already: no live-memory run
+            live_names = [name for name in names if name in args.live_configs and settings.device == "cpu"]
             cases[lengths] = run_lengths(settings, paths, names, live_names)
-    return publish(render(cases, settings, args.tiny), args.output or (None if args.tiny else RESULTS))
+    default = None if args.tiny or args.gpu or args.shape != "default" else RESULTS  # publish the CPU run alone
+    return publish(render(cases, settings, args.tiny, peak_tflops), args.output or default)
 
 
 def publish(report: str, output: Path | None) -> str:

@@ -141,7 +141,7 @@ def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str, **overr
 def make_module(args: argparse.Namespace, robust, **module_kwargs):
     import torch
 
-    from rdpo_lightning.module import RobustDPO
+    from rdpo_lightning.training.module import RobustDPO
 
     lr = args.lr
     return RobustDPO(
@@ -180,7 +180,7 @@ ACCELERATOR = "cpu"
 
 
 def quiet_trainer(**kwargs):
-    from rdpo_lightning.quiet import quiet_trainer
+    from rdpo_lightning.training.quiet import quiet_trainer
 
     return quiet_trainer(accelerator=ACCELERATOR, devices=1, **kwargs)
 

@@ -61,7 +61,7 @@ PRELOAD = [
     "lightning.pytorch",
     "transformers",
     "transformers.models.gpt2.modeling_gpt2",
-    "rdpo_lightning.module",
+    "rdpo_lightning.training.module",
     "rdpo_lightning.data.datamodule",
 ]
 TRL_PRELOAD = ["trl", "trl.trainer.dpo_trainer"]
@@ -292,8 +292,8 @@ def time_our_fit(settings, paths: dict[str, str], precision: str = "32-true", **
     import lightning as L
     import torch
 
-    from rdpo_lightning.module import RobustDPO
-    from rdpo_lightning.quiet import quiet_trainer
+    from rdpo_lightning.training.module import RobustDPO
+    from rdpo_lightning.training.quiet import quiet_trainer
 
     clock = StepClock()
     L.seed_everything(settings.seed, verbose=False)
@@ -432,8 +432,8 @@ def run_torch_loop(config: Config, settings: Settings, paths: dict[str, str]) ->
     from rdpo_lightning.data.collate import PairCollator
     from rdpo_lightning.data.tokenize import tokenize_pair
     from rdpo_lightning.data.tokenizer import load_tokenizer
-    from rdpo_lightning.logprobs import sequence_logprobs
-    from rdpo_lightning.models import disable_dropout, frozen_copy, load_causal_lm
+    from rdpo_lightning.models.loading import disable_dropout, frozen_copy, load_causal_lm
+    from rdpo_lightning.models.logprobs import sequence_logprobs
 
     torch.manual_seed(settings.seed)
     tokenizer = load_tokenizer(paths["tokenizer"])

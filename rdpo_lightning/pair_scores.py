@@ -23,7 +23,7 @@ class PairScores:
     ``chosen_tokens`` / ``rejected_tokens`` (B,) count the response tokens that were scored, so a loss can
     normalise by length (SimPO) or weight a per-token term (an NLL on the chosen response) itself.
     ``router_aux_loss``: a Mixture-of-Experts policy's router load-balancing loss over the batch's forward, when the
-    objective includes it (:mod:`rdpo_lightning.router_aux`); None otherwise.
+    objective includes it (:mod:`rdpo_lightning.models.router_aux`); None otherwise.
     """
 
     policy: PairLogps

@@ -129,7 +129,7 @@ def import_once() -> None:
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     import transformers.processing_utils  # noqa: F401
 
-    import rdpo_lightning.lightning_cli  # noqa: F401  (rdpo_lightning.cli is light: the Lightning CLI is here)
+    import rdpo_lightning.cli.lightning_cli  # noqa: F401  (rdpo_lightning.cli is light: the Lightning CLI is here)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import lightning as L
 import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 
 
 def brute_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -28,10 +28,16 @@ def make_data(model_dir: Path, **kwargs) -> AttributeWorldDataModule:
 
 
 def fit(
-    model_dir: Path, cache: Path, steps: int = 1, data: dict | None = None, fit_args: dict | None = None, **module_args
+    model_dir: Path,
+    cache: Path,
+    steps: int = 1,
+    data: dict | None = None,
+    fit_args: dict | None = None,
+    trainer_args: dict | None = None,
+    **module_args,
 ) -> RobustDPO:
     """``steps`` SGD steps (lr 1, float64 unless ``torch_dtype`` says otherwise) of a RobustDPO on the world data;
-    ``fit_args`` go to ``trainer.fit`` (``ckpt_path``)."""
+    ``fit_args`` go to ``trainer.fit`` (``ckpt_path``), ``trainer_args`` to the Trainer (``callbacks``)."""
     L.seed_everything(0, verbose=False)
     args = {
         "model": str(model_dir),
@@ -48,6 +54,7 @@ def fit(
         max_steps=steps,
         limit_val_batches=0,
         default_root_dir=cache,
+        **(trainer_args or {}),
     )
     trainer.fit(module, datamodule=make_data(model_dir, **(data or {})), **(fit_args or {}))
     return module

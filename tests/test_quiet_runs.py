@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rdpo_lightning.cli import main
-from tests.test_input_errors import own_model_args, write_pairs
+from tests.cli.test_input_errors import own_model_args, write_pairs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: the libraries' loggers (the project's own warnings each name the key that acts on them)

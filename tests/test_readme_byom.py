@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_input_errors import write_pairs
+from tests.cli.test_input_errors import write_pairs
 from tests.test_own_data_shifts import table_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,6 +8,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from rdpo_lightning.checkpoints.export import export_checkpoint
+
 
 def best_checkpoint_path(trainer: L.Trainer, monitor: str | None = None, fallback_to_last: bool = True) -> str:
     """The best checkpoint of the run's ``ModelCheckpoint`` callbacks: the best of the first that monitors a metric
@@ -29,8 +31,8 @@ def best_checkpoint_path(trainer: L.Trainer, monitor: str | None = None, fallbac
 class ExportBestCheckpoint(Callback):
     """At the end of ``fit``, write the best checkpoint of the run's ``ModelCheckpoint`` (monitor it on
     ``val/worst_case/loss`` to select on the worst case) to ``dirpath``, as
-    :func:`rdpo_lightning.export.export_checkpoint` does. Any layout of checkpoint callbacks works: one that keeps
-    the best and ``last.ckpt`` (``save_last: true``), or one for the last state beside one for the best, in either
+    :func:`rdpo_lightning.checkpoints.export.export_checkpoint` does. Any layout of checkpoint callbacks works: one that
+    keeps the best and ``last.ckpt`` (``save_last: true``), or one for the last state beside one for the best, in either
     order (:func:`best_checkpoint_path`).
 
     Args:
@@ -60,8 +62,6 @@ class ExportBestCheckpoint(Callback):
         trainer.strategy.barrier()  # every rank's shard of a distributed checkpoint is written
         self.source = path
         if trainer.is_global_zero:
-            from rdpo_lightning.export import export_checkpoint
-
             self.exported = export_checkpoint(path, self.dirpath, self.adapter_only, overwrite=True)
             rank_zero_info(f"exported {path} to {self.exported}")
         trainer.strategy.barrier()

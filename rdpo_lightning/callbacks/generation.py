@@ -20,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from rdpo_lightning.callbacks.metrics import GroupedMean
 from rdpo_lightning.data.mixture import Mixture
-from rdpo_lightning.distributed import data_parallel_replicas
+from rdpo_lightning.data.sampler import data_parallel_replicas
 from rdpo_lightning.known_warnings import dropped_log_message
 from rdpo_lightning.rewards import AttributeWorldReward, RewardFunction
 
@@ -90,9 +90,7 @@ class GenerationEvaluation:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.do_sample = do_sample
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
+        self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
         self.every_n_validations = every_n_validations
         self.include_prompt = include_prompt
         self.num_samples_logged = num_samples_logged
@@ -146,14 +144,13 @@ class GenerationEvaluation:
     def _generation_config(self, tokenizer: Any):
         from transformers import GenerationConfig
 
-        sampling = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
         return GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             do_sample=self.do_sample,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
-            **(sampling if self.do_sample else {}),
+            **self.sampling,
         )
 
     @torch.no_grad()

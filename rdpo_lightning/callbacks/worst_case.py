@@ -142,6 +142,18 @@ class WorstCaseEvaluation(Callback):
         if trainer.is_global_zero:
             self._log_figure(trainer, report, generated)
 
+    def validation_record(self) -> dict[str, Any] | None:
+        """The latest pass's per-mixture and worst-case metrics as plain data, for the checkpoint's run record (and
+        the model card :mod:`rdpo_lightning.checkpoints.model_card` writes from it); None before any pass."""
+        if self.report is None:
+            return None
+        mixtures = [
+            {k: v for k, v in vars(m).items() if not (isinstance(v, float) and math.isnan(v))}
+            for m in self.report.mixtures
+        ]
+        worst = {metric: {"value": value, "mixture": name} for metric, (value, name) in self.report.worst.items()}
+        return {"step": self.report.step, "mixtures": mixtures, "worst_case": worst}
+
     def _log(self, pl_module: L.LightningModule, report: ShiftReport, generated: GenerationResult | None) -> None:
         values: dict[str, float] = {}
         for result in report.mixtures:

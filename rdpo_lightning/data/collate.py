@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
+from rdpo_lightning.batch_layout import IGNORE_INDEX
 from rdpo_lightning.data.packing import pack_sequences
 from rdpo_lightning.data.tokenize import TOKEN_COLUMNS
 from rdpo_lightning.errors import InputError
-from rdpo_lightning.logprobs import IGNORE_INDEX
 
-#: precomputed reference log-probs (see ``rdpo_lightning.reference_cache``), passed through when a dataset has them
+#: precomputed reference log-probs (see ``rdpo_lightning.training.reference_cache``), passed through when a dataset has
+#: them
 REFERENCE_COLUMNS = ("reference_chosen_logps", "reference_rejected_logps")
 
 

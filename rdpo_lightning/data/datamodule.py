@@ -12,7 +12,6 @@ neither a second rank nor a second run tokenises again.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections import Counter
@@ -26,8 +25,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from rdpo_lightning.checks import check_int_at_least
-from rdpo_lightning.context_length import fit_to_model_context
 from rdpo_lightning.data.collate import PairCollator
+from rdpo_lightning.data.context_length import fit_to_model_context
 from rdpo_lightning.data.rows import PAIR_COLUMNS, check_and_tokenize, require_columns
 from rdpo_lightning.data.sampler import LengthGroupedSampler, ResumableDataLoader, ResumableSampler
 from rdpo_lightning.data.tokenize import (
@@ -300,12 +299,3 @@ class PreferenceDataModule(L.LightningDataModule):
             DataLoader(ds, batch_size=self.val_batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
             for ds in self.val_datasets.values()
         ]
-
-
-def batching_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The base class's batching and truncation arguments out of a subclass's ``locals()``.
-
-    Subclasses repeat these parameters in their own signatures, because that is what the CLI and ``--help`` show
-    (with each subclass's own defaults); this passes them on by name without a third copy of the list."""
-    names = list(inspect.signature(PreferenceDataModule.__init__).parameters)[1:]
-    return {name: arguments[name] for name in names if name in arguments}

@@ -18,6 +18,8 @@ from typing import Any
 
 from datasets.fingerprint import Hasher
 
+from rdpo_lightning.checks import resolve_dtype
+
 log = logging.getLogger(__name__)
 
 
@@ -89,8 +91,6 @@ def _generate(
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
-
-    from rdpo_lightning.models import resolve_dtype
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(config.dtype)

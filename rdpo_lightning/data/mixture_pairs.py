@@ -8,7 +8,6 @@ validation set per mixture. A subclass says only how it collects prompts and the
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,31 +49,38 @@ class MixturePairsDataModule(PreferenceDataModule):
     """Base class: one pair per prompt at its training mixture (several mixtures are groups), and every validation
     prompt paired again at each validation mixture (the sets differ only in their labels).
 
+    Subclasses pass the attribute names their scores are in (``_attributes``: set by the subclass, not a key of the
+    configuration), declare the arguments whose defaults they change, and pass the rest on as ``**kwargs``, which the
+    CLI and ``--help`` resolve to these and :class:`PreferenceDataModule`'s.
+
     Args:
-        attributes: the attribute names the scores are in, in order; mixtures weigh them.
-        attribute_a, attribute_b, train_alpha, val_alphas, train_mixtures, train_shares, val_mixtures, mixture_kind:
-            the mixtures (:func:`~rdpo_lightning.data.mixture.resolve_mixture_grid`).
-        pairing, label_temperature: how pairs are formed and labelled (:mod:`rdpo_lightning.data.pairing`).
-        batching: the base class's batching and truncation arguments.
+        attribute_a, attribute_b: the two attributes a single number α mixes (α·r_a + (1−α)·r_b).
+        train_alpha, train_mixtures, train_shares: the training mixture(s) and, for several, each one's share of the
+            pairs (:func:`~rdpo_lightning.data.mixture.resolve_mixture_grid`; default α₀ = 0.1).
+        val_alphas, val_mixtures: the validation mixtures (default α ∈ {0, 0.25, 0.5, 0.75, 1}).
+        mixture_kind: ``convex`` (Σ α_k s_k) or ``geometric`` (Π s_k^α_k).
+        pairing: ``bradley_terry`` or ``best_vs_worst`` (:mod:`rdpo_lightning.data.pairing`).
+        label_temperature: Bradley–Terry temperature of the labels (null: the higher reward wins).
     """
 
     def __init__(
         self,
-        attributes: Sequence[str],
+        _attributes: Sequence[str],
         *,
-        attribute_a: str | None,
-        attribute_b: str | None,
-        train_alpha: float | None,
-        val_alphas: list[float] | None,
-        train_mixtures: list[MixtureEntry] | None,
-        train_shares: list[float] | None,
-        val_mixtures: list[MixtureEntry] | None,
-        mixture_kind: str,
-        pairing: str,
-        label_temperature: float | None,
-        **batching: Any,
+        attribute_a: str | None = None,
+        attribute_b: str | None = None,
+        train_alpha: float | None = None,
+        val_alphas: list[float] | None = None,
+        train_mixtures: list[MixtureEntry] | None = None,
+        train_shares: list[float] | None = None,
+        val_mixtures: list[MixtureEntry] | None = None,
+        mixture_kind: str = "convex",
+        pairing: str = "bradley_terry",
+        label_temperature: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**batching)
+        super().__init__(**kwargs)
+        attributes = _attributes
         check_pairing(pairing)
         if label_temperature is not None and not label_temperature > 0:
             raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
@@ -93,6 +99,7 @@ class MixturePairsDataModule(PreferenceDataModule):
         self.train_shares = list(grid.shares)
         self.val_mixtures = list(grid.validation)
         self.pairing, self.label_temperature = pairing, label_temperature
+        self.mixture_kind = mixture_kind
         self._space = MixtureSpace(
             attributes=tuple(attributes),
             kind=mixture_kind,
@@ -148,10 +155,3 @@ class MixturePairsDataModule(PreferenceDataModule):
 def training_only_dropped(rows: dict[str, list]) -> dict[str, list]:
     """A validation set's rows without the columns only training reads (``group``, ``score_margins``)."""
     return {name: values for name, values in rows.items() if name not in ("group", SCORE_MARGINS)}
-
-
-def mixture_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The mixture and pairing arguments out of a subclass's ``locals()`` (its signature repeats them, with its own
-    defaults, because that is what the CLI and ``--help`` show)."""
-    parameters = inspect.signature(MixturePairsDataModule.__init__).parameters.values()
-    return {p.name: arguments[p.name] for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -23,9 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rdpo_lightning.logprobs import IGNORE_INDEX
-
-PACK_INDEX = "pack_index"
+# moved to the batch layout (the models read them too); importable from here as before
+from rdpo_lightning.batch_layout import IGNORE_INDEX, PACK_INDEX, pack, unpack, unpack_token_logps  # noqa: F401
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -71,30 +70,3 @@ def pack_sequences(
             offset += n
         position_ids[r, offset:] = torch.arange(width - offset)  # trailing padding: a sequence of its own
     return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, PACK_INDEX: pack_index}
-
-
-def unpack(packed: Tensor, pack_index: Tensor) -> Tensor:
-    """(R, L, ...) packed → (N, T, ...) pair layout; zeros where the pair layout pads."""
-    flat = packed.flatten(0, 1)
-    valid = pack_index >= 0
-    out = flat[pack_index.clamp(min=0)]
-    return out * valid.view(*valid.shape, *([1] * (out.dim() - 2))).to(out.dtype)
-
-
-def pack(padded: Tensor, pack_index: Tensor, like: Tensor) -> Tensor:
-    """(N, T, ...) pair layout → (R, L, ...) like ``like``: its real positions replaced by ``padded``'s, the packed
-    rows' trailing padding kept from ``like``."""
-    valid = pack_index >= 0
-    flat = like.flatten(0, 1).index_put((pack_index[valid],), padded[valid])
-    return flat.view_as(like)
-
-
-def unpack_token_logps(logps: Tensor, mask: Tensor, pack_index: Tensor) -> tuple[Tensor, Tensor]:
-    """Next-token log-probs and mask (R, L−1) of a packed batch → (N, T−1) of the pair layout.
-
-    Position t of sequence s predicts token t+1; its packed position is ``pack_index[s, t]`` (the packed label of
-    each sequence's first token is ignored, so a sequence's last position scores nothing).
-    """
-    logps = torch.nn.functional.pad(logps, (0, 1))
-    mask = torch.nn.functional.pad(mask, (0, 1))
-    return unpack(logps, pack_index)[:, :-1], unpack(mask, pack_index)[:, :-1].bool()

@@ -9,6 +9,7 @@ data holds messages), then the base class's row checks, tokenisation and drop ac
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import datasets
 import numpy as np
@@ -16,7 +17,7 @@ from datasets.fingerprint import Hasher
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from rdpo_lightning.data.chat import RENDER_PROBLEM, SOURCE_ROW, is_messages, render_pair
-from rdpo_lightning.data.datamodule import PreferenceDataModule, batching_arguments
+from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.formats import detect_pair_layout
 from rdpo_lightning.data.hub import load_table, take
 from rdpo_lightning.data.rows import require_columns
@@ -88,6 +89,8 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         apply_chat_template: render through the tokenizer's chat template; null (default): when the data holds
             chat messages.
         max_train_samples, max_val_samples: use only the first rows (quick runs).
+        max_length: prompt + response tokens per sequence (here 1,024 by default). The batching and truncation
+            arguments (``batch_size``, ``padding_free``, ...) are :class:`~rdpo_lightning.data.PreferenceDataModule`'s.
     """
 
     def __init__(
@@ -111,20 +114,10 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
         seed: int = 0,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
         max_length: int = 1024,
-        max_prompt_length: int | None = None,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-        padding_free: bool = False,
-        group_by_length: bool = False,
-        truncation_mode: str = "keep_end",
-        drop_truncated: bool = False,
-        cache_dir: str | None = None,
-        num_proc: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**batching_arguments(locals()))
+        super().__init__(max_length=max_length, **kwargs)
         self.val_paths = named_val_paths(val_path)
         check_val_fraction(val_fraction, val_split, self.val_paths)
         #: an in-distribution set from the training source (``val_split`` or ``val_fraction``), served first

@@ -16,9 +16,8 @@ from collections.abc import Iterator, Sized
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
-
-from rdpo_lightning.distributed import data_parallel_replicas
 
 
 class ResumableSampler(DistributedSampler):
@@ -150,18 +149,10 @@ class LengthGroupedSampler(ResumableSampler):
     """
 
     def __init__(
-        self,
-        dataset: Sized,
-        lengths: list[int],
-        batch_size: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        group_batches: int = 50,
+        self, dataset: Sized, lengths: list[int], batch_size: int, group_batches: int = 50, **kwargs: Any
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        """``kwargs``: the parent's (``num_replicas``, ``rank``, ``shuffle``, ``seed``, ``drop_last``)."""
+        super().__init__(dataset, **kwargs)
         if len(lengths) != len(dataset):
             raise ValueError(f"lengths has {len(lengths)} entries for {len(dataset)} pairs")
         self.lengths = list(lengths)
@@ -198,3 +189,17 @@ class LengthGroupedSampler(ResumableSampler):
                 " ones, or set data.group_by_length: false)"
             )
         super().load_state_dict(state)
+
+
+def data_parallel_replicas(trainer: Any = None) -> tuple[int, int]:
+    """(number of data-parallel replicas, this process's replica index).
+
+    From the Trainer's strategy when one is attached (ModelParallel counts only its data-parallel mesh dimension),
+    else from an initialised ``torch.distributed`` process group, else a single process.
+    """
+    kwargs = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+    if kwargs:
+        return int(kwargs["num_replicas"]), int(kwargs["rank"])
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0

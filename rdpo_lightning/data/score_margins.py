@@ -12,30 +12,10 @@ around it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from rdpo_lightning.data.mixture import Mixture
-
-#: the per-pair column: K score differences, chosen minus rejected
-SCORE_MARGINS = "score_margins"
-
-
-@dataclass(frozen=True)
-class MixtureSpace:
-    """The attributes behind a DataModule's ``score_margins`` and the mixtures its training pairs were labelled at.
-
-    ``attributes``: the K names, in column order. ``kind``: ``convex`` or ``geometric`` (the margins are then of log
-    scores). ``train``: the training mixture(s), one per group. ``pair``: the indices of ``data.attribute_a`` and
-    ``data.attribute_b`` (the paper's one-parameter family α·r_a + (1 − α)·r_b), or None. ``train_keys``: how errors
-    name the training mixtures (``data.train_alpha``, ``data.train_mixtures``)."""
-
-    attributes: tuple[str, ...]
-    kind: str
-    train: tuple[Mixture, ...]
-    pair: tuple[int, int] | None = None
-    train_keys: str = "data.train_alpha"
+from rdpo_lightning.mixtures import SCORE_MARGINS, MixtureSpace  # noqa: F401 (defined in the leaf both read)
 
 
 def score_margins(chosen: np.ndarray, rejected: np.ndarray, kind: str) -> list[float]:

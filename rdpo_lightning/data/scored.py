@@ -26,10 +26,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from rdpo_lightning.checks import check_fraction
 from rdpo_lightning.data.chat import is_messages, render_prompt_and_responses
 from rdpo_lightning.data.column_paths import is_path, read_paths
-from rdpo_lightning.data.datamodule import batching_arguments
 from rdpo_lightning.data.hub import load_table
-from rdpo_lightning.data.mixture import MixtureEntry
-from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits, mixture_arguments
+from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits
 from rdpo_lightning.data.pairing import PromptCompletions
 from rdpo_lightning.data.rows import require_columns
 from rdpo_lightning.data.tokenizer import load_tokenizer
@@ -77,15 +75,16 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
             file of rows ``prompt_column``, ``response_column`` and one numeric column per attribute.
         tokenizer: tokenizer name or path.
         score_columns: the attribute columns, in order; mixtures weigh them.
-        attribute_a, attribute_b, train_alpha, val_alphas, train_mixtures, train_shares, val_mixtures, mixture_kind:
-            the mixtures, as for :class:`~rdpo_lightning.data.AttributeWorldDataModule` (several training mixtures
-            become groups).
-        pairing, label_temperature: how pairs are formed and labelled (module docstring).
+        pairing: how pairs are formed (here ``best_vs_worst`` by default; module docstring). The mixtures
+            (``attribute_a``, ``train_alpha``, ``val_mixtures``, ...; several training mixtures become groups) are
+            :class:`~rdpo_lightning.data.mixture_pairs.MixturePairsDataModule`'s, the batching and truncation
+            arguments :class:`~rdpo_lightning.data.PreferenceDataModule`'s.
         train_split, val_split, val_path, val_fraction: validation prompts come from ``val_split`` of the source,
             from ``val_path``, or (neither given) ``val_fraction`` of the prompts are held out (seeded by ``seed``).
         apply_chat_template: render prompt and completions through the tokenizer's chat template; null (default):
             when the prompts are chat messages, as for pairwise data.
         max_train_prompts, max_val_prompts: use only the first prompts (quick runs).
+        max_length: prompt + response tokens per sequence (here 1,024 by default).
     """
 
     def __init__(
@@ -95,16 +94,7 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         score_columns: list[str],
         prompt_column: str = "prompt",
         response_column: str = "response",
-        attribute_a: str | None = None,
-        attribute_b: str | None = None,
-        train_alpha: float | None = None,
-        val_alphas: list[float] | None = None,
-        train_mixtures: list[MixtureEntry] | None = None,
-        train_shares: list[float] | None = None,
-        val_mixtures: list[MixtureEntry] | None = None,
-        mixture_kind: str = "convex",
         pairing: str = "best_vs_worst",
-        label_temperature: float | None = None,
         name: str | None = None,
         revision: str | None = None,
         train_split: str = "train",
@@ -115,30 +105,21 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         max_train_prompts: int | None = None,
         max_val_prompts: int | None = None,
         seed: int = 0,
-        batch_size: int = 8,
-        val_batch_size: int | None = None,
         max_length: int = 1024,
-        max_prompt_length: int | None = None,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-        padding_free: bool = False,
-        group_by_length: bool = False,
-        truncation_mode: str = "keep_end",
-        drop_truncated: bool = False,
-        cache_dir: str | None = None,
-        num_proc: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if not score_columns:
             raise ValueError("data.score_columns must name at least one attribute column")
         if len(set(score_columns)) != len(score_columns):
             raise ValueError(f"data.score_columns repeats a column: {score_columns}")
         check_fraction("data.val_fraction", val_fraction)
-        super().__init__(score_columns, **mixture_arguments(locals()), **batching_arguments(locals()))
+        super().__init__(score_columns, pairing=pairing, max_length=max_length, **kwargs)
         #: score columns that must be > 0: those a geometric mixture weighs (r = Π s_k^α_k, taken in log space)
         self._positive_scores = [
             k
             for k in range(len(score_columns))
-            if mixture_kind == "geometric" and any(m.weights[k] > 0 for m in self.train_mixtures + self.val_mixtures)
+            if self.mixture_kind == "geometric"
+            and any(m.weights[k] > 0 for m in self.train_mixtures + self.val_mixtures)
         ]
         self.path, self.name, self.revision = path, name, revision
         self.tokenizer_name = tokenizer

@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from rdpo_lightning.checks import looks_local
 from rdpo_lightning.errors import InputError
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -34,7 +35,6 @@ def save_word_tokenizer(words: Sequence[str], directory: str | Path) -> Path:
 def load_tokenizer(name_or_path: str | Path, key: str = "data.tokenizer"):
     """Load any tokenizer the way users do, and make sure it can pad (GPT-2 style tokenizers ship without a pad).
     ``key``: the YAML key naming it, for a one-line error when it cannot be loaded."""
-    from rdpo_lightning.models import looks_local
 
     name = str(name_or_path)
     if looks_local(name) and not Path(name).expanduser().exists():

@@ -11,14 +11,11 @@ from typing import Any
 import datasets
 import numpy as np
 
-from rdpo_lightning.data.datamodule import batching_arguments
 from rdpo_lightning.data.generate import SamplingConfig, sample_completions
-from rdpo_lightning.data.mixture import MixtureEntry
 from rdpo_lightning.data.mixture_pairs import (
     MixturePairsDataModule,
     PairRandomness,
     PromptSplits,
-    mixture_arguments,
     training_only_dropped,
 )
 from rdpo_lightning.data.pairing import PromptCompletions, compared_completions
@@ -58,15 +55,8 @@ class AttributeWorldDataModule(MixturePairsDataModule):
         world: AttributeWorld | None = None,
         attribute_a: str | None = "anger",
         attribute_b: str | None = "fear",
-        train_alpha: float | None = None,
-        val_alphas: list[float] | None = None,
-        train_mixtures: list[MixtureEntry] | None = None,
-        train_shares: list[float] | None = None,
-        val_mixtures: list[MixtureEntry] | None = None,
-        mixture_kind: str = "convex",
         label_temperature: float | None = 0.05,
         responses_per_prompt: int = 2,
-        pairing: str = "bradley_terry",
         num_train: int = 2048,
         num_val: int = 256,
         seed: int = 0,
@@ -74,18 +64,10 @@ class AttributeWorldDataModule(MixturePairsDataModule):
         tokenizer_dir: str | None = None,
         response_policy: str | None = None,
         sampling: SamplingConfig | None = None,
-        batch_size: int = 16,
-        val_batch_size: int | None = None,
-        max_length: int = 64,
-        max_prompt_length: int | None = None,
-        num_workers: int = 0,
-        pad_to_multiple_of: int | None = None,
-        padding_free: bool = False,
-        group_by_length: bool = False,
-        truncation_mode: str = "keep_end",
-        drop_truncated: bool = False,
-        cache_dir: str | None = None,
         input_shifts: dict[str, dict[str, Any]] | None = None,
+        batch_size: int = 16,
+        max_length: int = 64,
+        **kwargs: Any,
     ) -> None:
         world = world or AttributeWorld()
         input_worlds = shifted_worlds(world, input_shifts or {})
@@ -97,17 +79,15 @@ class AttributeWorldDataModule(MixturePairsDataModule):
             raise ValueError("give one of data.tokenizer (an existing tokenizer) and data.tokenizer_dir, not both")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"data.seed must be >= 0, got {seed}")
-        super().__init__(world.attributes, **mixture_arguments(locals()), **batching_arguments(locals()))
-        self.world = world
-        self.input_worlds = input_worlds
+        super().__init__(
+            world.attributes, attribute_a=attribute_a, attribute_b=attribute_b, label_temperature=label_temperature,
+            batch_size=batch_size, max_length=max_length, **kwargs,
+        )  # fmt: skip
+        self.world, self.input_worlds = world, input_worlds
+        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        self.tokenizer_name, self.tokenizer_dir = tokenizer, tokenizer_dir
         self.responses_per_prompt = responses_per_prompt
-        self.num_train = num_train
-        self.num_val = num_val
-        self.seed = seed
-        self.tokenizer_name = tokenizer
-        self.tokenizer_dir = tokenizer_dir
-        self.response_policy = response_policy
-        self.sampling = sampling or SamplingConfig()
+        self.response_policy, self.sampling = response_policy, sampling or SamplingConfig()
 
     @property
     def train_mixture(self):

@@ -9,39 +9,55 @@ from rdpo_lightning.checks import check_probability
 from rdpo_lightning.losses.base import PairLoss
 
 
-class SigmoidLoss(PairLoss):
+class LabelSmoothedLoss(PairLoss):
+    """The logistic losses of both label orders, −log σ(β·h) and −log σ(−β·h), mixed by a label-noise rate ε
+    (``label_smoothing``): subclasses say how (:meth:`mix`) and whether ε may reach ½ (``reaches_half``)."""
+
+    reaches_half = True
+
+    def __init__(self, label_smoothing: float) -> None:
+        super().__init__()
+        check_probability("label_smoothing", label_smoothing, upper_open=not self.reaches_half)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
+        logits = beta * (chosen_logratios - rejected_logratios)
+        return self.mix(-F.logsigmoid(logits), -F.logsigmoid(-logits), self.label_smoothing)
+
+    @staticmethod
+    def mix(loss: Tensor, reversed_loss: Tensor, eps: float) -> Tensor:
+        raise NotImplementedError
+
+
+class SigmoidLoss(LabelSmoothedLoss):
     """DPO (Rafailov et al.): −log σ(β·h); with ``label_smoothing`` ε > 0 it is conservative DPO (cDPO).
 
     h = chosen − rejected log-ratio. cDPO assumes each label is flipped with probability ε.
     """
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
-        super().__init__()
-        check_probability("label_smoothing", label_smoothing, upper_open=False)
-        self.label_smoothing = label_smoothing
+        super().__init__(label_smoothing)
 
-    def forward(self, chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
-        logits = beta * (chosen_logratios - rejected_logratios)
-        eps = self.label_smoothing
-        return -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+    @staticmethod
+    def mix(loss: Tensor, reversed_loss: Tensor, eps: float) -> Tensor:
+        return (1 - eps) * loss + eps * reversed_loss
 
 
-class RobustNoiseLoss(PairLoss):
+class RobustNoiseLoss(LabelSmoothedLoss):
     """rDPO (Chowdhury et al. 2024; TRL's ``robust``): an unbiased DPO loss under label noise rate ε.
 
     (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε). Robust to *label noise*, unlike the distributionally robust
     strategies, which are robust to *preference shift*; the two compose.
     """
 
-    def __init__(self, label_smoothing: float = 0.1) -> None:
-        super().__init__()
-        check_probability("label_smoothing", label_smoothing, upper_open=True)
-        self.label_smoothing = label_smoothing
+    reaches_half = False  # (1 − 2ε) divides
 
-    def forward(self, chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
-        logits = beta * (chosen_logratios - rejected_logratios)
-        eps = self.label_smoothing
-        return (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
+    def __init__(self, label_smoothing: float = 0.1) -> None:
+        super().__init__(label_smoothing)
+
+    @staticmethod
+    def mix(loss: Tensor, reversed_loss: Tensor, eps: float) -> Tensor:
+        return ((1 - eps) * loss - eps * reversed_loss) / (1 - 2 * eps)
 
 
 class HingeLoss(PairLoss):

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from rdpo_lightning.models import resolve_dtype
+from rdpo_lightning.checks import resolve_dtype
 from rdpo_lightning.rewards.base import RewardFunction
 
 
@@ -44,12 +44,12 @@ class SequenceClassifierReward(RewardFunction):
             raise ValueError(f"rewards output must be 'probabilities' or 'logits', got {output!r}")
         if batch_size < 1 or max_length < 1:
             raise ValueError(f"rewards batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
+        config = AutoConfig.from_pretrained(model)  # a wrong model path fails here, before anything is set
         self.model_name = model
         self.output = output
         self.batch_size = batch_size
         self.max_length = max_length
         self.torch_dtype = torch_dtype
-        config = AutoConfig.from_pretrained(model)
         names = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.label_indices = [self._label_index(label, names) for label in (labels if labels is not None else names)]
         self._attributes = tuple(names[i] for i in self.label_indices)

@@ -81,10 +81,10 @@ class RobustLoss(nn.Module):
     needs_reversed_losses: bool = False
     #: False when the strategy runs its own backward passes through :meth:`manual_step`
     automatic_optimization: bool = True
-    #: how the objective is formed over an accumulation window (:mod:`rdpo_lightning.accumulation`): ``"additive"``
-    #: (a mean over pairs: each micro-batch's own objective times its pair share), ``"softmax"`` (gradient
-    #: Σ softmax(softmax_scale·ℓ)_i ∇ℓ_i: one pass under a running log-sum-exp), or ``"scored"`` (any function of the
-    #: pair losses: a scoring pass without gradients, then the gradient pass)
+    #: how the objective is formed over an accumulation window (:mod:`rdpo_lightning.training.accumulation`):
+    #: ``"additive"`` (a mean over pairs: each micro-batch's own objective times its pair share), ``"softmax"``
+    #: (gradient Σ softmax(softmax_scale·ℓ)_i ∇ℓ_i: one pass under a running log-sum-exp), or ``"scored"`` (any function
+    #: of the pair losses: a scoring pass without gradients, then the gradient pass)
     accumulation: str = "scored"
     #: s in softmax(s·ℓ), for ``accumulation = "softmax"``
     softmax_scale: float = 1.0

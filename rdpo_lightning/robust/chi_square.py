@@ -86,14 +86,11 @@ class ChiSquareDRO(GlobalReweighting):
         check_positive("rho", rho)
         self.rho = float(rho)
 
-    def degeneracy(self, pairs: int) -> str | None:
-        if 1 + 2 * self.rho >= pairs:
-            return (
-                f"the χ² ball of rho={self.rho:g} over {pairs} pairs per optimizer step (1 + 2·rho >= pairs) holds the"
-                " point mass: the objective is the single largest loss (lower model.robust.init_args.rho, or raise"
-                " the optimizer batch)"
-            )
-        return super().degeneracy(pairs)
+    def point_mass(self, pairs: int) -> tuple[str, str] | None:
+        if 1 + 2 * self.rho < pairs:
+            return None
+        reason = f"the χ² ball of rho={self.rho:g} over {pairs} pairs per optimizer step (1 + 2·rho >= pairs)"
+        return f"{reason} holds the point mass", "lower model.robust.init_args.rho"
 
     def weight_rule(self, global_losses: Tensor) -> ChiSquareWeights:
         return ChiSquareWeights.solve(global_losses, self.rho)

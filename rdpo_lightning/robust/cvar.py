@@ -63,14 +63,13 @@ class CVaR(GlobalReweighting):
         check_interval("worst_fraction", worst_fraction, 0.0, 1.0, open_low=True, open_high=False)
         self.worst_fraction = float(worst_fraction)
 
-    def degeneracy(self, pairs: int) -> str | None:
-        if self.worst_fraction * pairs < 1:
-            return (
-                f"CVaR's worst_fraction={self.worst_fraction:g} of {pairs} pairs per optimizer step is less than one"
-                " pair: the objective is the single largest loss (raise model.robust.init_args.worst_fraction, or the"
-                " optimizer batch)"
-            )
-        return super().degeneracy(pairs)
+    def point_mass(self, pairs: int) -> tuple[str, str] | None:
+        if self.worst_fraction * pairs >= 1:
+            return None
+        reason = (
+            f"CVaR's worst_fraction={self.worst_fraction:g} of {pairs} pairs per optimizer step is less than one pair"
+        )
+        return reason, "raise model.robust.init_args.worst_fraction"
 
     def weight_rule(self, global_losses: Tensor) -> CVaRWeights:
         return CVaRWeights.solve(global_losses, self.worst_fraction)

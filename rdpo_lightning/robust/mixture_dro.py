@@ -17,9 +17,8 @@ import torch
 from torch import Tensor
 
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_non_negative, check_positive
-from rdpo_lightning.data.mixture import MixtureEntry
-from rdpo_lightning.data.score_margins import SCORE_MARGINS
 from rdpo_lightning.errors import InputError
+from rdpo_lightning.mixtures import SCORE_MARGINS, MixtureEntry
 from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
 from rdpo_lightning.robust.mixture_set import FAMILIES, MixtureSet, resolve_set
 

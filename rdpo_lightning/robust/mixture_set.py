@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rdpo_lightning.data.mixture import Mixture, MixtureEntry, parse_mixture, vector_name
-from rdpo_lightning.data.score_margins import MixtureSpace
 from rdpo_lightning.errors import InputError
+from rdpo_lightning.mixtures import Mixture, MixtureEntry, MixtureSpace, parse_mixture, vector_name
 
 FAMILIES = ("pair", "simplex")
 KEY = "model.robust.init_args"

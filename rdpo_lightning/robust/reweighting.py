@@ -37,6 +37,18 @@ class GlobalReweighting(RobustLoss):
     say how the gathered losses give the weight rule. Logged: ``threshold``, ``weight_max`` (the largest weight
     relative to uniform), ``ess_fraction`` and ``support_fraction`` (the share of pairs with weight > 0)."""
 
+    def point_mass(self, pairs: int) -> tuple[str, str] | None:
+        """(why, what to change) when ``pairs`` pairs per optimizer step leave the ball only the point mass on the
+        largest loss; None otherwise."""
+        return None
+
+    def degeneracy(self, pairs: int) -> str | None:
+        found = self.point_mass(pairs)
+        if found is None:
+            return super().degeneracy(pairs)
+        reason, remedy = found
+        return f"{reason}: the objective is the single largest loss ({remedy}, or raise the optimizer batch)"
+
     def weight_rule(self, global_losses: Tensor) -> WeightRule:
         raise NotImplementedError
 

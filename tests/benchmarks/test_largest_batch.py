@@ -11,6 +11,17 @@ from tests.benchmarks.tiny_runs import ROOT, run_tiny
 PUBLISHED = ROOT / "benchmarks" / "results" / "largest_batch.md"
 
 
+def fits_up_to(threshold: int, tried: list[int]):
+    """A stand-in for ``trial``: k pairs fit when k <= threshold (monotone, as memory is); each k noted in ``tried``."""
+
+    def fake_trial(name, pairs, settings, model, work, budget):
+        tried.append(pairs)
+        return {"pairs": pairs, "fits": pairs <= threshold, "peak_gib": 0.0, "real_tokens": pairs,
+                "padded_tokens": pairs}  # fmt: skip
+
+    return fake_trial
+
+
 @pytest.mark.parametrize("cap", [1, 8, 13])
 def test_search_finds_the_largest_fitting_batch(monkeypatch, cap: int) -> None:
     """Doubling then bisection returns what a scan of every k finds (fitting is monotone in k), trying each k once."""
@@ -19,17 +30,28 @@ def test_search_finds_the_largest_fitting_batch(monkeypatch, cap: int) -> None:
     for threshold in range(0, 20):
         tried: list[int] = []
 
-        def fake_trial(name, pairs, settings, model, work, budget, threshold=threshold, tried=tried):
-            tried.append(pairs)
-            return {"pairs": pairs, "fits": pairs <= threshold, "peak_gib": 0.0, "real_tokens": pairs,
-                    "padded_tokens": pairs}  # fmt: skip
-
-        monkeypatch.setattr(largest_batch, "trial", fake_trial)
+        monkeypatch.setattr(largest_batch, "trial", fits_up_to(threshold, tried))
         found = largest_batch.largest("ours-dpo", None, {}, Path("."), 1.0, cap)
         scan = max((k for k in range(1, cap + 1) if k <= threshold), default=0)
         assert found["best"]["pairs"] == scan, (threshold, cap, tried)
         assert found["capped"] == (scan == cap)
         assert len(tried) == len(set(tried)) and all(1 <= k <= cap for k in tried)
+
+
+@pytest.mark.parametrize("start, resolution", [(4, 0.125), (8, 0.25), (3, 0.0)])
+def test_a_coarser_search_from_a_larger_start_stays_within_its_resolution(monkeypatch, start, resolution) -> None:
+    """From ``start`` pairs and down to ``resolution``: the k found fits, and the largest fitting k (a scan) is less
+    than max(1, resolution × k) above it; every k tried once."""
+    import benchmarks.largest_batch as largest_batch
+
+    for threshold in range(0, 70):
+        tried: list[int] = []
+
+        monkeypatch.setattr(largest_batch, "trial", fits_up_to(threshold, tried))
+        found = largest_batch.largest("ours-dpo", None, {}, Path("."), 1.0, 64, start, resolution)["best"]["pairs"]
+        scan = min(threshold, 64)
+        assert found <= scan < found + max(1, int(resolution * found)), (threshold, found, tried)
+        assert len(tried) == len(set(tried))
 
 
 def test_tiny_run_searches_both_frameworks(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 
 
 def _validate(devices: int, policy: Path, reference: Path, tokenizer_dir: Path) -> dict[str, float]:

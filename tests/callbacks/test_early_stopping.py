@@ -21,8 +21,8 @@ from rdpo_lightning.callbacks import WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorld
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.tokenizer import load_tokenizer
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 
 
 class ReversedShift(L.LightningDataModule):

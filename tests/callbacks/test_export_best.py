@@ -18,8 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForCausalLM
 
 from rdpo_lightning.callbacks import ExportBestCheckpoint, WorstCaseEvaluation
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 from tests.lora_fits import make_data
 
 STEPS = 4

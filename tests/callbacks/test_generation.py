@@ -21,8 +21,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorld, AttributeWorldDataModule
 from rdpo_lightning.data.tokenizer import load_tokenizer
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 
 LENGTH = 4
 P_RAGE = 0.75

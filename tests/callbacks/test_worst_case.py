@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM
 from rdpo_lightning.callbacks import WorstCaseEvaluation
 from rdpo_lightning.callbacks.report import MixtureResult, ShiftReport, format_table, mixture_coordinates
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 
 BETA = 0.1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rdpo_lightning.batch_layout import IGNORE_INDEX
 from rdpo_lightning.data.collate import PairCollator
-from rdpo_lightning.logprobs import IGNORE_INDEX
 
 EXAMPLES = [
     {"prompt_ids": [5, 6], "chosen_ids": [7, 2], "rejected_ids": [8, 9, 2]},
@@ -34,7 +34,7 @@ def test_reference_logps_pass_through() -> None:
 
 def test_precomputed_reference_gives_the_online_losses(tiny_model_dir) -> None:
     """Reference log-probs computed once and carried by the batch reproduce the losses of the online reference."""
-    from rdpo_lightning.module import RobustDPO
+    from rdpo_lightning.training.module import RobustDPO
 
     torch.manual_seed(0)
     module = RobustDPO(model=str(tiny_model_dir))

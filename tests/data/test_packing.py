@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from rdpo_lightning.batch_layout import IGNORE_INDEX, pack, unpack
 from rdpo_lightning.data.collate import PairCollator
-from rdpo_lightning.data.packing import first_fit_decreasing, pack, unpack
-from rdpo_lightning.logprobs import IGNORE_INDEX
-from rdpo_lightning.models import token_logps
+from rdpo_lightning.data.packing import first_fit_decreasing
+from rdpo_lightning.models.scoring import token_logps
 
 VOCAB = 61
 

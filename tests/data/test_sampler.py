@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from torch.utils.data import DistributedSampler
 
-from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler
-from rdpo_lightning.distributed import data_parallel_replicas
+from rdpo_lightning.data.sampler import ResumableDataLoader, ResumableSampler, data_parallel_replicas
 
 N = 22
 

@@ -30,10 +30,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import LoraConfig
 
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.distributed import FSDP2Strategy
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
+from rdpo_lightning.training.strategies import FSDP2Strategy
 
 ADAPTER_ONLY = os.environ.get("ADAPTER_ONLY", "1") == "1"  # "0": full checkpoints, for comparison
 STEPS, RESUME_AT = 4, 2

@@ -29,9 +29,6 @@ import torch
 from peft import LoraConfig
 
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.distributed import FSDP2Strategy
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import (
     ChiSquareDRO,
     CVaR,
@@ -42,6 +39,9 @@ from rdpo_lightning.robust import (
     NoRobust,
     WassersteinPenalty,
 )
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
+from rdpo_lightning.training.strategies import FSDP2Strategy
 
 ROBUST = {
     "none": NoRobust,

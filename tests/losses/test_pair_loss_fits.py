@@ -13,9 +13,9 @@ import torch
 from rdpo_lightning.cli import main
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.losses import RPOLoss, SimPOLoss
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
-from tests.test_cli import small_run_args
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
+from tests.cli.test_cli import small_run_args
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NUM_VAL = 6

@@ -18,11 +18,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rdpo_lightning.callbacks import WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.pareto import Point, mean_gap, read_scalars, run_directories
 from rdpo_lightning.pareto.report import main
-from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import KLReweighter, NoRobust
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 from tests.conftest import TINY_GPT2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ import torch
 
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.errors import InputError
-from rdpo_lightning.module import RobustDPO
-from rdpo_lightning.quiet import quiet_trainer
 from rdpo_lightning.robust import GroupDRO, ScoredPairs
+from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.quiet import quiet_trainer
 
 
 def reference_step(weights: list[float], losses: torch.Tensor, groups: list[int], eta: float):

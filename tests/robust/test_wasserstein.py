@@ -8,10 +8,10 @@ import torch
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.tokenize import tokenize_pair
 from rdpo_lightning.data.tokenizer import load_tokenizer
-from rdpo_lightning.module import RobustDPO
 from rdpo_lightning.robust import ScoredPairs, WassersteinPenalty
 from rdpo_lightning.robust.base import math_attention
 from rdpo_lightning.robust.wasserstein import pair_gradient_sq_norms
+from rdpo_lightning.training.module import RobustDPO
 
 PAIRS = [
     ("the morning train", "rage fury the", "terror dread"),

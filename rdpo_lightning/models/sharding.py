@@ -1,0 +1,208 @@
+"""Scaling out: find a model's transformer blocks, then shard (FSDP1 / FSDP2) and checkpoint by block.
+
+The module calls :func:`prepare_models` from ``configure_model`` with whatever strategy the Trainer runs; this file is
+the one place that knows how each Lightning strategy wants a model prepared:
+
+* ``FSDPStrategy`` (FSDP1, ``strategy: fsdp``): each language model (policy, reference) is wrapped in
+  ``configure_model`` (inside the strategy's ``enable_wrap`` context, so with its sharding, precision and device
+  settings) as its *own root* FSDP module, with an auto-wrap policy that makes every transformer block a nested unit
+  (unless the user gave ``auto_wrap_policy``). The block class is found from the model (``_no_split_modules``), never
+  hard-coded. Own roots, rather than one root around the LightningModule, because the robust strategies run forwards
+  and backwards *inside* ``training_step`` (WDPO's z-gradient pass, manual optimisation): FSDP1 finalises gradients
+  only in a callback its root queues when a backward reaches the root's outputs, which the policy's outputs then are.
+* ``ModelParallelStrategy`` (FSDP2; :class:`FSDP2Strategy` sizes it for pure data parallelism): ``fully_shard`` on
+  each block, then on each whole model, over the data-parallel mesh, here in ``configure_model``.
+* anything else (DDP, single device): nothing to shard.
+
+Activation checkpointing (non-reentrant, so ``autograd.grad`` keeps working for WDPO) wraps the same blocks under
+every strategy.
+
+It is also where the data-parallel replica count is worked out (:func:`data_parallel_replicas`), for the sampler,
+the generation callback and per-rank seeding alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable
+
+import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
+from torch import nn
+
+
+def transformer_block_classes(model: nn.Module) -> tuple[type[nn.Module], ...]:
+    """The classes of ``model``'s repeated transformer blocks.
+
+    Hugging Face models name them in ``_no_split_modules`` (``GPT2Block``, ``LlamaDecoderLayer``, ...). Failing that,
+    the class repeated in the longest ``nn.ModuleList`` is taken.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    found = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not found:
+        lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+        if lists:
+            longest = max(lists, key=len)
+            kinds = {type(m) for m in longest}
+            if len(kinds) == 1:
+                found = kinds
+    if not found:
+        raise ValueError(
+            f"cannot find the transformer blocks of {type(model).__name__}: it declares no _no_split_modules and has no"
+            " nn.ModuleList of identical layers; give the strategy an explicit auto_wrap_policy"
+        )
+    return tuple(sorted(found, key=lambda cls: cls.__name__))
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The outermost block instances of ``model``, in module order."""
+    classes = transformer_block_classes(model)
+    blocks: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, classes) and not any(module in b.modules() for b in blocks):
+            blocks.append(module)
+    return blocks
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward (non-reentrant: ``autograd.grad`` and double backward work).
+
+    The recomputation runs with the attention kernels of the original forward: exact WDPO forces the math SDPA path
+    (flash kernels have no double backward), and a recompute that silently picked another kernel would break it.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        checkpoint_wrapper,
+    )
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing as apply,
+    )
+
+    classes = transformer_block_classes(model)
+    wrapper = functools.partial(
+        checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT, context_fn=_same_attention_kernels
+    )
+    apply(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda module: isinstance(module, classes))
+
+
+def _same_attention_kernels() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """(forward context, recompute context) for ``torch.utils.checkpoint``: recompute with today's SDPA backends."""
+    from torch.nn.attention import _cur_sdpa_kernel_backends
+
+    return contextlib.nullcontext(), _AttentionKernels(_cur_sdpa_kernel_backends())
+
+
+class _AttentionKernels:
+    """Re-enterable ``sdpa_kernel(backends)``: a block may be recomputed twice (autograd.grad, then backward)."""
+
+    def __init__(self, backends: list) -> None:
+        self.backends = backends
+        self._active: list[contextlib.AbstractContextManager] = []
+
+    def __enter__(self) -> None:
+        from torch.nn.attention import sdpa_kernel
+
+        context = sdpa_kernel(self.backends)
+        context.__enter__()
+        self._active.append(context)
+
+    def __exit__(self, *exc: object) -> None:
+        self._active.pop().__exit__(*exc)
+
+
+def is_sharded(strategy: Strategy | None) -> bool:
+    """Whether the strategy shards parameters (FSDP1 or FSDP2), which rules out double backward."""
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
+def prepare_models(strategy: Strategy | None, models: list[nn.Module | None]) -> list[nn.Module | None]:
+    """Shard ``models`` (policy, and the reference when one is resident) the way ``strategy`` expects; returns them
+    in the same order (FSDP1 returns wrappers, FSDP2 the same modules, now sharded; None stays None)."""
+    present = [m for m in models if m is not None]
+    for kind, prepare in _PREPARERS:
+        if isinstance(strategy, kind):
+            prepared = iter(prepare(strategy, present))
+            return [None if m is None else next(prepared) for m in models]
+    return list(models)
+
+
+def _fsdp1_wrap(strategy: FSDPStrategy, models: list[nn.Module]) -> list[nn.Module]:
+    """FSDP1: each model its own root, its blocks nested units (the strategy's ``enable_wrap`` context is active in
+    ``configure_model``, so ``wrap`` applies the strategy's sharding, precision and device settings)."""
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy, wrap
+
+    wrapped = []
+    for model in models:
+        overrides = {}
+        if "auto_wrap_policy" not in strategy.kwargs:
+            overrides["auto_wrap_policy"] = ModuleWrapPolicy(set(transformer_block_classes(model)))
+        wrapped.append(wrap(model, **overrides))
+    return wrapped
+
+
+def _fsdp2_fully_shard(strategy: ModelParallelStrategy, models: list[nn.Module]) -> list[nn.Module]:
+    """FSDP2: ``fully_shard`` bottom-up, each block then each whole model, over the data-parallel mesh.
+
+    Under ``bf16-mixed`` the parameters are all-gathered in bfloat16 (half the traffic and unsharded memory) and
+    gradients reduced in float32; the sharded parameters and the optimizer stay float32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if strategy.device_mesh["tensor_parallel"].size() != 1:
+        raise ValueError(
+            "ModelParallelStrategy with tensor_parallel_size > 1 is not supported by RobustDPO: use FSDP2Strategy"
+            " (or ModelParallelStrategy with tensor_parallel_size: 1) for fully sharded data parallelism"
+        )
+    mesh = strategy.device_mesh["data_parallel"]
+    mixed = getattr(strategy.precision_plugin, "precision", None) == "bf16-mixed"
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed else None
+    options = {"mesh": mesh, **({"mp_policy": policy} if policy is not None else {})}
+    for model in models:
+        for block in transformer_blocks(model):
+            fully_shard(_checkpoint_wrapper_of(model, block), **options)
+        fully_shard(model, **options)
+    return models
+
+
+def _checkpoint_wrapper_of(model: nn.Module, block: nn.Module) -> nn.Module:
+    """The activation-checkpoint wrapper around ``block`` if there is one (shard the wrapper, as torchtitan does)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    for module in model.modules():
+        if isinstance(module, CheckpointWrapper) and module._checkpoint_wrapped_module is block:
+            return module
+    return block
+
+
+_PREPARERS = ((FSDPStrategy, _fsdp1_wrap), (ModelParallelStrategy, _fsdp2_fully_shard))
+
+
+def reshard(model: nn.Module) -> None:
+    """Free FSDP2's unsharded parameters: a root module keeps them after a forward without backward (e.g. the
+    reference log-prob pass), which would otherwise hold a full copy of the root's parameters until training's first
+    backward. A no-op for other models."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def gradients_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters an optimizer steps that have a gradient (what clipping measures)."""
+    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+def clip_grad_norm(model: nn.Module, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm of ``model``'s ``parameters`` over all ranks' shards.
+
+    FSDP1 keeps flat shards, so only its root module can compute the global norm (Lightning's FSDP precision plugin
+    refuses norm clipping for that reason). FSDP2 gradients are DTensors, whose norm ``torch.nn.utils.clip_grad_norm_``
+    reduces across the mesh; DDP gradients are already identical on every rank.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        return model.clip_grad_norm_(max_norm)
+    return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
