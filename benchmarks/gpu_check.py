@@ -29,7 +29,7 @@ matter. The case passes when the accumulated step is within ``ACCUMULATION_TOLER
 from the adapter-only checkpoint (the restored weights' checksum must equal the saved one, and two more steps run)
 and exports it (FSDP1 refuses adapter-only checkpoints in one line, as designed); ``qlora+resume+export`` does the
 same with a 4-bit base on one GPU. ``mixtral+router`` trains a small Mixtral with the router load-balancing term,
-which must be logged finite and positive. The mixture strategy of issue 25 joins with one line in ``CASES``.
+which must be logged finite and positive. ``mixture`` trains MixtureDRO (issue 25) on the world's score margins.
 """
 
 from __future__ import annotations
@@ -86,9 +86,8 @@ CASES = {
     "cvar+accum": (functools.partial(robust.CVaR, worst_fraction=0.25), False, True),
     "lora_base+adapter_only": (functools.partial(KLReweighter, tau=1.0), False, True),
     "mixtral+router": (NoRobust, False, True),
-    # issue 25 ("Robust to the mixture itself"): once its strategy lands, its case is this one line, uncommented
-    # (with the class name and arguments it landed with; gpu_check.sh counts the cases it expects from PLAN lines):
-    # "mixture": (functools.partial(robust.MixtureDRO, radius=0.2), False, True),
+    # issue 25 ("Robust to the mixture itself"): the worst mixture of [0, 0.3] around the world's alpha_0 = 0.1
+    "mixture": (functools.partial(robust.MixtureDRO, radius=0.2, label_temperature=0.05), False, True),
     "qlora": (NoRobust, False, True),
     "qlora+export": (functools.partial(WassersteinPenalty, rho=0.01, mode="finite_difference"), False, True),
     "qlora+resume+export": (NoRobust, False, True),

@@ -20,6 +20,11 @@ Scenarios (``--scenario``)
 * ``input``: trained at α₀ = 0.1 on the world's usual inputs; evaluated on the usual inputs and on inputs from
   another generator (longer responses, more neutral words, more mixed attributes), labelled by the same reward at α₀
   (``AttributeWorldDataModule(input_shifts=...)``); metrics: loss, accuracy. Methods: DPO, KLDPO, WDPO.
+* ``mixture``: the label shift again, with the methods that read each pair's attribute scores: DPO, KLDPO, WDPO,
+  MixtureDRO (worst mixture of the interval [α₀ − r, α₀ + r], ``--radii``) and, per radius, ``Mean``: the mean over the
+  same mixtures (DPO on labels averaged over the set), without which a gain cannot be told from seeing more mixtures.
+  Both use Bradley–Terry labels at the data's own ``--label-temperature``. Also judged: MixtureDRO against Mean at
+  each radius.
 
     PYTHONPATH=$PWD python benchmarks/pareto.py --scenario label     # default size: see benchmarks/README.md
     PYTHONPATH=$PWD python benchmarks/pareto.py --scenario group --tiny   # smoke test ($TMPDIR/rdpo_lightning_tiny)
@@ -42,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: shi
 
 import shift  # noqa: E402
 
-SCENARIOS = ("label", "group", "input")
+SCENARIOS = ("label", "group", "input", "mixture")
+#: scenarios trained at one mixture α₀ and judged across ``--alphas``
+LABEL_SHIFT = ("label", "mixture")
 TRAIN = "alpha=0.10"
 MINORITY = "alpha=0.90"
 #: the input shifts of the ``input`` scenario: each a change of the world's prompt/response generator
@@ -76,7 +83,7 @@ def configurations(args: argparse.Namespace) -> list[Config]:
 
     configs = [Config("DPO", "", robust.NoRobust)]
     configs += [Config("KLDPO", f"tau={t:g}", lambda t=t: robust.KLReweighter(tau=t)) for t in args.taus]
-    if args.scenario in ("label", "input"):
+    if args.scenario in ("label", "input", "mixture"):
         configs += [
             Config("WDPO", f"rho={r:g}", lambda r=r: robust.WassersteinPenalty(rho=r, mode="exact")) for r in args.rhos
         ]
@@ -91,7 +98,22 @@ def configurations(args: argparse.Namespace) -> list[Config]:
             configs += [
                 Config("ChiSquare", f"rho={r:g}", lambda r=r: robust.ChiSquareDRO(rho=r)) for r in args.chi_rhos
             ]
+    if args.scenario == "mixture":
+        configs += [mixture_config("MixtureDRO", "max", r, args) for r in args.radii]
+        configs += [mixture_config("Mean", "mean", r, args) for r in args.radii if r > 0]  # at r = 0 both are one
     return configs
+
+
+def mixture_config(family: str, aggregate: str, radius: float, args: argparse.Namespace) -> Config:
+    """MixtureDRO over the interval of ``radius`` around α₀ with the data's own Bradley–Terry labels."""
+    import rdpo_lightning.robust as robust
+
+    def make() -> object:
+        return robust.MixtureDRO(
+            radius=radius, steps=args.mixture_steps, label_temperature=args.label_temperature, aggregate=aggregate
+        )
+
+    return Config(family, f"r={radius:g}", make)
 
 
 def metric_axes(scenario: str) -> list:
@@ -99,7 +121,7 @@ def metric_axes(scenario: str) -> list:
     from rdpo_lightning.pareto.events import Axis
     from rdpo_lightning.pareto.report import MetricAxes, preset
 
-    if scenario == "label":
+    if scenario in LABEL_SHIFT:
         return [preset("loss"), preset("accuracy"), preset("reward", TRAIN)]
     if scenario == "group":
 
@@ -121,7 +143,7 @@ def metric_axes(scenario: str) -> list:
 # --- one fit, logged to TensorBoard -------------------------------------------------------------------------------
 def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str):
     """shift.py's world with the scenario's training and validation sets (longer sequences: the input shift's)."""
-    if args.scenario == "label":
+    if args.scenario in LABEL_SHIFT:
         return shift.make_datamodule(args, seed, cache_dir, max_length=48)
     if args.scenario == "group":
         groups = dict(train_alpha=None, train_mixtures=[0.1, 0.9], train_shares=[0.9, 0.1])
@@ -182,8 +204,22 @@ def judge_runs(args: argparse.Namespace, configs: list[Config], runs: Path) -> d
             "families": by_family,
             "config_verdicts": verdicts(by_config, "DPO", args.confidence),
             "family_verdicts": verdicts(by_family, "DPO", args.confidence),
+            "against_mean": against_mean(by_config, args),
         }
     return out
+
+
+def against_mean(by_config: dict, args: argparse.Namespace) -> list:
+    """MixtureDRO's front against Mean's at each radius: the gain of the worst case over seeing the same mixtures."""
+    from rdpo_lightning.pareto.report import verdicts
+
+    if args.scenario != "mixture":
+        return []
+    judged = []
+    for r in (r for r in args.radii if r > 0):
+        pair = {name: by_config[name] for name in (f"MixtureDRO r={r:g}", f"Mean r={r:g}")}
+        judged += verdicts(pair, f"Mean r={r:g}", args.confidence)
+    return judged
 
 
 def final_pass_table(judged: dict, configs: list[Config]) -> str:
@@ -230,6 +266,9 @@ def format_report(args: argparse.Namespace, configs: list[Config], judged: dict,
                         + format_verdicts(entry["axes"], entry["family_verdicts"]))  # fmt: skip
         sections.append("Each configuration against DPO's early-stopping front\n"
                         + format_verdicts(entry["axes"], entry["config_verdicts"]))  # fmt: skip
+        if entry["against_mean"]:
+            sections.append("MixtureDRO against the mean over the same mixtures (Mean r = the baseline)\n"
+                            + format_verdicts(entry["axes"], entry["against_mean"]))  # fmt: skip
     sections.append(
         "Last validation pass of each configuration (mean ± std over seeds)\n" + final_pass_table(judged, configs)
     )
@@ -267,6 +306,18 @@ def save(args: argparse.Namespace, configs: list[Config], judged: dict, report: 
                     }
                     for v in entry["family_verdicts"] + entry["config_verdicts"]
                 ],  # fmt: skip
+                "against_mean": [
+                    {
+                        "method": v.method,
+                        "baseline": v.baseline,
+                        "gaps": v.gaps,
+                        "mean": v.interval.mean,
+                        "low": v.interval.low,
+                        "high": v.interval.high,
+                        "outcome": v.outcome,
+                    }
+                    for v in entry["against_mean"]
+                ],  # fmt: skip
             }
             for name, entry in judged.items()
         },
@@ -285,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--etas", type=shift.float_list, default=[0.01, 0.1, 1.0], help="GroupDRO step size η")
     p.add_argument("--worst-fractions", type=shift.float_list, default=[0.1, 0.5], help="CVaR worst fraction")
     p.add_argument("--chi-rhos", type=shift.float_list, default=[0.1, 0.5], help="chi-square DRO radius rho")
+    p.add_argument("--radii", type=shift.float_list, default=[0.25, 0.5, 0.9], help="MixtureDRO / Mean radius r")
+    p.add_argument("--mixture-steps", type=int, default=4, help="MixtureDRO mixtures per radius on each side of α₀")
     p.add_argument("--train-alpha", type=float, default=0.1, help="training α of the label and input scenarios")
     p.add_argument("--alphas", type=shift.float_list, default=[0.0, 0.5, 1.0], help="label scenario's evaluation α")
     p.add_argument("--label-temperature", type=float, default=0.05)
@@ -316,7 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.tiny:
         args.seeds = 2
-        args.taus, args.rhos, args.beta_primes, args.etas = [0.5], [1.0], [1.0], [0.1]
+        args.taus, args.rhos, args.beta_primes, args.etas, args.radii = [0.5], [1.0], [1.0], [0.1], [0.5]
         args.alphas = [1.0]
         args.num_train, args.num_val, args.epochs, args.batch_size, args.val_every = 48, 24, 1, 16, 1
         args.layers, args.hidden, args.warmup_steps = 1, 32, 1

@@ -9,7 +9,7 @@ Where things live (the layers, top to bottom; each imports only from below it, c
 * ``rewards`` and ``pareto``: reward functions; fronts and verdicts against early-stopped DPO
 * ``data``, ``models``, ``robust``: DataModules and formats; loading and scoring models; robust strategies
 * ``losses``: pair losses
-* leaves: ``errors``, ``checks``, ``pair_scores``, ``batch_layout``, ``known_warnings``
+* leaves: ``errors``, ``checks``, ``pair_scores``, ``batch_layout``, ``mixtures``, ``known_warnings``
 
 The flat 0.1 layout's import paths keep working (:mod:`rdpo_lightning.legacy_paths`).
 """

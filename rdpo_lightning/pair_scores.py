@@ -32,6 +32,17 @@ class PairScores:
     rejected_tokens: Tensor
     router_aux_loss: Tensor | None = None
 
+    def swapped(self) -> PairScores:
+        """The same pairs in the reversed order (each rejected response as the chosen one): the scores a pair loss
+        needs for the loss of the opposite label, whatever it reads (log-ratios, raw log-probs, lengths)."""
+        return PairScores(
+            PairLogps(self.policy.rejected, self.policy.chosen),
+            PairLogps(self.reference.rejected, self.reference.chosen),
+            self.rejected_tokens,
+            self.chosen_tokens,
+            router_aux_loss=self.router_aux_loss,
+        )
+
     @property
     def chosen_logratios(self) -> Tensor:
         """log π(y_w|x) − log π_ref(y_w|x), (B,)."""

@@ -150,7 +150,7 @@ def test_helpsteer_llama_config_loads_a_local_helpsteer_layout(tmp_path, tiny_mo
     assert cli.trainer.optimizers[0].param_groups[0]["initial_lr"] == 5e-7
 
 
-def test_dr_dpo_cvar_chi_square_and_group_dro_configs_stack_on_the_quickstart(tmp_path, tensorboard_scalars):
+def test_robust_strategy_configs_stack_on_the_quickstart(tmp_path, tensorboard_scalars):
     args = [
         "--trainer.max_steps=2",
         "--trainer.limit_val_batches=1",
@@ -166,6 +166,7 @@ def test_dr_dpo_cvar_chi_square_and_group_dro_configs_stack_on_the_quickstart(tm
         "cvar": {"train/robust/threshold", "train/robust/weight_max", "train/robust/ess_fraction"},
         "chi_square": {"train/robust/threshold", "train/robust/support_fraction", "train/robust/ess_fraction"},
         "group_dro": {"train/robust/worst_group_loss", "train/robust/group_weight/0", "train/robust/group_weight/1"},
+        "mixture_dro": {"train/robust/worst_alpha", "train/robust/worst_loss", "train/robust/spread"},
     }
     for name, tags in expected.items():
         root = tmp_path / name
@@ -173,5 +174,7 @@ def test_dr_dpo_cvar_chi_square_and_group_dro_configs_stack_on_the_quickstart(tm
         cli = main(["fit", *config, *run_args(root), *args])
         assert cli.trainer.global_step == 2
         assert tags <= set(tensorboard_scalars(root)), name
-    assert set(cli.datamodule.train_dataset["group"]) == {0, 1}
-    assert cli.model.robust.group_weights.tolist() != [0.5, 0.5]
+        if name == "group_dro":
+            assert set(cli.datamodule.train_dataset["group"]) == {0, 1}
+            assert cli.model.robust.group_weights.tolist() != [0.5, 0.5]
+    assert len(cli.model.robust.mixture_set) == 6  # [0, 0.6] around alpha_0 = 0.1: 0, 0.1, 0.225, 0.35, 0.475, 0.6

@@ -60,10 +60,12 @@ STRATEGIES = {
 STRATEGIES["kl_lora_adapter_only"] = [*STRATEGIES["kl_lora"], "--model.adapter_only_checkpoints=true"]
 ADAPTER_ONLY = {"kl_lora_adapter_only"}
 # the same optimizer batch of 12 as 2 micro-batches of 6 (model.accumulate_grad_batches), killed in the middle of the
-# window after step K: one-pass KLDPO, and Group DRO (scoring pass; its group weights are state)
+# window after step K: one-pass KLDPO, Group DRO (scoring pass; its group weights are state) and MixtureDRO
 MID_WINDOW = ["--model.accumulate_grad_batches=2", "--data.init_args.batch_size=6"]
 STRATEGIES["kl_accumulated"] = [*STRATEGIES["kl"], *MID_WINDOW]
 STRATEGIES["group_dro_accumulated"] = ["-c", str(CONFIGS / "robust" / "group_dro.yaml"), *MID_WINDOW]
+# MixtureDRO: its scoring pass reads both orders' losses and the data's score margins
+STRATEGIES["mixture_dro_accumulated"] = ["-c", str(CONFIGS / "robust" / "mixture_dro.yaml"), *MID_WINDOW]
 RESIDENT_REFERENCE = {"buffer"}  # the others use the default precomputed reference log-probs
 
 

@@ -133,8 +133,9 @@ def unknown_class(key: str, given: str, parsers: list[Any]) -> str:
 
 
 def usable_classes(paths: list[str], key: str) -> list[str]:
-    """Short names (with their aliases) of the classes among ``paths`` that no other one derives from: the bases
-    (``RobustLoss``, ``GlobalReweighting``) are for writing a new class, not for choosing one."""
+    """Short names (with their aliases) of the classes among ``paths`` that no other class of the package derives
+    from: the package's bases (``RobustLoss``, ``GlobalReweighting``) are for writing a new class, not for choosing
+    one, while a shipped class stays listed when a user's class derives from it. The package's come first."""
     import importlib
 
     classes = {}
@@ -144,9 +145,10 @@ def usable_classes(paths: list[str], key: str) -> list[str]:
             classes[path] = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError):
             continue
-    bases = {base for cls in classes.values() for base in cls.__mro__[1:]}
+    ours = {path: cls for path, cls in classes.items() if cls.__module__.startswith("rdpo_lightning.")}
+    bases = {base for cls in ours.values() for base in cls.__mro__[1:]}
     listed = []
-    for path, cls in classes.items():
+    for path, cls in sorted(classes.items(), key=lambda item: item[0] not in ours):
         if cls not in bases:
             names = aliases.names_of(path, key)
             listed.append(f"{cls.__name__} ({', '.join(names)})" if names else cls.__name__)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rdpo_lightning.errors import InputError
+
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -28,7 +30,6 @@ def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     # imported after parsing, for start-up: `rdpo export --help` answers before torch is imported
     from rdpo_lightning.checkpoints.export import export_checkpoint
-    from rdpo_lightning.errors import InputError
 
     try:
         written = export_checkpoint(args.checkpoint, args.output, args.adapter_only, args.overwrite, args.base)

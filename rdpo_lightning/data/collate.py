@@ -18,6 +18,7 @@ import torch
 from rdpo_lightning.batch_layout import IGNORE_INDEX
 from rdpo_lightning.data.packing import pack_sequences
 from rdpo_lightning.data.tokenize import TOKEN_COLUMNS
+from rdpo_lightning.errors import InputError
 
 #: precomputed reference log-probs (see ``rdpo_lightning.training.reference_cache``), passed through when a dataset has
 #: them
@@ -46,7 +47,7 @@ class PairCollator:
         for column in REFERENCE_COLUMNS:
             if column in examples[0]:
                 batch[column] = torch.tensor([float(ex[column]) for ex in examples], dtype=torch.float64)
-        columns = {name: per_pair_tensor([ex[name] for ex in examples]) for name in extra_columns(examples[0])}
+        columns = {name: per_pair_tensor([ex[name] for ex in examples], name) for name in extra_columns(examples[0])}
         if columns:
             batch["columns"] = columns
         return batch
@@ -67,14 +68,33 @@ class PairCollator:
 
 
 def extra_columns(example: dict[str, Any]) -> list[str]:
-    """The numeric per-pair data columns beyond the tokens and the reference log-probs (e.g. ``group``): handed to
-    the robust strategy as ``ScoredPairs.columns``. (Text columns, e.g. a drop reason, have no tensor form.)"""
+    """The numeric per-pair data columns beyond the tokens and the reference log-probs (e.g. ``group``, or the K
+    ``score_margins`` of a pair): handed to the robust strategy as ``ScoredPairs.columns``. (Text columns, e.g. a drop
+    reason, have no tensor form.)"""
     skip = (*TOKEN_COLUMNS, *REFERENCE_COLUMNS)
-    return [name for name, value in example.items() if name not in skip and isinstance(value, (bool, int, float))]
+    return [name for name, value in example.items() if name not in skip and (is_number(value) or is_vector(value))]
 
 
-def per_pair_tensor(values: list[Any]) -> torch.Tensor:
-    """Integers (and booleans) as int64, anything else numeric as float64 (lossless; consumers cast)."""
+def is_number(value: Any) -> bool:
+    return isinstance(value, (bool, int, float))
+
+
+def is_vector(value: Any) -> bool:
+    """A list of numbers (one per attribute, say)."""
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(is_number(v) for v in value)
+
+
+def per_pair_tensor(values: list[Any], name: str = "") -> torch.Tensor:
+    """Integers (and booleans) as int64, anything else numeric as float64 (lossless; consumers cast); lists of K
+    numbers as a (B, K) float64 tensor, refused when the pairs' lists differ in length."""
+    if is_vector(values[0]):
+        lengths = sorted({len(v) for v in values})
+        if len(lengths) > 1:
+            raise InputError(
+                f"per-pair column {name!r} holds lists of different lengths ({', '.join(map(str, lengths))}) in one"
+                " batch: every pair needs one value per attribute"
+            )
+        return torch.tensor([[float(x) for x in v] for v in values], dtype=torch.float64)
     if all(isinstance(v, (bool, int)) for v in values):
         return torch.tensor([int(v) for v in values], dtype=torch.long)
     return torch.tensor([float(v) for v in values], dtype=torch.float64)

@@ -18,6 +18,7 @@ import numpy as np
 from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.mixture import Mixture, MixtureEntry, component_assignment, resolve_mixture_grid
 from rdpo_lightning.data.pairing import TIED, PromptCompletions, check_pairing, compared_completions, pair_completions
+from rdpo_lightning.data.score_margins import SCORE_MARGINS, MixtureSpace, attribute_pair
 
 
 @dataclass
@@ -99,6 +100,22 @@ class MixturePairsDataModule(PreferenceDataModule):
         self.val_mixtures = list(grid.validation)
         self.pairing, self.label_temperature = pairing, label_temperature
         self.mixture_kind = mixture_kind
+        self._space = MixtureSpace(
+            attributes=tuple(attributes),
+            kind=mixture_kind,
+            train=tuple(grid.train),
+            pair=attribute_pair(attributes, attribute_a, attribute_b),
+            train_keys="data.train_mixtures" if train_mixtures is not None else "data.train_alpha",
+        )
+
+    @property
+    def pair_columns(self) -> tuple[str, ...]:
+        """``group`` and each training pair's attribute ``score_margins`` (:mod:`rdpo_lightning.data.score_margins`)."""
+        return ("group", SCORE_MARGINS)
+
+    def mixture_space(self) -> MixtureSpace:
+        """What the ``score_margins`` column's K entries are, and the training mixture(s)."""
+        return self._space
 
     # --- what subclasses provide -------------------------------------------------------------------------------
     def prompt_splits(self) -> PromptSplits:
@@ -118,8 +135,7 @@ class MixturePairsDataModule(PreferenceDataModule):
         vals = {}
         for i, mixture in enumerate(self.val_mixtures):
             rows = self._pairs(mixture.name, splits.validation, [mixture], held_out, val_compared, draws.val_labels(i))
-            rows.pop("group")
-            vals[mixture.name] = datasets.Dataset.from_dict(rows)
+            vals[mixture.name] = datasets.Dataset.from_dict(training_only_dropped(rows))
         return datasets.Dataset.from_dict(train), vals
 
     def _pairs(
@@ -134,3 +150,8 @@ class MixturePairsDataModule(PreferenceDataModule):
         rows, tied = pair_completions(groups, mixtures, assignment, self.pairing, self.label_temperature, compared, rng)
         self.count_dropped(split, TIED, tied)
         return rows
+
+
+def training_only_dropped(rows: dict[str, list]) -> dict[str, list]:
+    """A validation set's rows without the columns only training reads (``group``, ``score_margins``)."""
+    return {name: values for name, values in rows.items() if name not in ("group", SCORE_MARGINS)}

@@ -16,6 +16,7 @@ import numpy as np
 
 from rdpo_lightning.checks import check_choice
 from rdpo_lightning.data.mixture import Mixture, label_pairs
+from rdpo_lightning.data.score_margins import SCORE_MARGINS, score_margins
 
 PAIRINGS = ("best_vs_worst", "bradley_terry")
 TIED = "prompts whose compared completions tie at this mixture"
@@ -55,8 +56,9 @@ def pair_completions(
     compared: Sequence[tuple[int, int]] | None,
     rng: np.random.Generator,
 ) -> tuple[dict[str, list], int]:
-    """Prompt i's pair at ``mixtures[assignment[i]]``: rows (prompt, chosen, rejected, group) and the number of
-    prompts skipped for a tie. ``compared`` (Bradley–Terry only) comes from :func:`compared_completions`."""
+    """Prompt i's pair at ``mixtures[assignment[i]]``: rows (prompt, chosen, rejected, group, score_margins) and the
+    number of prompts skipped for a tie. ``compared`` (Bradley–Terry only) comes from :func:`compared_completions`;
+    ``score_margins``: the chosen's attribute scores minus the rejected's (:mod:`rdpo_lightning.data.score_margins`)."""
     if pairing == "best_vs_worst":
         picks = []
         for group, g in zip(groups, assignment, strict=True):
@@ -73,7 +75,7 @@ def pair_completions(
         for (a, b), win, g, s1, s2 in zip(compared, wins, assignment, first, second, strict=True):
             tied = temperature is None and _ties(*mixtures[g].combine(np.stack([s1, s2])))
             picks.append(None if tied else ((a, b) if win else (b, a)))
-    rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group": []}
+    rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group": [], SCORE_MARGINS: []}
     tied = 0
     for group, g, pick in zip(groups, assignment, picks, strict=True):
         if pick is None:
@@ -83,4 +85,5 @@ def pair_completions(
         rows["chosen"].append(group.responses[pick[0]])
         rows["rejected"].append(group.responses[pick[1]])
         rows["group"].append(int(g))
+        rows[SCORE_MARGINS].append(score_margins(group.scores[pick[0]], group.scores[pick[1]], mixtures[g].kind))
     return rows, tied

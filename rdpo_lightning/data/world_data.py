@@ -12,7 +12,12 @@ import datasets
 import numpy as np
 
 from rdpo_lightning.data.generate import SamplingConfig, sample_completions
-from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits
+from rdpo_lightning.data.mixture_pairs import (
+    MixturePairsDataModule,
+    PairRandomness,
+    PromptSplits,
+    training_only_dropped,
+)
 from rdpo_lightning.data.pairing import PromptCompletions, compared_completions
 from rdpo_lightning.data.tokenizer import load_tokenizer, save_word_tokenizer
 from rdpo_lightning.data.world import AttributeWorld
@@ -137,8 +142,7 @@ class AttributeWorldDataModule(MixturePairsDataModule):
             groups = [PromptCompletions(p, r, s) for p, r, s in zip(prompts, responses, scores, strict=True)]
             held_out = np.zeros(len(groups), dtype=int)
             rows = self._pairs(name, groups, [self.train_mixture], held_out, compared_completions(groups, rng), rng)
-            rows.pop("group")
-            vals[name] = datasets.Dataset.from_dict(rows)
+            vals[name] = datasets.Dataset.from_dict(training_only_dropped(rows))
         return train, vals
 
 

@@ -29,3 +29,10 @@ class PairLoss(nn.Module):
     def pair_losses(self, scores: PairScores, beta: float) -> Tensor:
         """Per-pair losses (B,) of a scored batch; by default a function of the log-ratios alone."""
         return self(scores.chosen_logratios, scores.rejected_logratios, beta)
+
+    def both_orders(self, scores: PairScores, beta: float, reversed_order: bool) -> tuple[Tensor, Tensor | None]:
+        """The per-pair losses and, with ``reversed_order``, the losses of the opposite label (each rejected response
+        preferred), computed by this loss on the swapped scores: exact for any loss, also one that is not a function
+        of the margin alone (RPO's NLL term, SimPO's length normalisation)."""
+        reversed_losses = self.pair_losses(scores.swapped(), beta) if reversed_order else None
+        return self.pair_losses(scores, beta), reversed_losses

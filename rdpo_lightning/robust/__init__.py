@@ -6,6 +6,7 @@ from rdpo_lightning.robust.cvar import CVaR
 from rdpo_lightning.robust.dr_dpo import DrDPO
 from rdpo_lightning.robust.group_dro import GroupDRO
 from rdpo_lightning.robust.kl import KLReweighter
+from rdpo_lightning.robust.mixture_dro import MixtureDRO
 from rdpo_lightning.robust.none import NoRobust
 from rdpo_lightning.robust.wasserstein import WassersteinPenalty
 
@@ -21,4 +22,5 @@ __all__ = [
     "GroupDRO",
     "CVaR",
     "ChiSquareDRO",
+    "MixtureDRO",
 ]

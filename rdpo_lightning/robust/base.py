@@ -32,7 +32,8 @@ class ScoredPairs:
     columns of the data, by name (``"group"``: an int group id per pair). ``embeddings``: the input-embedding output
     z (2B, T, D) the losses were computed from (rows 0..B-1 chosen, B..2B-1 rejected), captured only when the
     strategy asks. ``gather``: detached all-gather over data-parallel ranks returning a flat (world_size·B,) tensor;
-    ``world_size``: how many ranks DDP averages gradients over.
+    ``world_size``: how many ranks DDP averages gradients over. ``reversed_losses``: the pair losses of the opposite
+    label (rejected preferred), differentiable, computed only for a strategy that sets ``needs_reversed_losses``.
     """
 
     losses: Tensor
@@ -41,6 +42,12 @@ class ScoredPairs:
     embeddings: Tensor | None = None
     gather: Callable[[Tensor], Tensor] = local_gather
     world_size: int = 1
+    reversed_losses: Tensor | None = None
+
+    def loss_vectors(self) -> list[Tensor]:
+        """The differentiable per-pair vectors the objective is a function of: ``losses``, then ``reversed_losses``
+        when present (what the accumulation's scored route differentiates the objective by)."""
+        return [self.losses] if self.reversed_losses is None else [self.losses, self.reversed_losses]
 
     @property
     def groups(self) -> Tensor | None:
@@ -70,6 +77,8 @@ class RobustLoss(nn.Module):
 
     #: capture the input-embedding output z for this strategy
     needs_embeddings: bool = False
+    #: have the module compute ``ScoredPairs.reversed_losses`` (the pair loss with each pair's order reversed)
+    needs_reversed_losses: bool = False
     #: False when the strategy runs its own backward passes through :meth:`manual_step`
     automatic_optimization: bool = True
     #: how the objective is formed over an accumulation window (:mod:`rdpo_lightning.training.accumulation`):
@@ -82,6 +91,10 @@ class RobustLoss(nn.Module):
 
     def forward(self, batch: ScoredPairs) -> RobustOutput:
         raise NotImplementedError
+
+    def setup_data(self, datamodule: object | None) -> None:
+        """Read what the strategy needs from the fit's DataModule (None when the fit has none), before training;
+        raise :class:`~rdpo_lightning.errors.InputError` naming what is missing. Default: nothing."""
 
     def forward_context(self) -> contextlib.AbstractContextManager:
         """A context the policy's training forward runs in (e.g. the math attention path for double backward)."""

@@ -16,7 +16,9 @@ window's last micro-batch runs one of three exact routes, chosen by the strategy
   pair losses): a scoring pass without gradients gives the window's losses; the strategy forms its objective over
   them once (Group DRO updates its weights once), and c_i = ∂objective/∂ℓ_i (autograd on that small graph, so no
   strategy restates its weights); a gradient pass then back-propagates Σ c_i ℓ_i per micro-batch, which sums to the
-  chain rule's Σ c_i ∇ℓ_i. Two forwards, one backward per micro-batch.
+  chain rule's Σ c_i ∇ℓ_i. Two forwards, one backward per micro-batch. A strategy that also reads the reversed-order
+  losses ℓ'_i (``needs_reversed_losses``: MixtureDRO) gets c'_i = ∂objective/∂ℓ'_i the same way, and Σ c'_i ℓ'_i joins
+  the gradient pass.
 
 Reference log-probs are taken once per micro-batch (the batch's cached columns, or the reference forward) and shared
 by both passes; every forward of a micro-batch is preceded by its own per-batch seed
@@ -241,19 +243,26 @@ def _scored(window, references, robust: RobustLoss, passes: WindowPasses) -> Win
             passes.seed(micro.index)
             parts.append(detached(passes.forward(micro.batch, reference)))
     scored = concatenate(parts, passes)
-    scored.losses.requires_grad_(True)
+    vectors = scored.loss_vectors()  # the losses, and the reversed-order losses of a strategy that reads them
+    for vector in vectors:
+        vector.requires_grad_(True)
     with torch.enable_grad():
         output = robust(scored)
-        (coefficients,) = torch.autograd.grad(output.loss, scored.losses)
-    scored.losses.requires_grad_(False)
+        grads = torch.autograd.grad(output.loss, vectors, allow_unused=True)
+    coefficients = [torch.zeros_like(v) if g is None else g for v, g in zip(vectors, grads, strict=True)]
+    for vector in vectors:
+        vector.requires_grad_(False)
     offset, total, seen = 0, sum(micro.pairs for micro in window), []
     for micro, reference in zip(window, references, strict=True):
         passes.seed(micro.index)
         pairs = passes.forward(micro.batch, reference)
-        losses = pairs.losses
-        part = coefficients[offset : offset + losses.shape[0]].to(losses.dtype)
-        passes.backward((part * losses).sum() + passes.router_term(pairs, micro.pairs / total, seen))
-        offset += losses.shape[0]
+        size = pairs.losses.shape[0]
+        surrogate = sum(
+            (c[offset : offset + size].to(v.dtype) * v).sum()
+            for c, v in zip(coefficients, pairs.loss_vectors(), strict=True)
+        )
+        passes.backward(surrogate + passes.router_term(pairs, micro.pairs / total, seen))
+        offset += size
     output = RobustOutput(loss=output.loss.detach(), metrics={k: v.detach() for k, v in output.metrics.items()})
     return WindowResult(scored, output, parts, _share_sum(seen))
 
@@ -268,7 +277,10 @@ def detached(pairs: ScoredPairs) -> ScoredPairs:
             scores.chosen_tokens,
             scores.rejected_tokens,
         )
-    return ScoredPairs(losses=pairs.losses.detach(), scores=scores, columns=dict(pairs.columns))
+    reversed_losses = pairs.reversed_losses.detach() if pairs.reversed_losses is not None else None
+    return ScoredPairs(
+        losses=pairs.losses.detach(), scores=scores, columns=dict(pairs.columns), reversed_losses=reversed_losses
+    )
 
 
 def concatenate(parts: list[ScoredPairs], passes: WindowPasses) -> ScoredPairs:
@@ -286,12 +298,16 @@ def concatenate(parts: list[ScoredPairs], passes: WindowPasses) -> ScoredPairs:
             cat(lambda s: s.rejected_tokens),
         )
     columns = {name: torch.cat([p.columns[name] for p in parts]) for name in parts[0].columns}
+    reversed_losses = None
+    if all(p.reversed_losses is not None for p in parts):
+        reversed_losses = torch.cat([p.reversed_losses for p in parts])
     return ScoredPairs(
         losses=torch.cat([p.losses for p in parts]),
         scores=scores,
         columns=columns,
         gather=passes.gather,
         world_size=passes.world_size,
+        reversed_losses=reversed_losses,
     )
 
 

@@ -192,6 +192,7 @@ class RobustDPO(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Refuse, before any model is built, what the chosen Trainer strategy cannot run."""
         refuse_unsupported(self.robust, self.trainer.strategy, self.accumulate_grad_batches)
+        self.robust.setup_data(getattr(self.trainer, "datamodule", None))
         adapted = self.peft is not None or self.adapter is not None
         self.adapter_checkpoints.setup(self.trainer.strategy, adapted, self.model_name)
 
@@ -229,10 +230,8 @@ class RobustDPO(L.LightningModule):
         ``configure_optimizers`` is the first hook after the strategy's setup, and its ``estimated_stepping_batches``
         already builds the loader from the DataModule's training split."""
         model = self.reference if self.reference is not None else self.policy
-        length_normalized = self.pair_loss.length_normalized
-        if self.references.equip(
-            self.trainer, model, model is self.policy, length_normalized, self._reference_forward, self.all_gather
-        ):
+        normalized, forward = self.pair_loss.length_normalized, self._reference_forward
+        if self.references.equip(self.trainer, model, model is self.policy, normalized, forward, self.all_gather):
             self.reference = None
             reshard(self.policy)
 
@@ -297,13 +296,15 @@ class RobustDPO(L.LightningModule):
             policy, counts, aux = self._pair_logps(self.policy, batch, router_aux)
         half = counts.shape[0] // 2
         scores = PairScores(policy, reference, counts[:half], counts[half:], router_aux_loss=aux)
+        losses, reversed_losses = self.pair_loss.both_orders(scores, self.beta, self.robust.needs_reversed_losses)
         return ScoredPairs(
-            losses=self.pair_loss.pair_losses(scores, self.beta),
+            losses=losses,
             scores=scores,
             columns=batch.get("columns", {}),
             embeddings=captured[-1] if captured else None,  # the last forward: the one scored (see token_logps)
             gather=self._gather,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
+            reversed_losses=reversed_losses,
         )
 
     def _gather(self, tensor: Tensor) -> Tensor:
@@ -376,8 +377,7 @@ class RobustDPO(L.LightningModule):
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         self._equip_reference_logps()
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
         total = optimizer_steps(self.trainer, self.accumulate_grad_batches)
         schedule = warmup_cosine_scheduler(optimizer, self.warmup_steps, total, self.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": schedule}

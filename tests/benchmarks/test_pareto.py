@@ -16,8 +16,10 @@ from tests.benchmarks.tiny_runs import run_tiny, run_tiny_here
 
 pareto = importlib.import_module("benchmarks.pareto")
 
+#: ``mixture`` is the label shift (its data, metrics, DPO, KLDPO and WDPO) with MixtureDRO and Mean added: it carries
+#: the ``label`` scenario's path at no extra run
 EXPECTED = {
-    "label": ({"DPO", "KLDPO", "WDPO"}, {"loss", "accuracy", "reward"}),
+    "mixture": ({"DPO", "KLDPO", "WDPO", "MixtureDRO", "Mean"}, {"loss", "accuracy", "reward"}),
     "group": ({"DPO", "KLDPO", "DrDPO", "GroupDRO"}, {"loss", "accuracy", "reward"}),
     "input": ({"DPO", "KLDPO", "WDPO"}, {"loss", "accuracy"}),
 }
@@ -25,10 +27,10 @@ EXPECTED = {
 
 @pytest.mark.parametrize("scenario", sorted(EXPECTED))
 def test_tiny_scenario_judges_every_family_from_its_logged_points(scenario: str, tmp_path: Path):
-    if scenario == "label":  # as a user runs it, into the --tiny default directory: $TMPDIR/rdpo_lightning_tiny
+    if scenario == "mixture":  # as a user runs it, into the --tiny default directory: $TMPDIR/rdpo_lightning_tiny
         run = run_tiny("pareto", "--scenario", scenario, cwd=tmp_path, TMPDIR=str(tmp_path))
         expected_out = tmp_path / pareto.shift.TINY_OUT.name
-    else:  # main in this process: the label run shows the script runs as a user runs it
+    else:  # main in this process: the mixture run shows the script runs as a user runs it
         run = run_tiny_here("pareto", "--scenario", scenario, "--out", str(tmp_path), cwd=tmp_path)
         expected_out = tmp_path
     out = Path(re.search(r"wrote (\S+)/pareto_", run.stderr).group(1))
@@ -63,3 +65,11 @@ def test_tiny_scenario_judges_every_family_from_its_logged_points(scenario: str,
                 dpo = [Point(p["x"], p["y"]) for p in points["DPO"][seed]]
                 assert gap == pytest.approx(mean_gap(mine, dpo), abs=1e-12)
             assert verdicts[config]["outcome"] == "too few seeds"  # --tiny runs 2 seeds; a verdict needs 3
+        for verdict in metric.get("against_mean", []):  # MixtureDRO against Mean at the same radius
+            method, baseline = verdict["method"], verdict["baseline"]
+            assert method.replace("MixtureDRO", "Mean") == baseline
+            for seed, gap in verdict["gaps"].items():
+                mine = [Point(p["x"], p["y"]) for p in points[method][seed]]
+                theirs = [Point(p["x"], p["y"]) for p in points[baseline][seed]]
+                assert gap == pytest.approx(mean_gap(mine, theirs), abs=1e-12)
+        assert bool(metric.get("against_mean")) == (scenario == "mixture")

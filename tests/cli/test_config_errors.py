@@ -14,6 +14,7 @@ from rdpo_lightning.cli import main
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 KL = ["--model.robust=rdpo_lightning.robust.KLReweighter"]
 WDPO = ["--model.robust=rdpo_lightning.robust.WassersteinPenalty"]
+MIXTURE = ["--model.robust=MixtureDRO"]
 DPO = ["--model.pair_loss=rdpo_lightning.losses.SigmoidLoss"]
 RDPO = ["--model.pair_loss=rdpo_lightning.losses.RobustNoiseLoss"]
 NAN, INF = float("nan"), float("inf")  # given in YAML (.nan, .inf): the command-line parser refuses them itself
@@ -72,6 +73,10 @@ BAD = [
         "model.robust",
         "max_grad_norm applies to form='squared' only",
     ),
+    ([*MIXTURE, "--model.robust.radius=-0.1"], "model.robust", "radius must be a finite number >= 0, got -0.1"),
+    ([*MIXTURE, "--model.robust.mixtures=[]"], "model.robust", "mixtures is empty: the set needs at least"),
+    ([*MIXTURE, "--model.robust.radius=0.1", "--model.robust.mixtures=[0.1]"], "model.robust", "give one of radius"),
+    ([*MIXTURE, "--model.robust.radius=0.1", "--model.robust.aggregate=min"], "model.robust", "aggregate must be"),
     # the DataModule
     (["--data.init_args.batch_size=0"], "data", "data.batch_size must be an integer >= 1, got 0"),
     (["--data.init_args.val_batch_size=0"], "data", "data.val_batch_size must be an integer >= 1 or null, got 0"),

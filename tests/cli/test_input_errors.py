@@ -66,6 +66,12 @@ CASES = {
         ],
         "for model.robust.init_args.num_groups=2; the batch has ids",
     ),
+    # pairs without per-attribute scores: MixtureDRO names what is missing when the fit starts
+    "mixture_dro": (
+        ["--model.robust=MixtureDRO", "--model.robust.init_args.radius=0.2"],
+        "model.robust: MixtureDRO needs each pair's per-attribute score margins (score_margins) and the training"
+        " mixture; data (PairwisePreferenceDataModule) has neither",
+    ),
     # a plain dict is a PEFT config's to_dict() (what a checkpoint keeps): one without its peft_type is not one
     "peft_dict": (
         ["--model.peft=null", '--model.peft={{"r": 8}}'],

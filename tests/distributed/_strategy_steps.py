@@ -1,17 +1,18 @@
 """One SGD step (lr=1, float64) per case under DDP / FSDP2 on 2 gloo CPU processes, or on one process.
 
 Run as a script (Lightning re-executes it for rank 1):
-``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]``
-with CASE = ``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save][+pf][+full][+accN][+micro]``. For each
-case rank 0 writes ``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err``
-with the message of a refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away
-from its base, which is the reference; no separate reference model); ``resident``: no precomputed reference log-probs
-(the base computes them every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a
-directory under FSDP2); ``pf``: padding-free batches; ``full``: the full-logits path instead of the default fused
-output-layer log-probs; ``accN``: the same optimizer batch as N micro-batches per rank (``model.accumulate_grad_batches:
-N``); ``micro``: with ``model.objective_scope: micro_batch``.
-Each strategy has its own reference log-prob cache, so its first case computes it through that strategy.
-The pytest side imports :func:`run_case` to make the single-process, full-batch runs it compares against.
+``python _strategy_steps.py MODEL_DIR REFERENCE_DIR OUT_DIR CASE [CASE ...]`` with CASE =
+``<ddp|fsdp2|single>:<robust>[+clip][+ac][+lora][+resident][+save][+pf][+full][+accN][+micro][+hard]``. For each case
+rank 0 writes ``OUT_DIR/<case>.pt`` with the policy's full parameters after the step, or ``OUT_DIR/<case>.err`` with the
+message of a refused configuration. ``lora``: LoRA adapters (randomly initialised, so the policy starts away from its
+base, which is the reference; no separate reference model); ``resident``: no precomputed reference log-probs (the base
+computes them every step); ``save``: the checkpoint after the step goes to ``<cache dir>/<case>.ckpt`` (a directory
+under FSDP2); ``pf``: padding-free batches; ``full``: the full-logits path instead of the default fused output-layer
+log-probs; ``accN``: the same optimizer batch as N micro-batches per rank (``model.accumulate_grad_batches: N``);
+``micro``: with ``model.objective_scope: micro_batch``; ``hard``: the data labelled by the higher reward at α₀
+(``label_temperature: null``), no Bradley–Terry draws. Each strategy has its own reference log-prob cache, so its first
+case computes it through that strategy. The pytest side imports :func:`run_case` to make the single-process, full-batch
+runs it compares against.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ import torch
 from peft import LoraConfig
 
 from rdpo_lightning.data import AttributeWorldDataModule
-from rdpo_lightning.robust import ChiSquareDRO, CVaR, DrDPO, GroupDRO, KLReweighter, NoRobust, WassersteinPenalty
+from rdpo_lightning.robust import (
+    ChiSquareDRO,
+    CVaR,
+    DrDPO,
+    GroupDRO,
+    KLReweighter,
+    MixtureDRO,
+    NoRobust,
+    WassersteinPenalty,
+)
 from rdpo_lightning.training.module import RobustDPO
 from rdpo_lightning.training.quiet import quiet_trainer
 from rdpo_lightning.training.strategies import FSDP2Strategy
@@ -44,6 +54,9 @@ ROBUST = {
     "wdpo_exact": functools.partial(WassersteinPenalty, rho=0.05, mode="exact"),
     "dr_dpo": functools.partial(DrDPO, beta_prime=0.5),
     "group_dro": functools.partial(GroupDRO, num_groups=2, eta=0.5),
+    # the interval [0, 0.6] around the world's α₀ = 0.1, Bradley–Terry labels: both orders' losses carry weight
+    "mixture_dro": functools.partial(MixtureDRO, radius=0.5, label_temperature=0.05),
+    "mixture_r0": functools.partial(MixtureDRO, radius=0.0),  # hard labels at α₀ alone: DPO
 }
 #: GroupDRO's data: two training mixtures, whose index is each pair's ``group`` column
 GROUPED = {"train_alpha": None, "train_mixtures": [0.1, 0.9]}
@@ -95,6 +108,7 @@ def run_case(
         padding_free="pf" in flags,
         tokenizer_dir=model_dir,
         **(GROUPED if robust_name == "group_dro" else {}),
+        **({"label_temperature": None} if "hard" in flags else {}),
     )
     trainer = quiet_trainer(
         accelerator="cpu",

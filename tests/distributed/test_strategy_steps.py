@@ -35,6 +35,8 @@ DISTRIBUTED_CASES = [
     "ddp:wdpo_fd",
     "ddp:wdpo_exact",
     "ddp:wdpo_exact+pf",
+    "fsdp2:mixture_dro",
+    "ddp:mixture_dro",
 ]
 #: LoRA adapters, every objective the issue names: the reference is the policy's base, computed through the strategy
 #: (cached, or every step); GroupDRO draws its pairs from two training mixtures (its groups)
@@ -65,6 +67,8 @@ ACCUMULATION_CASES = [
     # 1 pair per micro-batch: the one-pass route's running maximum grows within the window, and its rescaling must
     # reach FSDP2's root group (embeddings, final norm), whose sharded gradients the module hides after its forward
     "fsdp2:kl+acc4",
+    "ddp:mixture_dro+acc2",
+    "fsdp2:mixture_dro+acc2+pf",
 ]
 REFUSED = "fsdp2:wdpo_exact"  # refused: last, so a failing rank cannot disturb the others
 DISTRIBUTED_CASES = [*DISTRIBUTED_CASES, *LORA_CASES, *ACCUMULATION_CASES, REFUSED]
@@ -77,7 +81,7 @@ SINGLE_CASES = [
     "kl+clip",
     "wdpo_fd_eps",
     *(f"{r}+lora" for r in LORA_OBJECTIVES),
-    *("kl_clamped", "cvar", "chi_square", "dr_dpo", "group_dro"),  # the accumulation cases' full batches
+    *("kl_clamped", "cvar", "chi_square", "dr_dpo", "group_dro", "mixture_dro"),  # the accumulation cases' full batches
 ]
 
 
@@ -236,7 +240,7 @@ def test_fsdp2_distributed_checkpoint_exports_like_a_single_file_checkpoint(
 def test_robust_strategies_change_the_update(single_runs, tiny_model_dir):
     """Guards the comparisons above: each robust objective moves the parameters differently from plain DPO."""
     plain = _deltas(single_runs["none"], tiny_model_dir)
-    for robust in ("kl", "wdpo_fd", "wdpo_exact"):
+    for robust in ("kl", "wdpo_fd", "wdpo_exact", "mixture_dro"):
         other = _deltas(single_runs[robust], tiny_model_dir)
         assert max((other[n] - plain[n]).abs().max() for n in plain) > 1e-3, robust
 

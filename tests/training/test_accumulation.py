@@ -15,7 +15,9 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parents[1] / "distributed" / "_strategy_steps.py"
-EVERY_STRATEGY = ("none", "kl", "kl_clamped", "cvar", "chi_square", "dr_dpo", "group_dro", "wdpo_fd", "wdpo_exact")
+EVERY_STRATEGY = (
+    *("none", "kl", "kl_clamped", "cvar", "chi_square", "dr_dpo", "group_dro", "wdpo_fd", "wdpo_exact", "mixture_dro"),
+)
 ATOL = 1e-12
 
 
@@ -57,7 +59,15 @@ def test_four_micro_batches_give_the_full_batch_step(robust, step):
     assert_same_update(step(f"{robust}+acc4"), step(robust), f"{robust}+acc4")
 
 
-@pytest.mark.parametrize("robust", ["none", "kl", "cvar"])
+def test_mixture_dro_at_radius_zero_is_dpo_bitwise(step):
+    """MixtureDRO over {α₀} with hard labels, on data labelled by the higher reward at α₀: DPO's update, bit for bit
+    (and the radius matters: the interval around α₀ moves the policy elsewhere)."""
+    dpo, mixture = step("none+hard"), step("mixture_r0+hard")
+    assert all(torch.equal(mixture[name], dpo[name]) for name in dpo)
+    assert largest_difference(step("mixture_dro+hard"), dpo) > 1e-4
+
+
+@pytest.mark.parametrize("robust", ["none", "kl", "cvar", "mixture_dro"])
 def test_unequal_micro_batches_are_weighted_exactly(robust, step):
     """8 pairs as micro-batches of 3, 3 and 2 (the epoch's last window is short): each pair still counts once."""
     assert_same_update(step(f"{robust}+acc3"), step(robust), f"{robust}+acc3")
