@@ -137,7 +137,8 @@ def synchronize() -> None:
 
 def parameter_checksum(module: RobustDPO) -> float:
     """Σ|θ| over the policy's local shards, summed over ranks (a collective under FSDP / DDP alike)."""
-    local = sum(p.detach().float().abs().sum() for p in _local_tensors(module.policy))
+    # float64: a 4-bit base's packed uint8 weights sum to ~1e9, where float32 cannot see an adapter's step
+    local = sum(p.detach().double().abs().sum() for p in _local_tensors(module.policy))
     strategy = module.trainer.strategy
     return float(strategy.reduce(torch.as_tensor(local, device=strategy.root_device), reduce_op="sum"))
 
@@ -264,7 +265,7 @@ class Snapshot(Callback):
     """This rank's local parameter shards as training starts."""
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.before = [t.detach().float().clone() for t in _local_tensors(pl_module.policy)]
+        self.before = [t.detach().float().cpu().clone() for t in _local_tensors(pl_module.policy)]
 
 
 def accumulation_case(strategy: str, case: str, cache_dir: str, cpu: bool) -> tuple[bool, float, str]:
@@ -283,7 +284,7 @@ def accumulation_case(strategy: str, case: str, cache_dir: str, cpu: bool) -> tu
         snapshot, timer = Snapshot(), StepTimer()
         trainer = trainer_for(strategy, cpu, 1, [snapshot, timer])
         trainer.fit(module, datamodule=data)
-        after = [t.detach().float() for t in _local_tensors(module.policy)]
+        after = [t.detach().float().cpu() for t in _local_tensors(module.policy)]  # DDP's teardown: on the CPU
         deltas[name] = [a - b for a, b in zip(after, snapshot.before, strict=True)]
         if name == "window":
             step_ms = 1000 * sum(timer.times)
@@ -305,7 +306,7 @@ def accumulation_case(strategy: str, case: str, cache_dir: str, cpu: bool) -> tu
 
 def saved_model(cache_dir: str, config: dict, name: str, seed: int = 0) -> str:
     """A model of ``config`` with random weights (``seed``) and the world's tokenizer, saved once."""
-    from rdpo_lightning.models.loading.loading import load_causal_lm
+    from rdpo_lightning.models.loading import load_causal_lm
 
     directory = os.path.join(cache_dir, f"{name}-{config['model_type']}-{config.get('n_embd', '')}-{seed}")
     if not os.path.isfile(os.path.join(directory, "config.json")):
@@ -330,10 +331,14 @@ def check_exports(trainer: L.Trainer, module: RobustDPO, cache_dir: str, name: s
 
     kinds = ["full", "sharded"] if isinstance(trainer.strategy, FSDPStrategy) else ["default"]
     batch = next(iter(trainer.datamodule.train_dataloader()))
-    batch = {k: v.to(trainer.strategy.root_device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    # DDP's teardown moves the module back to the CPU after fit; FSDP's keeps it (sharded) on the GPU
+    device = next(module.policy.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
     module.eval()
-    with torch.no_grad(), torch.autocast(trainer.strategy.root_device.type, dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         want = module.policy(**batch).logits.float().cpu()
+    if module.hparams.get("quantization"):  # the export's base is full-precision, not the 4-bit one trained on
+        want = full_precision_logits(module, {k: v.cpu() for k, v in batch.items()})
     results = []
     for kind in kinds:
         if kind != "default":
@@ -349,6 +354,21 @@ def check_exports(trainer: L.Trainer, module: RobustDPO, cache_dir: str, name: s
             results.append((error < 5e-2, f"{kind} rel.err {error:.2e}"))
         trainer.strategy.barrier()
     return all(ok for ok, _ in results), ", ".join(how for _, how in results)
+
+
+def full_precision_logits(module: RobustDPO, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """QLoRA's export merges the trained adapters into the base read in its compute dtype (docs/adapters.md), not
+    into the 4-bit weights the policy trained on (their rounding alone moves logits ~20%): the independent reference
+    is that base, on the CPU, with the trained adapters applied unmerged."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(module.hparams["model"], dtype=torch.bfloat16)
+    model = get_peft_model(base, module.policy.peft_config["default"])
+    trained = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(module.policy).items()}
+    set_peft_model_state_dict(model, trained)
+    with torch.no_grad():
+        return model.eval()(**batch).logits.float()
 
 
 def peak_gib() -> float:

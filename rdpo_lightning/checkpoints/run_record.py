@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from rdpo_lightning.checks import constructor_parameters
@@ -26,17 +28,30 @@ KEY = "rdpo"
 MAX_CHARS = 240
 
 
+#: the types a checkpoint may hold for ``torch.load(weights_only=True)``, which a resume uses, to read it back
+_SCALARS = (bool, int, float, str)
+
+
 def plain(value: Any) -> Any:
-    """``value`` if JSON can hold it (recursively), else its ``repr``: records survive any loader and any reader."""
-    try:
-        json.dumps(value, allow_nan=True)
-        return value
-    except (TypeError, ValueError):
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        return repr(value)
+    """``value`` in built-in types alone (recursively; anything else as its ``repr``): records survive any loader,
+    ``weights_only=True`` included, and any reader. An Enum becomes its value: a ``str`` Enum passes ``json.dumps``
+    but pickles as its class, which ``weights_only`` refuses (QLoRA's ``quant_method`` did, stopping its resume)."""
+    if isinstance(value, Enum):
+        return plain(value.value)
+    if isinstance(value, np.generic):  # a numpy scalar (np.int64 is no int)
+        return plain(value.item())
+    if value is None:
+        return None
+    for kind in _SCALARS:
+        if isinstance(value, kind):
+            return kind(value)  # a subclass (numpy float64, a str Enum) as its built-in type
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k if k is None or type(k) in _SCALARS else str(k): plain(v) for k, v in value.items()}
+    return repr(value)
 
 
 def init_args(obj: Any) -> dict[str, Any]:
@@ -103,8 +118,8 @@ def run_record(module: Any, policy: nn.Module, adapter_config: dict[str, Any] | 
     generation = getattr(policy, "generation_config", None)
     return {
         "format": FORMAT,
-        "model_config": recorded_config(policy) if config is not None else None,
-        "generation_config": generation.to_dict() if generation is not None else None,
+        "model_config": plain(recorded_config(policy)) if config is not None else None,
+        "generation_config": plain(generation.to_dict()) if generation is not None else None,
         "adapter_config": adapter_config,
         "tokenizer_files": tokenizer_files(getattr(datamodule, "tokenizer", None)),
         "objective": {
