@@ -268,6 +268,7 @@ class ReferencePrecomputation:
             self.datamodule.replace_split(split.name, attach(dataset, logps, length_normalized))
 
 
+@dataclass(eq=False)  # one run's source: compared by identity
 class ReferenceSource:
     """Where a run's reference log-probs come from; the module's only view of its reference.
 
@@ -285,23 +286,18 @@ class ReferenceSource:
             full-logits output layer): with the weights and the data, what the cache is keyed by.
     """
 
-    def __init__(
-        self,
-        precompute: bool,
-        cache: ReferenceCache,
-        name: str | None = None,
-        torch_dtype: str | None = None,
-        attn_implementation: str | None = None,
-        fused: bool = True,
-    ) -> None:
-        self.precompute = precompute
-        self.cache = cache
-        self.name = name
-        self.torch_dtype = torch_dtype
+    precompute: bool
+    cache: ReferenceCache
+    name: str | None = None
+    torch_dtype: str | None = None
+    attn_implementation: str | None = None
+    fused: bool = True
+
+    def __post_init__(self) -> None:
         self.settings = {
-            "torch_dtype": torch_dtype,
-            "attn_implementation": attn_implementation,
-            "logprobs": "fused" if fused else "full_logits",  # equal to ~1e-7, not bitwise
+            "torch_dtype": self.torch_dtype,
+            "attn_implementation": self.attn_implementation,
+            "logprobs": "fused" if self.fused else "full_logits",  # equal to ~1e-7, not bitwise
         }
         self._pending: ReferencePrecomputation | None = None
 
