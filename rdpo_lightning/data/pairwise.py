@@ -21,7 +21,7 @@ from rdpo_lightning.data.datamodule import PreferenceDataModule
 from rdpo_lightning.data.formats import detect_pair_layout
 from rdpo_lightning.data.hub import load_table, take
 from rdpo_lightning.data.rows import require_columns
-from rdpo_lightning.data.tokenizer import load_tokenizer
+from rdpo_lightning.data.source import DatasetSource
 from rdpo_lightning.data.validation_sets import (
     GROUP_SET,
     ValPaths,
@@ -67,15 +67,12 @@ def holds_chat_messages(dataset: datasets.Dataset, column: str) -> bool:
     return False
 
 
-class PairwisePreferenceDataModule(PreferenceDataModule):
+class PairwisePreferenceDataModule(DatasetSource, PreferenceDataModule):
     """Pairs read from ``path`` (a Hub data set name, a local directory, or a .json/.jsonl/.parquet/.csv file).
 
     Args:
-        path, name, revision: what ``datasets.load_dataset`` loads (``name`` is the Hub config).
-        tokenizer: tokenizer name or path (usually the policy's).
-        train_split: the training split (``train_prefs`` for UltraFeedback binarized).
-        val_split, val_fraction, val_name: the in-distribution validation set, named ``val_name``: the held-out
-            split of the same source, or else ``val_fraction`` of the training rows (seeded by ``seed``; 0: none).
+        val_fraction, val_name: the in-distribution validation set, named ``val_name``: the held-out split of the
+            same source (``val_split``), or else ``val_fraction`` of the training rows (seeded by ``seed``; 0: none).
         val_path: shifted validation sets beside it: a file (or directory, or Hub name: its ``train`` split), a
             list of them (named by their file stems) or a mapping name → path
             (:mod:`rdpo_lightning.data.validation_sets`).
@@ -86,21 +83,17 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         group_column: an optional column whose values (ints or names) become the pairs' group ids for GroupDRO.
         val_per_group: with ``group_column``, also validate on each group of the held-out set of ``path``
             (``group=<value>``), so the worst case covers every group.
-        apply_chat_template: render through the tokenizer's chat template; null (default): when the data holds
-            chat messages.
         max_train_samples, max_val_samples: use only the first rows (quick runs).
-        max_length: prompt + response tokens per sequence (here 1,024 by default). The batching and truncation
-            arguments (``batch_size``, ``padding_free``, ...) are :class:`~rdpo_lightning.data.PreferenceDataModule`'s.
+
+    The source (``path``, ``name``, ``revision``, ``tokenizer``, ``train_split``, ``val_split``,
+    ``apply_chat_template``, ``seed``, ``max_length``: 1,024 here) is
+    :class:`~rdpo_lightning.data.source.DatasetSource`'s, the batching and truncation arguments (``batch_size``,
+    ``padding_free``, ...) :class:`~rdpo_lightning.data.PreferenceDataModule`'s.
     """
 
     def __init__(
         self,
-        path: str,
-        tokenizer: str,
-        name: str | None = None,
-        revision: str | None = None,
-        train_split: str = "train",
-        val_split: str | None = None,
+        *,
         val_path: ValPaths = None,
         val_fraction: float = 0.05,
         val_name: str = "held_out",
@@ -110,39 +103,29 @@ class PairwisePreferenceDataModule(PreferenceDataModule):
         group_column: str | None = None,
         val_per_group: bool = True,
         prompt_delimiter: str | None = None,
-        apply_chat_template: bool | None = None,
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
-        seed: int = 0,
-        max_length: int = 1024,
         **kwargs: Any,
     ) -> None:
-        super().__init__(max_length=max_length, **kwargs)
+        super().__init__(**kwargs)
         self.val_paths = named_val_paths(val_path)
-        check_val_fraction(val_fraction, val_split, self.val_paths)
+        check_val_fraction(val_fraction, self.val_split, self.val_paths)
         #: an in-distribution set from the training source (``val_split`` or ``val_fraction``), served first
-        self.has_held_out = val_split is not None or val_fraction > 0
+        self.has_held_out = self.val_split is not None or val_fraction > 0
         held_out = [(val_name, "data.val_name")] if self.has_held_out else []
         check_set_names([*held_out, *((name, f"data.val_path[{name!r}]") for name in self.val_paths)])
-        self.path, self.name, self.revision = path, name, revision
-        self.tokenizer_name = tokenizer
-        self.train_split, self.val_split, self.val_path = train_split, val_split, val_path
+        self.val_path = val_path
         self.val_fraction, self.val_name = val_fraction, val_name
         self.columns = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
         self.group_column = group_column
         self.val_per_group = bool(val_per_group) and group_column is not None and self.has_held_out
         self.prompt_delimiter = prompt_delimiter
-        self.apply_chat_template = apply_chat_template
         self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
-        self.seed = seed
         self.group_names: list[str] | None = None
         #: per split, the detected layout in one line (which columns became the prompt and the responses)
         self.layouts: dict[str, str] = {}
         #: held-out pairs whose prompt also occurs in training (when ``val_fraction`` carves the held-out set)
         self.shared_prompts = 0
-
-    def build_tokenizer(self):
-        return load_tokenizer(self.tokenizer_name)
 
     def describe_split(self, split: str) -> str:
         source = getattr(self, "_sources", {}).get(split)

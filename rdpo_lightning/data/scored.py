@@ -30,7 +30,7 @@ from rdpo_lightning.data.hub import load_table
 from rdpo_lightning.data.mixture_pairs import MixturePairsDataModule, PairRandomness, PromptSplits
 from rdpo_lightning.data.pairing import PromptCompletions
 from rdpo_lightning.data.rows import require_columns
-from rdpo_lightning.data.tokenizer import load_tokenizer
+from rdpo_lightning.data.source import DatasetSource
 from rdpo_lightning.errors import InputError
 
 NUMERIC = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64")
@@ -67,45 +67,37 @@ def score_value(value: Any) -> float:
     return float(value)
 
 
-class ScoredCompletionsDataModule(MixturePairsDataModule):
+class ScoredCompletionsDataModule(DatasetSource, MixturePairsDataModule):
     """Pairs built at training and validation mixtures from scored completions at ``path``.
 
     Args:
-        path, name, revision: a Hub data set (``nvidia/HelpSteer2``), a local directory, or a .json/.jsonl/.parquet
-            file of rows ``prompt_column``, ``response_column`` and one numeric column per attribute.
-        tokenizer: tokenizer name or path.
-        score_columns: the attribute columns, in order; mixtures weigh them.
+        score_columns: the attribute columns, in order; mixtures weigh them. Each row of the source is one
+            completion: ``prompt_column``, ``response_column`` and one numeric column per attribute (HelpSteer2:
+            ``nvidia/HelpSteer2``).
         pairing: how pairs are formed (here ``best_vs_worst`` by default; module docstring). The mixtures
             (``attribute_a``, ``train_alpha``, ``val_mixtures``, ...; several training mixtures become groups) are
             :class:`~rdpo_lightning.data.mixture_pairs.MixturePairsDataModule`'s, the batching and truncation
             arguments :class:`~rdpo_lightning.data.PreferenceDataModule`'s.
-        train_split, val_split, val_path, val_fraction: validation prompts come from ``val_split`` of the source,
-            from ``val_path``, or (neither given) ``val_fraction`` of the prompts are held out (seeded by ``seed``).
-        apply_chat_template: render prompt and completions through the tokenizer's chat template; null (default):
-            when the prompts are chat messages, as for pairwise data.
+        val_path, val_fraction: validation prompts come from ``val_split`` of the source, from ``val_path``, or
+            (neither given) ``val_fraction`` of the prompts are held out (seeded by ``seed``).
         max_train_prompts, max_val_prompts: use only the first prompts (quick runs).
-        max_length: prompt + response tokens per sequence (here 1,024 by default).
+
+    The source (``path``, ``name``, ``revision``, ``tokenizer``, ``train_split``, ``val_split``,
+    ``apply_chat_template``: prompt and completions alike, ``seed``, ``max_length``: 1,024 here) is
+    :class:`~rdpo_lightning.data.source.DatasetSource`'s.
     """
 
     def __init__(
         self,
-        path: str,
-        tokenizer: str,
+        *,
         score_columns: list[str],
         prompt_column: str = "prompt",
         response_column: str = "response",
         pairing: str = "best_vs_worst",
-        name: str | None = None,
-        revision: str | None = None,
-        train_split: str = "train",
-        val_split: str | None = None,
         val_path: str | None = None,
         val_fraction: float = 0.1,
-        apply_chat_template: bool | None = None,
         max_train_prompts: int | None = None,
         max_val_prompts: int | None = None,
-        seed: int = 0,
-        max_length: int = 1024,
         **kwargs: Any,
     ) -> None:
         if not score_columns:
@@ -113,7 +105,7 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
         if len(set(score_columns)) != len(score_columns):
             raise ValueError(f"data.score_columns repeats a column: {score_columns}")
         check_fraction("data.val_fraction", val_fraction)
-        super().__init__(score_columns, pairing=pairing, max_length=max_length, **kwargs)
+        super().__init__(_attributes=score_columns, pairing=pairing, **kwargs)
         #: score columns that must be > 0: those a geometric mixture weighs (r = Π s_k^α_k, taken in log space)
         self._positive_scores = [
             k
@@ -121,19 +113,11 @@ class ScoredCompletionsDataModule(MixturePairsDataModule):
             if self.mixture_kind == "geometric"
             and any(m.weights[k] > 0 for m in self.train_mixtures + self.val_mixtures)
         ]
-        self.path, self.name, self.revision = path, name, revision
-        self.tokenizer_name = tokenizer
         self.score_columns = list(score_columns)
         self.prompt_column, self.response_column = prompt_column, response_column
-        self.train_split, self.val_split, self.val_path = train_split, val_split, val_path
-        self.val_fraction = val_fraction
-        self.apply_chat_template = apply_chat_template
+        self.val_path, self.val_fraction = val_path, val_fraction
         self.max_train_prompts, self.max_val_prompts = max_train_prompts, max_val_prompts
-        self.seed = seed
         self.templated: bool | None = None  # decided from the data (apply_chat_template null) when it is read
-
-    def build_tokenizer(self):
-        return load_tokenizer(self.tokenizer_name)
 
     # --- grouping rows into prompts ----------------------------------------------------------------------------
     def _read_columns(self, table: datasets.Dataset, where: str) -> tuple[dict[str, list], list[str] | None]:
