@@ -34,21 +34,32 @@ class MixtureGrid:
     validation: tuple[Mixture, ...]
 
 
+@dataclass(frozen=True)
+class MixtureArguments:
+    """A DataModule's mixture arguments as the user gave them (YAML ``data.<field>``, ``kind`` being
+    ``data.mixture_kind``), carried as one value to :func:`resolve_mixture_grid`."""
+
+    attribute_a: str | None = None
+    attribute_b: str | None = None
+    train_alpha: float | None = None
+    train_mixtures: Sequence[MixtureEntry] | None = None
+    train_shares: Sequence[float] | None = None
+    val_alphas: Sequence[float] | None = None
+    val_mixtures: Sequence[MixtureEntry] | None = None
+    kind: str = "convex"
+
+
 def resolve_mixture_grid(
     attributes: Sequence[str],
-    attribute_a: str | None,
-    attribute_b: str | None,
-    train_alpha: float | None = None,
-    train_mixtures: Sequence[MixtureEntry] | None = None,
-    train_shares: Sequence[float] | None = None,
-    val_alphas: Sequence[float] | None = None,
-    val_mixtures: Sequence[MixtureEntry] | None = None,
-    kind: str = "convex",
+    given: MixtureArguments,
     default_alpha: float = 0.1,
     default_val_alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
     prefix: str = "data.",
 ) -> MixtureGrid:
     """Turn a DataModule's mixture arguments into a :class:`MixtureGrid`, with errors naming the YAML key."""
+    attribute_a, attribute_b, kind = given.attribute_a, given.attribute_b, given.kind
+    train_alpha, train_mixtures, train_shares = given.train_alpha, given.train_mixtures, given.train_shares
+    val_alphas, val_mixtures = given.val_alphas, given.val_mixtures
     attributes = list(attributes)
     if kind not in KINDS:
         raise ValueError(f"{prefix}mixture_kind must be one of {KINDS}, got {kind!r}")

@@ -16,7 +16,13 @@ import datasets
 import numpy as np
 
 from rdpo_lightning.data.datamodule import PreferenceDataModule
-from rdpo_lightning.data.mixture import Mixture, MixtureEntry, component_assignment, resolve_mixture_grid
+from rdpo_lightning.data.mixture import (
+    Mixture,
+    MixtureArguments,
+    MixtureEntry,
+    component_assignment,
+    resolve_mixture_grid,
+)
 from rdpo_lightning.data.pairing import TIED, PromptCompletions, check_pairing, compared_completions, pair_completions
 from rdpo_lightning.data.score_margins import SCORE_MARGINS, MixtureSpace, attribute_pair
 
@@ -84,17 +90,10 @@ class MixturePairsDataModule(PreferenceDataModule):
         check_pairing(pairing)
         if label_temperature is not None and not label_temperature > 0:
             raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
-        grid = resolve_mixture_grid(
-            attributes,
-            attribute_a,
-            attribute_b,
-            train_alpha=train_alpha,
-            train_mixtures=train_mixtures,
-            train_shares=train_shares,
-            val_alphas=val_alphas,
-            val_mixtures=val_mixtures,
-            kind=mixture_kind,
+        given = MixtureArguments(
+            attribute_a, attribute_b, train_alpha, train_mixtures, train_shares, val_alphas, val_mixtures, mixture_kind
         )
+        grid = resolve_mixture_grid(attributes, given)
         self.train_mixtures = list(grid.train)
         self.train_shares = list(grid.shares)
         self.val_mixtures = list(grid.validation)

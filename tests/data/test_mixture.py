@@ -7,6 +7,7 @@ import pytest
 
 from rdpo_lightning.data.mixture import (
     Mixture,
+    MixtureArguments,
     bradley_terry_labels,
     component_assignment,
     label_pairs,
@@ -42,37 +43,35 @@ def test_three_ways_to_write_one_mixture_agree():
 )
 def test_bad_mixtures_name_the_offending_entry(entry, message):
     with pytest.raises(ValueError, match=message):
-        resolve_mixture_grid(ATTRS, "anger", "fear", val_mixtures=[0.5, entry])
+        resolve_mixture_grid(ATTRS, MixtureArguments("anger", "fear", val_mixtures=[0.5, entry]))
 
 
 def test_training_mixtures_with_one_name_are_an_error():
     with pytest.raises(ValueError, match=r"train_mixtures\[0\] and data.train_mixtures\[1\] .* same name 'alpha=0.10'"):
-        resolve_mixture_grid(ATTRS, "anger", "fear", train_mixtures=[0.1, 0.104])
+        resolve_mixture_grid(ATTRS, MixtureArguments("anger", "fear", train_mixtures=[0.1, 0.104]))
 
 
 def test_grid_starts_in_distribution_and_drops_repeats():
-    grid = resolve_mixture_grid(
-        ATTRS,
-        "anger",
-        "fear",
-        train_alpha=0.1,
-        val_alphas=[0.0, 0.1, 1.0],
-        val_mixtures=[[0, 0, 0, 0, 1.0], {"joy": 1}],
+    given = MixtureArguments(
+        "anger", "fear", 0.1, val_alphas=[0.0, 0.1, 1.0], val_mixtures=[[0, 0, 0, 0, 1.0], {"joy": 1}]
     )
+    grid = resolve_mixture_grid(ATTRS, given)
     assert [m.name for m in grid.validation] == ["alpha=0.10", "alpha=0.00", "alpha=1.00", "joy=1.00"]
     assert grid.shares == (1.0,)
 
 
 def test_training_components_and_shares():
-    grid = resolve_mixture_grid(ATTRS, "anger", "fear", train_mixtures=[0.1, {"joy": 1.0}], train_shares=[0.25, 0.75])
+    grid = resolve_mixture_grid(
+        ATTRS, MixtureArguments("anger", "fear", train_mixtures=[0.1, {"joy": 1.0}], train_shares=[0.25, 0.75])
+    )
     assert [m.name for m in grid.train] == ["alpha=0.10", "joy=1.00"]
     assert grid.shares == (0.25, 0.75)
     with pytest.raises(ValueError, match="train_alpha and data.train_mixtures"):
-        resolve_mixture_grid(ATTRS, "anger", "fear", train_alpha=0.1, train_mixtures=[0.2])
+        resolve_mixture_grid(ATTRS, MixtureArguments("anger", "fear", train_alpha=0.1, train_mixtures=[0.2]))
     with pytest.raises(ValueError, match="train_shares has 1 entries for 2"):
-        resolve_mixture_grid(ATTRS, "anger", "fear", train_mixtures=[0.1, 0.9], train_shares=[1.0])
+        resolve_mixture_grid(ATTRS, MixtureArguments("anger", "fear", train_mixtures=[0.1, 0.9], train_shares=[1.0]))
     with pytest.raises(ValueError, match="attribute_b: unknown attribute 'calm'"):
-        resolve_mixture_grid(ATTRS, "anger", "calm")
+        resolve_mixture_grid(ATTRS, MixtureArguments("anger", "calm"))
 
 
 def test_component_assignment_has_exact_counts():
