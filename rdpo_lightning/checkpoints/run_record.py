@@ -44,7 +44,7 @@ def plain(value: Any) -> Any:
         return None
     for kind in _SCALARS:
         if isinstance(value, kind):
-            return kind(value)  # a subclass (numpy float64, a str Enum) as its built-in type
+            return kind(value)  # a subclass of a built-in type (a str subclass, numpy's float64) as that type
     if isinstance(value, tuple):
         return tuple(plain(v) for v in value)
     if isinstance(value, list):

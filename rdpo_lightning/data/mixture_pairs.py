@@ -90,8 +90,15 @@ class MixturePairsDataModule(PreferenceDataModule):
         check_pairing(pairing)
         if label_temperature is not None and not label_temperature > 0:
             raise ValueError(f"data.label_temperature must be > 0 (or null), got {label_temperature}")
-        given = MixtureArguments(
-            attribute_a, attribute_b, train_alpha, train_mixtures, train_shares, val_alphas, val_mixtures, mixture_kind
+        given = MixtureArguments(  # by keyword: train_shares and val_alphas share a type, an order would swap them
+            attribute_a=attribute_a,
+            attribute_b=attribute_b,
+            train_alpha=train_alpha,
+            train_mixtures=train_mixtures,
+            train_shares=train_shares,
+            val_alphas=val_alphas,
+            val_mixtures=val_mixtures,
+            kind=mixture_kind,
         )
         grid = resolve_mixture_grid(attributes, given)
         self.train_mixtures = list(grid.train)
