@@ -236,9 +236,13 @@ class RobustDPO(L.LightningModule):
             reshard(self.policy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse an adapter-only checkpoint of another base and put this run's base into it; fit a single-file
+        """Refuse an adapter-only checkpoint of another base and put this run's base into it; keep the initial policy
+        to compute reference log-probs still missing (:meth:`ReferenceSource.before_restore`); fit a single-file
         checkpoint's reference weights to this run's reference (:func:`reconcile_reference_state`)."""
         self.adapter_checkpoints.on_load(checkpoint, checkpoint.get(RUN_RECORD_KEY), self)
+        initial = self.references.before_restore(self.policy, self.reference)
+        if initial is not None:
+            self.reference = initial
         if "state_dict" in checkpoint:
             reconcile_reference_state(checkpoint["state_dict"], self.reference)
 

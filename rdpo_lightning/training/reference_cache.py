@@ -10,7 +10,15 @@ puts into every batch. The cache file is keyed by
   full-logits log-probs,
 
 so a later run with the same data and reference loads it, and a change of either recomputes it. The file stores
-per-row *sums* of response-token log-probs and the token counts, so a length-normalised pair loss (IPO) reuses it too.
+per-row *sums* of response-token log-probs and the token counts, so a length-normalised pair loss (IPO) reuses it too,
+and the digest and name of the weights that computed it: an entry whose recorded digest is not its key's is refused
+(recomputed, with one line).
+
+The reference is the policy *as it started*, always. A fit resumed from a checkpoint restores trained weights into
+the policy before the missing log-probs could be computed from it (single device and DDP restore before the
+strategy's setup), so :meth:`ReferenceSource.before_restore` keeps a frozen copy of the initial policy to compute
+them with, freed once they are; :meth:`ReferenceSource.equip` refuses to compute from a policy whose weights a
+checkpoint has replaced. (FSDP strategies restore after setup, when the log-probs are already computed.)
 
 Under data parallelism every rank computes the rows ``rank, rank + W, ...`` (padded so all ranks run the same number
 of forwards, as FSDP requires), the results are all-gathered, and rank 0 writes the file; on a hit rank 0 reads it
@@ -42,7 +50,13 @@ from tqdm.auto import tqdm
 
 from rdpo_lightning.data.collate import REFERENCE_COLUMNS
 from rdpo_lightning.data.datamodule import default_cache_dir
-from rdpo_lightning.models.adapters import is_adapted, reference_mode, reference_state
+from rdpo_lightning.models.adapters import (
+    REFERENCE_ADAPTER,
+    adapter_names,
+    is_adapted,
+    reference_mode,
+    reference_state,
+)
 from rdpo_lightning.models.digest import weights_digest
 from rdpo_lightning.models.loading import frozen_copy, load_causal_lm
 from rdpo_lightning.models.scoring import token_logps
@@ -50,8 +64,11 @@ from rdpo_lightning.pair_scores import PairLogps
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 2: entries record the digest and name of the weights that computed them (1's may hold a resumed policy's)
+FORMAT_VERSION = 2
 CHOSEN_COLUMN, REJECTED_COLUMN = REFERENCE_COLUMNS
+#: what a cache entry records beside the numbers: the digest of the weights that computed it, and their name
+DIGEST_FIELD, WEIGHTS_FIELD = "reference_digest", "reference_weights"
 
 
 def default_reference_cache_dir() -> Path:
@@ -96,7 +113,9 @@ class ReferenceCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.pt"
 
-    def load(self, key: str, rows: int) -> ReferenceLogps | None:
+    def load(self, key: str, rows: int, digest: str | None = None) -> ReferenceLogps | None:
+        """The entry under ``key``, or None (with one line when a file is there but refused): unreadable, another
+        number of rows, or computed from weights other than ``digest``."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -110,13 +129,21 @@ class ReferenceCache:
             held = len(logps.chosen_sum)
             log.warning("reference log-prob cache %s holds %d rows, the split has %d; recomputing", path, held, rows)
             return None
+        recorded = stored.get(DIGEST_FIELD)
+        if digest is not None and recorded != digest:
+            log.warning(
+                "reference log-prob cache %s was computed from weights %s, not the reference's %s; recomputing",
+                path, recorded, digest,
+            )  # fmt: skip
+            return None
         return logps
 
-    def save(self, key: str, logps: ReferenceLogps) -> Path:
+    def save(self, key: str, logps: ReferenceLogps, digest: str | None = None, weights: str | None = None) -> Path:
+        """Write the entry atomically, with the digest and name of the weights that computed it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         partial = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(logps.to_dict(), partial)
+        torch.save({**logps.to_dict(), DIGEST_FIELD: digest, WEIGHTS_FIELD: weights}, partial)
         partial.replace(path)  # atomic: a crashed run never leaves a half-written cache behind
         return path
 
@@ -203,17 +230,28 @@ class ReferencePrecomputation:
     """Fills a DataModule's splits with reference log-probs: from the cache, or computed once and cached.
 
     Built in ``configure_model`` (:meth:`plan`, which also tells whether a reference *model* is needed at all) and run
-    in ``on_fit_start`` (:meth:`run`), once the model sits on its devices, sharded or not.
+    in ``on_fit_start`` (:meth:`run`), once the model sits on its devices, sharded or not. ``digest`` and ``weights``
+    say which weights the log-probs are of (their digest, and a name such as ``the initial policy``): every cache
+    entry records them, and every line that says where a split's log-probs came from names them.
     """
 
-    def __init__(self, datamodule, splits: list[SplitPlan], cache: ReferenceCache) -> None:
+    def __init__(
+        self, datamodule, splits: list[SplitPlan], cache: ReferenceCache, digest: str = "", weights: str = ""
+    ) -> None:
         self.datamodule = datamodule
         self.splits = splits
         self.cache = cache
+        self.digest = digest
+        self.weights = weights
 
     @classmethod
     def plan(
-        cls, trainer, reference_digest: str, settings: dict[str, str | None], cache: ReferenceCache
+        cls,
+        trainer,
+        reference_digest: str,
+        settings: dict[str, str | None],
+        cache: ReferenceCache,
+        weights: str = "the reference",
     ) -> ReferencePrecomputation | None:
         """None when the DataModule holds no tokenizer and map-style ``datasets`` splits (then a resident reference is
         used)."""
@@ -230,11 +268,11 @@ class ReferencePrecomputation:
         strategy = trainer.strategy
         if strategy.global_rank == 0:
             for split in splits:
-                split.cached = cache.load(split.key, split.rows)
+                split.cached = cache.load(split.key, split.rows, reference_digest)
         found = strategy.broadcast([None if s.cached is None else s.cached.to_dict() for s in splits], src=0)
         for split, stored in zip(splits, found, strict=True):
             split.cached = None if stored is None else ReferenceLogps(**stored)
-        return cls(datamodule, splits, cache)
+        return cls(datamodule, splits, cache, reference_digest, weights)
 
     @staticmethod
     def _split_key(dataset, reference_digest: str, settings: dict[str, str | None], cache: ReferenceCache) -> str:
@@ -252,6 +290,7 @@ class ReferencePrecomputation:
         (rank 0), attach."""
 
         strategy = trainer.strategy
+        source = f"{self.weights} (weights {self.digest[:12]})"
         for split in self.splits:
             dataset = self.datamodule.splits()[split.name]
             if split.cached is not None:
@@ -262,10 +301,17 @@ class ReferencePrecomputation:
             else:
                 logps = compute(without_reference(dataset), split.name)
                 where = "computed and saved to cache "
-                where += str(self.cache.save(split.key, logps)) if strategy.global_rank == 0 else "(by rank 0)"
+                if strategy.global_rank == 0:
+                    where += str(self.cache.save(split.key, logps, self.digest, self.weights))
+                else:
+                    where += "(by rank 0)"
                 strategy.barrier()
-            rank_zero_info(f"reference log-probs of split {split.name!r} ({split.rows} rows): {where}")
+            rank_zero_info(f"reference log-probs of split {split.name!r} ({split.rows} rows) of {source}: {where}")
             self.datamodule.replace_split(split.name, attach(dataset, logps, length_normalized))
+
+
+class RestoredWeightsError(RuntimeError):
+    """The reference log-probs were about to be computed from a policy whose weights a checkpoint replaced."""
 
 
 @dataclass(eq=False)  # one run's source: compared by identity
@@ -275,7 +321,8 @@ class ReferenceSource:
     Either the log-probs are precomputed into the DataModule's splits (from the cache, or computed once by a
     reference model that is then freed), or a frozen reference model stays resident and scores every batch. The
     module asks :meth:`build` in ``configure_model`` for the resident model it must prepare (shard, place) alongside
-    the policy, and calls :meth:`equip` once the models sit on their devices, before any training loader is built.
+    the policy, tells :meth:`before_restore` when a checkpoint is about to replace the policy's weights, and calls
+    :meth:`equip` once the models sit on their devices, before any training loader is built.
 
     Args:
         precompute: cache the reference log-probs of the training and validation splits
@@ -300,6 +347,7 @@ class ReferenceSource:
             "logprobs": "fused" if self.fused else "full_logits",  # equal to ~1e-7, not bitwise
         }
         self._pending: ReferencePrecomputation | None = None
+        self._restored = False  # a checkpoint's weights replaced the policy's initial ones
 
     def build(self, trainer, policy: nn.Module, length_normalized: bool, digest: str | None = None) -> nn.Module | None:
         """The resident reference model to prepare alongside the policy, or None.
@@ -320,14 +368,24 @@ class ReferenceSource:
         if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
             precomputation.run(trainer, length_normalized)
             return None
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
         if reference is None and is_adapted(policy):  # the policy computes the reference: no second model
-            if precomputation is not None and trainer.state.fn == TrainerFn.FITTING:
+            if precomputation is not None and fitting:
                 self._pending = precomputation
             return None
-        if precomputation is not None and self._may_compute_later(trainer, reference):
+        if precomputation is not None and fitting:  # computed in equip, before the first step; then freed
             self._pending = precomputation
             return None if reference is None else frozen_copy(reference)  # None: the initial policy computes them
         return frozen_copy(policy if reference is None else reference)  # a resident reference model
+
+    def weights_name(self, policy: nn.Module) -> str:
+        """What the reference log-probs are of, in words: named in the cache's lines and entries."""
+        if self.name is not None:
+            return f"the reference model {self.name}"
+        if is_adapted(policy):
+            starting = REFERENCE_ADAPTER in adapter_names(policy)
+            return "the base model with its starting adapter" if starting else "the base model (adapters off)"
+        return "the initial policy"
 
     def _plan(self, trainer, reference: nn.Module, digest: str | None = None) -> ReferencePrecomputation | None:
         """Which splits are cached, for the reference's *initial* weights (before any checkpoint is restored); None
@@ -338,15 +396,21 @@ class ReferenceSource:
         settings = {"precision": str(trainer.precision), **self.settings}
         digest = digest if digest is not None else weights_digest(reference_state(reference))
         digest = trainer.strategy.broadcast(digest, src=0)
-        return ReferencePrecomputation.plan(trainer, digest, settings, self.cache)
+        weights = self.weights_name(reference)
+        return ReferencePrecomputation.plan(trainer, digest, settings, self.cache, weights)
 
-    @staticmethod
-    def _may_compute_later(trainer, reference: nn.Module | None) -> bool:
-        """Missing log-probs are computed only while fitting, and, when the initial policy is the reference, only if
-        no checkpoint will overwrite its weights first (resuming); otherwise a resident reference model is used."""
-        if trainer.state.fn != TrainerFn.FITTING:
-            return False
-        return reference is not None or trainer.ckpt_path is None
+    def before_restore(self, policy: nn.Module, resident: nn.Module | None) -> nn.Module | None:
+        """A checkpoint is about to replace the policy's weights (``on_load_checkpoint``): when the initial policy
+        was to compute the missing reference log-probs, a frozen copy of it now, to compute them instead (the module
+        keeps it as its reference until :meth:`equip` frees it); None when nothing needs it."""
+        self._restored = True
+        if self._pending is None or resident is not None or is_adapted(policy):
+            return None  # nothing pending; a named reference resident already; a base the checkpoint leaves as it is
+        rank_zero_info(
+            "resuming before the reference log-probs are computed: a frozen copy of the initial policy"
+            f" (weights {self._pending.digest[:12]}) computes them, then is freed"
+        )
+        return frozen_copy(policy)
 
     def equip(
         self,
@@ -363,6 +427,11 @@ class ReferenceSource:
         precomputation, self._pending = self._pending, None
         if precomputation is None:
             return False
+        if policy_is_reference and self._restored and not is_adapted(model):
+            raise RestoredWeightsError(
+                "the reference log-probs would be computed from a policy whose weights a checkpoint replaced, not"
+                f" from {precomputation.weights} they are keyed by (weights {precomputation.digest[:12]})"
+            )
         datamodule, strategy = precomputation.datamodule, trainer.strategy
         collate = datamodule.collator()
         batch_size = getattr(datamodule, "val_batch_size", None) or getattr(datamodule, "batch_size", 8)

@@ -13,7 +13,13 @@ from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.losses import IPOLoss
 from rdpo_lightning.training.module import RobustDPO
 from rdpo_lightning.training.quiet import quiet_trainer
-from rdpo_lightning.training.reference_cache import ReferenceCache, shard_indices, unshard
+from rdpo_lightning.training.reference_cache import (
+    DIGEST_FIELD,
+    WEIGHTS_FIELD,
+    ReferenceCache,
+    shard_indices,
+    unshard,
+)
 from tests.conftest import save_reinitialised
 
 
@@ -108,7 +114,8 @@ def test_cached_logps_equal_fresh_computation_and_no_reference_stays(tmp_path, t
     files = sorted(tmp_path.glob("*.pt"))
     assert len(files) == 3
     stored = torch.load(files[0], weights_only=True)
-    assert set(stored) == {"chosen_sum", "rejected_sum", "chosen_tokens", "rejected_tokens"}
+    numbers = {"chosen_sum", "rejected_sum", "chosen_tokens", "rejected_tokens"}
+    assert set(stored) == numbers | {DIGEST_FIELD, WEIGHTS_FIELD}
 
 
 def test_second_run_reuses_cache_and_changes_invalidate_it(
