@@ -2,7 +2,8 @@
 
 ``tests/fixtures/legacy_flat_layout`` was written by the code *before* the move (commit 3b3d22d, its ``make.sh``): a
 KLDPO checkpoint of a tiny GPT-2, a LoRA adapter-only checkpoint over a saved base, the ``config.yaml`` LightningCLI
-saved beside each, and ``names.json``: every class and function each module of that layout defined. Here those
+saved beside each, and ``names.json``: every class and function each module of that layout defined. Its paths are
+relative (``relocate.py`` took the writing machine's absolute ones out), so it works from any clone. Here those
 checkpoints validate, resume and export through today's ``rdpo``, and every old name still imports.
 """
 
@@ -106,7 +107,9 @@ def test_a_flat_layout_checkpoint_validates_resumes_and_exports(tmp_path: Path, 
 def test_a_flat_layout_adapter_only_checkpoint_resumes_and_exports_on_its_moved_base(tmp_path: Path, monkeypatch):
     run = _copy("lora", tmp_path)
     monkeypatch.chdir(tmp_path)
-    checkpoint, base = run / "last.ckpt", run / "base"
+    checkpoint, base = run / "last.ckpt", tmp_path / "elsewhere" / "base"
+    shutil.move(run / "base", base)  # the recorded base (lora/base) is gone: only the typed one exists
+    assert "model: lora/base" in (run / "config.yaml").read_text()
     assert not any(".base_layer." in k for k in _policy_weights(checkpoint))  # written adapter-only
     moved = [f"--model.model={base}", f"--data.init_args.tokenizer={base}"]  # the base lies elsewhere now
     resumed = main(
