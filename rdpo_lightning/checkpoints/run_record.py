@@ -109,6 +109,15 @@ def strategy_record(trainer: Any) -> dict[str, Any]:
     }
 
 
+def optimizer_record(trainer: Any) -> dict[str, Any] | None:
+    """The optimizer's class: a resume refuses another (its state would not fit)."""
+    optimizers = getattr(trainer, "optimizers", None) or []
+    if not optimizers:
+        return None
+    kind = type(optimizers[0])
+    return {"class": f"{kind.__module__}.{kind.__qualname__}"}
+
+
 def run_record(module: Any, policy: nn.Module, adapter_config: dict[str, Any] | None) -> dict[str, Any]:
     """Everything :func:`~rdpo_lightning.checkpoints.export.export_checkpoint` and the model card read (see the module
     docstring)."""
@@ -128,6 +137,7 @@ def run_record(module: Any, policy: nn.Module, adapter_config: dict[str, Any] | 
             "pair_loss": init_args(module.pair_loss),
         },
         "strategy": strategy_record(trainer) if trainer is not None else None,
+        "optimizer": optimizer_record(trainer) if trainer is not None else None,
         "data": data_record(datamodule),
         "validation": validation_record(trainer) if trainer is not None else None,
         "global_step": trainer.global_step if trainer is not None else None,

@@ -79,7 +79,31 @@ class RDPOCLI(LightningCLI):
             self.config = parser.parse_object(args)
             return
         argv = list(sys.argv[1:] if args is None else args)
-        self.config = parser.parse_args(config_from_checkpoint(aliases.resolve_argv(argv)))
+        self._argv = config_from_checkpoint(aliases.resolve_argv(argv))
+        self.config = parser.parse_args(self._argv)
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``, the checkpoint's ``model.*`` hyper-parameters fill only what the command line and the
+        ``-c`` files did not give.
+
+        Lightning parses them *over* the configuration, so a moved base, a lower learning rate or a changed radius
+        typed for the rest of a run was silently replaced by the checkpoint's. Here the keys the user gave (parsed
+        without defaults) keep their values, the checkpoint fills the others, and the module says each difference
+        from the checkpoint in one line (:class:`~rdpo_lightning.training.resume.ResumeCheck`)."""
+        subcommand = self.config.get("subcommand")
+        argv = getattr(self, "_argv", None)
+        if not subcommand or argv is None:  # the CLI was given a dict or a Namespace: nothing was typed
+            super()._parse_ckpt_path()
+            return
+        path = self.config[subcommand].get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return
+        hparams = checkpoint_hyperparameters(path)
+        given = (self.parser.parse_args(argv, defaults=False).get(subcommand) or Namespace()).get("model")
+        typed = {key.split(".", 1)[0] for key in given.keys()} if isinstance(given, Namespace) else set()
+        fill = {key: value for key, value in hparams.items() if key not in typed}
+        if fill:
+            self.config = self.parser.parse_object({subcommand: {"model": fill}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -175,6 +199,20 @@ def recorded_config(path: str) -> str | None:
     except Exception as error:  # not a checkpoint torch can read: the user's input, said in one line
         fail(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})")
     return (checkpoint.get(KEY) or {}).get("config_yaml")
+
+
+def checkpoint_hyperparameters(path: str) -> dict[str, Any]:
+    """The module's hyper-parameters a checkpoint file holds (none of Lightning's bookkeeping keys)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # not a checkpoint torch can read: the user's input, said in one line
+        fail(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})")
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    for bookkeeping in ("_instantiator", "_class_path"):
+        hparams.pop(bookkeeping, None)
+    return hparams
 
 
 def checkpoint_path(argv: list[str]) -> str | None:

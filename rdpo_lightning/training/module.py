@@ -18,7 +18,7 @@ from torch import Tensor
 from rdpo_lightning.batch_layout import PACK_INDEX
 from rdpo_lightning.checkpoints.adapter_only import AdapterCheckpoints
 from rdpo_lightning.checkpoints.run_record import KEY as RUN_RECORD_KEY
-from rdpo_lightning.checkpoints.run_record import run_record
+from rdpo_lightning.checkpoints.run_record import init_args, run_record
 from rdpo_lightning.data.sampler import load_pending_loader_states
 from rdpo_lightning.losses import PairLoss, SigmoidLoss
 from rdpo_lightning.models.adapters import peft_config_dict, reference_mode
@@ -56,6 +56,7 @@ from rdpo_lightning.training.reference_cache import (
     reconcile_reference_state,
 )
 from rdpo_lightning.training.reproducibility import seed_training_batch
+from rdpo_lightning.training.resume import ResumeCheck
 from rdpo_lightning.training.schedules import warmup_cosine_scheduler
 from rdpo_lightning.training.step_metrics import log_pair_metrics, log_training_step
 
@@ -177,6 +178,7 @@ class RobustDPO(L.LightningModule):
         self._router_aux_coef = 0.0  # resolved from the policy's config in configure_model
         self.objective_scope = objective_scope
         self.window = AccumulationWindow(accumulate_grad_batches)
+        self.resume_check = ResumeCheck()
         self.automatic_optimization = self.robust.automatic_optimization and accumulate_grad_batches == 1
         self.policy: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
@@ -238,13 +240,18 @@ class RobustDPO(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse an adapter-only checkpoint of another base and put this run's base into it; keep the initial policy
         to compute reference log-probs still missing (:meth:`ReferenceSource.before_restore`); fit a single-file
-        checkpoint's reference weights to this run's reference (:func:`reconcile_reference_state`)."""
+        checkpoint's reference weights to this run's reference (:func:`reconcile_reference_state`); say what this
+        run configures differently and refuse what cannot resume (:class:`ResumeCheck`)."""
         self.adapter_checkpoints.on_load(checkpoint, checkpoint.get(RUN_RECORD_KEY), self)
         initial = self.references.before_restore(self.policy, self.reference)
         if initial is not None:
             self.reference = initial
         if "state_dict" in checkpoint:
             reconcile_reference_state(checkpoint["state_dict"], self.reference)
+        objective = {"robust": init_args(self.robust), "pair_loss": init_args(self.pair_loss)}
+        state = self.state_dict() if "state_dict" in checkpoint else None
+        record = checkpoint.get(RUN_RECORD_KEY)
+        self.resume_check.checkpoint_loaded(checkpoint, record, dict(self.hparams), objective, state)
 
     def _reference_forward(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Token log-probs of ``model``, routed through the strategy's wrapper of the LightningModule when there is
@@ -364,6 +371,9 @@ class RobustDPO(L.LightningModule):
 
     # --- reliability: reproducible randomness, numerical guards, finite checkpoints -----------------------------
     def on_train_start(self) -> None:
+        """After Lightning restored a checkpoint's optimizer and scheduler: the configured hyper-parameters back."""
+        configs = self.trainer.lr_scheduler_configs
+        self.resume_check.after_restore(self.trainer.optimizers[0], configs[0].scheduler if configs else None)
         load_pending_loader_states(self.trainer)
         warn_if_degenerate(self.trainer, self.robust, self.accumulate_grad_batches, self.objective_scope)
 
@@ -382,6 +392,7 @@ class RobustDPO(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         self._equip_reference_logps()
         optimizer = self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
+        self.resume_check.optimizer_built(optimizer)  # its configured groups, before a scheduler or checkpoint
         total = optimizer_steps(self.trainer, self.accumulate_grad_batches)
         schedule = warmup_cosine_scheduler(optimizer, self.warmup_steps, total, self.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
