@@ -90,9 +90,9 @@ def two_attribute_mixture(alpha: float, index_a: int, index_b: int, num_attribut
     return Mixture(tuple(weights), name=f"alpha={alpha:.2f}", kind=kind)
 
 
-def vector_name(weights: Sequence[float], attributes: Sequence[str]) -> str:
+def vector_name(weights: Sequence[float], attributes: Sequence[str], digits: int = 2) -> str:
     """A readable name for a general α: its non-zero weights, e.g. ``anger=0.20,fear=0.80``."""
-    return ",".join(f"{a}={w:.2f}" for a, w in zip(attributes, weights, strict=True) if w > 0)
+    return ",".join(f"{a}={w:.{digits}f}" for a, w in zip(attributes, weights, strict=True) if w > 0)
 
 
 def parse_mixture(

@@ -43,9 +43,10 @@ class MixtureDRO(RobustLoss):
     seeing more mixtures). With U = {α₀} and hard labels it is DPO at α₀.
 
     U (:mod:`~rdpo_lightning.robust.mixture_set`): a ball of total-variation ``radius`` around the data's training
-    mixture α₀, discretised in ``steps`` per radius, on the ``family`` ``pair`` (the data's attribute_a / attribute_b
-    line, the default when α₀ lies on it) or ``simplex``; or an explicit list ``mixtures`` (number α on the pair line,
-    K weights, or {attribute: weight}), which must hold α₀. The data must supply ``score_margins``
+    mixture α₀ (its extreme points and a lattice of ``steps`` per radius: the set's convex hull is the ball), on the
+    ``family`` ``pair`` (the data's attribute_a / attribute_b line, the default when α₀ lies on it) or ``simplex``;
+    or an explicit list ``mixtures`` (number α on the pair line, K weights, or {attribute: weight}), which must hold
+    α₀. The data must supply ``score_margins``
     (``AttributeWorldDataModule``, ``ScoredCompletionsDataModule``); the set is resolved from its description when the
     fit starts (:meth:`setup_data`).
 

@@ -1,10 +1,9 @@
 """MixtureDRO against computations that share none of its code: a brute-force loop over mixtures and pairs (float64,
 Python scalars), autograd of that loop for the parameter gradient, the limits of the smoothed form, and DPO at α₀.
-The uncertainty sets against an independent enumeration of the simplex lattice."""
+The uncertainty sets are tested in test_mixture_set.py."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -12,20 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rdpo_lightning.data.mixture import Mixture
-from rdpo_lightning.data.score_margins import SCORE_MARGINS, MixtureSpace
-from rdpo_lightning.errors import InputError
+from rdpo_lightning.data.score_margins import SCORE_MARGINS
 from rdpo_lightning.losses import HingeLoss, RPOLoss, SigmoidLoss, SimPOLoss
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.robust import MixtureDRO, NoRobust, ScoredPairs
-from rdpo_lightning.robust.mixture_set import MixtureSet, resolve_set
+from rdpo_lightning.robust.mixture_set import MixtureSet
 
 ATTRIBUTES = ("anger", "fear", "joy")
 B, K, D = 9, 3, 4
-
-
-def space(center=(0.1, 0.9, 0.0), pair=(0, 1), kind="convex") -> MixtureSpace:
-    return MixtureSpace(ATTRIBUTES, kind, (Mixture(tuple(center), "alpha0", kind),), pair)
 
 
 def explicit(weights, center: int = 0) -> MixtureSet:
@@ -187,54 +180,3 @@ def test_reversed_losses_are_computed_not_assumed():
     simpo = SimPOLoss(gamma=0.5)  # the policy's per-token means, the other way round, minus the same margin γ
     torch.testing.assert_close(simpo.pair_losses(swapped, 2.0), -F.logsigmoid(2.0 * (rejected - chosen) - 0.5))
     assert (simpo.pair_losses(swapped, 2.0) - -F.logsigmoid(-(2.0 * (chosen - rejected) - 0.5))).abs().max() > 1e-3
-
-
-# --- the uncertainty sets ---------------------------------------------------------------------------------------
-def test_the_interval_on_the_pair_line_holds_alpha0_and_crosses_into_the_ends():
-    got = resolve_set(space(), radius=0.4, steps=4, family=None, mixtures=None)
-    assert [round(w[0], 12) for w in got.weights] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
-    assert got.center == 1 and got.alpha_attribute == 0
-    assert np.allclose(got.weights.sum(1), 1) and not got.weights[:, 2].any()
-    wide = resolve_set(space(), radius=0.9, steps=2, family="pair", mixtures=None)
-    assert [round(w[0], 12) for w in wide.weights] == [0.0, 0.1, 0.55, 1.0]
-    assert len(resolve_set(space(), radius=0.0, steps=4, family=None, mixtures=None)) == 1
-
-
-def test_the_simplex_ball_is_the_lattice_within_the_radius():
-    """Against an independent enumeration: every α₀ + (r/steps)·v with v integer, Σv = 0, in the simplex, within
-    total variation r."""
-    center, radius, steps = np.array([0.2, 0.5, 0.3]), 0.2, 2
-    got = resolve_set(space(tuple(center), pair=None), radius=radius, steps=steps, family=None, mixtures=None)
-    want = set()
-    for v in itertools.product(range(-4, 5), repeat=3):
-        point = center + radius / steps * np.asarray(v)
-        if sum(v) == 0 and (point >= -1e-12).all() and 0.5 * np.abs(point - center).sum() <= radius + 1e-12:
-            want.add(tuple(np.round(point, 9)))
-    assert {tuple(np.round(w, 9)) for w in got.weights} == want
-    assert got.center == 0 and np.allclose(got.weights[0], center) and len(got) == len(want)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"radius": 0.95}, "model.robust.init_args.radius=0.95 reaches beyond the simplex"),
-        ({"radius": 1.5, "family": "simplex", "center": (1.0, 0.0, 0.0)}, "give a radius in [0, 1]"),
-        ({"mixtures": [0.0, 1.0]}, "model.robust.init_args.mixtures does not hold the training mixture α₀"),
-        (
-            {"mixtures": [0.1, 0.5, 0.5]},
-            "model.robust.init_args.mixtures[2] repeats model.robust.init_args.mixtures[1]",
-        ),
-        (
-            {"mixtures": [0.1, [0.5, 0.5]]},
-            "model.robust.init_args.mixtures[1] has 2 weights but there are 3 attributes",
-        ),
-        ({"radius": 0.1, "family": "pair", "pair": None}, "family=pair needs data.attribute_a and data.attribute_b"),
-    ],
-)
-def test_bad_sets_name_the_key(kwargs, message):
-    kwargs = dict(kwargs)
-    described = space(kwargs.pop("center", (0.1, 0.9, 0.0)), pair=kwargs.pop("pair", (0, 1)))
-    arguments = {"radius": None, "steps": 4, "family": None, "mixtures": None, **kwargs}
-    with pytest.raises(InputError) as error:
-        resolve_set(described, **arguments)
-    assert message in str(error.value)
