@@ -110,6 +110,11 @@ class MixtureDRO(RobustLoss):
         """Optimise over ``mixture_set`` (what :meth:`setup_data` resolves from the data)."""
         self.mixture_set = mixture_set
 
+    def uncertainty_set(self, full: bool = False) -> str | None:
+        if self.mixture_set is None:
+            return None
+        return self.mixture_set.table() if full else self.mixture_set.summary()
+
     def degeneracy(self, pairs: int) -> str | None:
         return None  # the worst mixture of even one pair is a worst case
 

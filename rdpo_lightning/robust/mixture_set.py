@@ -69,6 +69,18 @@ class MixtureSet:
             f" mixtures, {len(self.extremes)} extreme points: {corners}"
         )
 
+    def table(self) -> str:
+        """The :meth:`summary` line, then every mixture, one a line: its weights by attribute and what it is."""
+        weighed = [k for k in range(len(self.attributes)) if self.weights[:, k].any()]
+        width = max(len(self.attributes[k]) for k in weighed)
+        head = "  ".join(f"{self.attributes[k]:>{max(width, 6)}}" for k in weighed)
+        lines = [self.summary(), f"{'':>5}  {head}"]
+        for i, row in enumerate(self.weights):
+            role = "alpha_0" if i == self.center else "extreme point" if i in self.extremes else ""
+            cells = "  ".join(f"{row[k]:>{max(width, 6)}.4f}" for k in weighed)
+            lines.append(f"{i:>5}  {cells}  {role}".rstrip())
+        return "\n".join(lines)
+
 
 def resolve_set(
     space: MixtureSpace,

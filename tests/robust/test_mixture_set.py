@@ -27,22 +27,21 @@ def tv(points: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def ball_vertices(alpha0: np.ndarray, radius: float) -> np.ndarray:
-    """The polytope's vertices by brute force over its inequalities, written as half-spaces A·α ≤ b."""
+    """The polytope's vertices by brute force over its inequalities, written as half-spaces A·α ≤ b: every system of
+    K − 1 of them made equalities, with Σα = 1, solved at once."""
     k = len(alpha0)
-    rows = [-np.eye(k)[j] for j in range(k)]
-    bounds = [0.0] * k
-    for signs in itertools.product((-1.0, 1.0), repeat=k):
-        s = np.asarray(signs)
-        rows.append(0.5 * s)
-        bounds.append(radius + 0.5 * s @ alpha0)
-    a, b = np.asarray(rows), np.asarray(bounds)
+    signs = np.asarray(list(itertools.product((-1.0, 1.0), repeat=k)))
+    a = np.vstack([-np.eye(k), 0.5 * signs])
+    b = np.concatenate([np.zeros(k), radius + 0.5 * signs @ alpha0])
+    active = np.asarray(list(itertools.combinations(range(len(a)), k - 1)))
+    systems = np.concatenate([a[active], np.ones((len(active), 1, k))], axis=1)
+    solvable = np.abs(np.linalg.det(systems)) > 1e-10
+    right = np.concatenate([b[active[solvable]], np.ones((int(solvable.sum()), 1))], axis=1)
+    points = np.linalg.solve(systems[solvable], right[..., None])[..., 0]
+    feasible = points[(points @ a.T <= b + 1e-9).all(1)]
     found: list[np.ndarray] = []
-    for active in itertools.combinations(range(len(a)), k - 1):
-        system = np.vstack([a[list(active)], np.ones(k)])
-        if abs(np.linalg.det(system)) < 1e-10:
-            continue
-        x = np.linalg.solve(system, np.append(b[list(active)], 1.0))
-        if (a @ x <= b + 1e-9).all() and not any(np.abs(x - y).max() < 1e-9 for y in found):
+    for x in feasible:
+        if not any(np.abs(x - y).max() < 1e-9 for y in found):
             found.append(x)
     return np.asarray(found)
 
