@@ -63,8 +63,8 @@ def brute_force(theta, chosen, rejected, margins, alphas, label_temperature, agg
         for i in range(B):
             d = sum(float(alpha[k]) * float(margins[i, k]) for k in range(K))
             if label_temperature is None:
-                if d == 0:
-                    continue
+                if abs(d) <= 1e-12 * sum(float(alpha[k]) * abs(float(margins[i, k])) for k in range(K)):
+                    continue  # a tie: no larger than the rounding of the terms that cancelled
                 p = 1.0 if d > 0 else 0.0
             else:
                 p = 1.0 / (1.0 + math.exp(-d / label_temperature))
@@ -121,6 +121,77 @@ def test_metrics_name_the_worst_mixture_and_the_spread():
     d = margins.numpy() @ np.asarray(ALPHAS).T
     flipped = np.mean((d[:, worst] > 0) != (d[:, 0] > 0))
     assert float(out.metrics["flipped_fraction"]) == pytest.approx(flipped)
+
+
+def test_flipped_fraction_compares_with_alpha0_where_the_set_holds_it():
+    """α₀ in the middle of the set (row 2), not its first row: the share of pairs whose label at the worst mixture
+    opposes their label at α₀, hard and soft, counted by hand."""
+    theta, chosen, rejected, margins = problem(seed=18)  # a worst mixture that is neither row 0 nor α₀'s
+    alphas = [ALPHAS[1], ALPHAS[3], ALPHAS[0], ALPHAS[4], ALPHAS[2]]
+    d = margins.numpy() @ np.asarray(alphas).T
+    for label_temperature in (None, 0.3):
+        strategy = MixtureDRO(radius=0.0, label_temperature=label_temperature)
+        strategy.use_set(explicit(alphas, center=2))
+        out = strategy(scored(theta, chosen, rejected, margins))
+        values = [brute_force(theta, chosen, rejected, margins, [a], label_temperature, "max").item() for a in alphas]
+        worst = int(np.argmax(values))
+        assert worst not in (0, 2)
+        flipped = np.mean((d[:, worst] > 0) != (d[:, 2] > 0))
+        assert flipped != np.mean((d[:, worst] > 0) != (d[:, 0] > 0))  # row 0 would give another share
+        assert float(out.metrics["flipped_fraction"]) == pytest.approx(flipped)
+        assert float(out.metrics["center_loss"]) == pytest.approx(values[2], rel=1e-6)
+
+
+def noise_margins() -> torch.Tensor:
+    """Margins whose mix at (0.3, 0.7, 0) cancels in exact arithmetic but leaves rounding (−2.8e-17, 1.4e-17,
+    3.5e-18): 0.3·(0.7c) + 0.7·(−0.3c) for c = 0.7, 0.37, 0.123; then pairs with real margins."""
+    rows = [[0.7 * c, -0.3 * c, 0.5] for c in (0.7, 0.37, 0.123)]
+    rows += [[0.4, -0.1, 0.0], [-0.2, 0.05, 0.3], [1e-6, 0.0, 0.0], [-0.3, 0.2, -0.1], [0.0, 0.0, 0.0], [0.2, 0.3, 0]]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_margins_of_rounding_noise_are_ties_not_preferences():
+    """At (0.3, 0.7, 0) the first three pairs' margins are 1e-17-sized noise of random sign: hard labels give them no
+    weight there (as the data's pairing drops such a pair), while a real margin of 1e-6 keeps its label."""
+    margins = noise_margins()
+    d = margins @ torch.tensor([0.3, 0.7, 0.0], dtype=torch.float64)
+    assert (d[:3] != 0).all() and (d[:3].abs() < 1e-16).all()  # the noise is there
+    theta, chosen, rejected, _ = problem(seed=2)
+    alphas = [[0.3, 0.7, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    strategy = MixtureDRO(radius=0.0, aggregate="mean")
+    strategy.use_set(explicit(alphas))
+    p, w = strategy.labels(margins)
+    assert w[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 1] and w[:3, 1:].all()
+    assert p[5, 0] == 1 and p[3, 0] == 1 and p[4, 0] == 0
+    out = strategy(scored(theta, chosen, rejected, margins))
+    want = brute_force(theta, chosen, rejected, margins, alphas, None, "mean")
+    assert out.loss.item() == pytest.approx(want.item(), abs=1e-12)
+    mixed = margins @ torch.tensor(alphas, dtype=torch.float64).T
+    ties = int((mixed.abs() < 1e-15).sum())  # the noise and the exact zeros
+    assert float(out.metrics["tie_fraction"]) == pytest.approx(ties / (B * len(alphas)))
+
+
+def test_the_data_and_mixture_dro_call_the_same_pairs_ties():
+    """One rule: for completions whose scores give these margins (convex scores s and s − Δ), the pairing drops a pair
+    at α exactly where MixtureDRO gives it no weight at α, noise-level margins included."""
+    from rdpo_lightning.data.mixture import Mixture
+    from rdpo_lightning.data.pairing import PromptCompletions, pair_completions
+
+    margins = noise_margins()
+    alphas = [[0.3, 0.7, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25]]
+    strategy = MixtureDRO(radius=0.0)
+    strategy.use_set(explicit(alphas))
+    _, w = strategy.labels(margins)
+    base = np.array([0.61, 0.47, 0.83])
+    groups = [PromptCompletions(f"p{i}", ["a", "b"], np.stack([base, base - m.numpy()])) for i, m in enumerate(margins)]
+    for j, alpha in enumerate(alphas):
+        mixture = Mixture(tuple(alpha), "alpha", "convex")
+        rows, dropped = pair_completions(
+            groups, [mixture], np.zeros(B, dtype=int), "bradley_terry", None, [(0, 1)] * B, np.random.default_rng(0)
+        )
+        kept = {int(prompt[1:]) for prompt in rows["prompt"]}
+        assert kept == set(np.flatnonzero(w[:, j].numpy())), alpha
+        assert dropped == B - len(kept)
 
 
 def test_the_smoothed_form_tends_to_the_mean_and_to_the_max():
