@@ -72,8 +72,14 @@ class MixtureDRO(RobustLoss):
         temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        if (radius is None) == (mixtures is None):
-            raise ValueError("give one of radius (a ball around α₀) and mixtures (an explicit list), not both")
+        if radius is None and mixtures is None:
+            raise ValueError("give radius (a ball around α₀) or mixtures (an explicit list of mixtures)")
+        if radius is not None and mixtures is not None:
+            raise ValueError(
+                f"give one of radius ({radius!r}: a ball around α₀) and mixtures ({mixtures!r}: an explicit list), not"
+                " both: a value an earlier -c file set (configs/robust/mixture_dro.yaml sets radius) stays until null"
+                " clears it: --model.robust.init_args.radius=null"
+            )
         if radius is not None:
             check_non_negative("radius", radius)
         if mixtures is not None and len(mixtures) == 0:
