@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,9 +91,9 @@ def two_attribute_mixture(alpha: float, index_a: int, index_b: int, num_attribut
     return Mixture(tuple(weights), name=f"alpha={alpha:.2f}", kind=kind)
 
 
-def vector_name(weights: Sequence[float], attributes: Sequence[str]) -> str:
+def vector_name(weights: Sequence[float], attributes: Sequence[str], digits: int = 2) -> str:
     """A readable name for a general α: its non-zero weights, e.g. ``anger=0.20,fear=0.80``."""
-    return ",".join(f"{a}={w:.2f}" for a, w in zip(attributes, weights, strict=True) if w > 0)
+    return ",".join(f"{a}={w:.{digits}f}" for a, w in zip(attributes, weights, strict=True) if w > 0)
 
 
 def parse_mixture(
@@ -133,6 +134,24 @@ def parse_mixture(
 
 #: the per-pair column: K score differences, chosen minus rejected
 SCORE_MARGINS = "score_margins"
+
+#: The package's one rule for a tie, read by the data's pairing and by MixtureDRO's hard labels alike. float64 leaves
+#: about 1e-16 of a number's size as rounding, so two completions scored the same can come out 1e-17 apart: two scores
+#: within this fraction of the larger are equal (their margin is 0, :func:`equal_scores`), and a mixed margin α·Δ
+#: within this fraction of Σ_k α_k·|Δ_k|, the size of the terms that cancelled, is a tie (:func:`tied`).
+TIE_TOLERANCE = 1e-12
+
+
+def equal_scores(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Where two scores are equal up to rounding: |a − b| ≤ TIE_TOLERANCE · max(|a|, |b|) (0 and 0 are equal)."""
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    return np.abs(first - second) <= TIE_TOLERANCE * np.maximum(np.abs(first), np.abs(second))
+
+
+def tied(margin: Any, magnitude: Any) -> Any:
+    """Where a mixed margin α·Δ is a tie: |α·Δ| ≤ TIE_TOLERANCE · Σ_k α_k·|Δ_k| (``magnitude``); numpy arrays or
+    torch tensors, elementwise."""
+    return abs(margin) <= TIE_TOLERANCE * magnitude
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jsonargparse import Namespace
+from jsonargparse import ActionYesNo, Namespace
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -105,9 +105,19 @@ class RDPOCLI(LightningCLI):
         if fill:
             self.config = self.parser.parse_object({subcommand: {"model": fill}}, self.config)
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--print_set",
+            action=ActionYesNo,
+            default=False,
+            help="Print the robust strategy's uncertainty set (MixtureDRO's mixtures, built from the data's training"
+            " mixture) and stop: nothing is trained, validated or written.",
+        )
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         leave_loftq_unset(config.get("model"))
+        self.print_set = bool(config.pop("print_set", False))  # a request, not part of the run's recorded config
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Lightning's Trainer, with :class:`MetricsProgressBar` as its progress bar unless the configuration
@@ -140,6 +150,9 @@ class RDPOCLI(LightningCLI):
         configuration the Trainer's strategy cannot run are one line naming the YAML key, as bad configuration
         values are: printed once, by global rank 0, however many processes found it."""
         try:
+            if getattr(self, "print_set", False):
+                print(uncertainty_set_text(self.model.robust, self.datamodule))
+                return
             super()._run_subcommand(subcommand)
         except ValueError as error:
             if not isinstance(error, InputError):
@@ -147,6 +160,18 @@ class RDPOCLI(LightningCLI):
             if self.trainer.is_global_zero:
                 print(f"rdpo: error: {error}", file=sys.stderr)
             raise ConfigError(2) from error
+
+
+def uncertainty_set_text(robust: Any, datamodule: Any) -> str:
+    """``--print_set``: the strategy's set, every member, resolved from the DataModule as the fit would resolve it."""
+    robust.setup_data(datamodule)
+    text = robust.uncertainty_set(full=True)
+    if text is None:
+        raise InputError(
+            f"--print_set: model.robust ({type(robust).__name__}) takes its worst case over no list of mixtures to"
+            " print; MixtureDRO (model.robust=MixtureDRO) has one"
+        )
+    return text
 
 
 def leave_loftq_unset(model: Any) -> None:

@@ -66,7 +66,10 @@ def resolve_mixture_grid(
     pair = None
     if attribute_a is not None or attribute_b is not None:
         if attribute_a is None or attribute_b is None:
-            raise ValueError(f"{prefix}attribute_a and {prefix}attribute_b must be given together")
+            raise ValueError(
+                f"{prefix}attribute_a and {prefix}attribute_b must be given together, got {attribute_a!r} and"
+                f" {attribute_b!r}; {_clearing(prefix, 'attribute_a', 'attribute_b')} clears both"
+            )
         for key, name in (("attribute_a", attribute_a), ("attribute_b", attribute_b)):
             if name not in attributes:
                 raise ValueError(f"{prefix}{key}: unknown attribute {name!r}; the attributes are {attributes}")
@@ -75,7 +78,11 @@ def resolve_mixture_grid(
         pair = (attributes.index(attribute_a), attributes.index(attribute_b))
 
     if train_alpha is not None and train_mixtures is not None:
-        raise ValueError(f"give one of {prefix}train_alpha and {prefix}train_mixtures, not both")
+        raise ValueError(
+            f"give one of {prefix}train_alpha ({train_alpha!r}) and {prefix}train_mixtures ({list(train_mixtures)!r}),"
+            f" not both: a value an earlier -c file set (configs/quickstart.yaml sets train_alpha) stays until null"
+            f" clears it: {_clearing(prefix, 'train_alpha')} (or {_clearing(prefix, 'train_mixtures')})"
+        )
     if train_mixtures is not None:
         if len(train_mixtures) == 0:
             raise ValueError(f"{prefix}train_mixtures is empty")
@@ -106,7 +113,11 @@ def resolve_mixture_grid(
     alphas = default_val_alphas if val_alphas is None else val_alphas
     if pair is None and len(alphas) > 0:
         if val_alphas is not None:
-            raise ValueError(f"{prefix}val_alphas needs {prefix}attribute_a and {prefix}attribute_b")
+            raise ValueError(
+                f"{prefix}val_alphas ({list(val_alphas)!r}) needs {prefix}attribute_a and {prefix}attribute_b (the"
+                f" pair each α mixes); without them, {_clearing(prefix, 'val_alphas')} clears it and"
+                f" {prefix}val_mixtures lists the validation mixtures"
+            )
         alphas = ()  # no pair to span: only the given val_mixtures
     keys = [f"{prefix}val_alphas[{i}]" for i in range(len(alphas))]
     keys += [f"{prefix}val_mixtures[{i}]" for i in range(len(val_mixtures or []))]
@@ -118,6 +129,12 @@ def resolve_mixture_grid(
             _claim_name(named, mixture, key)
             validation.append(mixture)
     return MixtureGrid(tuple(train), tuple(shares), tuple(validation))
+
+
+def _clearing(prefix: str, *keys: str) -> str:
+    """The flags that set ``keys`` to null (``--data.init_args.train_alpha=null``): how a stacked value is removed."""
+    flag = f"--{prefix}init_args." if prefix == "data." else f"--{prefix}"
+    return " ".join(f"{flag}{key}=null" for key in keys)
 
 
 def _claim_name(named: dict[str, str], mixture: Mixture, key: str) -> None:

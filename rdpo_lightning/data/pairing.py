@@ -16,7 +16,8 @@ import numpy as np
 
 from rdpo_lightning.checks import check_choice
 from rdpo_lightning.data.mixture import Mixture, label_pairs
-from rdpo_lightning.data.score_margins import SCORE_MARGINS, score_margins
+from rdpo_lightning.data.score_margins import SCORE_MARGINS, mixed_margin, score_margins
+from rdpo_lightning.mixtures import tied
 
 PAIRINGS = ("best_vs_worst", "bradley_terry")
 TIED = "prompts whose compared completions tie at this mixture"
@@ -43,8 +44,10 @@ def compared_completions(groups: Sequence[PromptCompletions], rng: np.random.Gen
     ]
 
 
-def _ties(a: float, b: float) -> bool:
-    return bool(np.isclose(a, b, rtol=1e-12, atol=1e-12))
+def _ties(mixture: Mixture, first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two completions' attribute scores tie at ``mixture``: the rule MixtureDRO applies to the same margins
+    (:data:`~rdpo_lightning.mixtures.TIE_TOLERANCE`)."""
+    return bool(tied(*mixed_margin(score_margins(first, second, mixture.kind), mixture.weights)))
 
 
 def pair_completions(
@@ -64,7 +67,7 @@ def pair_completions(
         for group, g in zip(groups, assignment, strict=True):
             reward = mixtures[g].combine(group.scores)
             best, worst = int(np.argmax(reward)), int(np.argmin(reward))
-            picks.append(None if _ties(reward[best], reward[worst]) else (best, worst))
+            picks.append(None if _ties(mixtures[g], group.scores[best], group.scores[worst]) else (best, worst))
     else:
         if compared is None:
             raise ValueError("Bradley–Terry pairing needs the compared completions of each prompt")
@@ -73,8 +76,8 @@ def pair_completions(
         wins = label_pairs(first, second, mixtures, assignment, temperature, rng)
         picks = []
         for (a, b), win, g, s1, s2 in zip(compared, wins, assignment, first, second, strict=True):
-            tied = temperature is None and _ties(*mixtures[g].combine(np.stack([s1, s2])))
-            picks.append(None if tied else ((a, b) if win else (b, a)))
+            tie = temperature is None and _ties(mixtures[g], s1, s2)
+            picks.append(None if tie else ((a, b) if win else (b, a)))
     rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group": [], SCORE_MARGINS: []}
     tied = 0
     for group, g, pick in zip(groups, assignment, picks, strict=True):

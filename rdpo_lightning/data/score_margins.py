@@ -15,11 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rdpo_lightning.mixtures import SCORE_MARGINS, MixtureSpace  # noqa: F401 (defined in the leaf both read)
+from rdpo_lightning.mixtures import SCORE_MARGINS, MixtureSpace, equal_scores  # noqa: F401 (the leaf both read)
 
 
 def score_margins(chosen: np.ndarray, rejected: np.ndarray, kind: str) -> list[float]:
-    """Δ = s(chosen) − s(rejected) (convex) or log s(chosen) − log s(rejected) (geometric), as a list of K floats.
+    """Δ = s(chosen) − s(rejected) (convex) or log s(chosen) − log s(rejected) (geometric), as a list of K floats;
+    exactly 0 where the two scores are equal up to rounding (:func:`~rdpo_lightning.mixtures.equal_scores`), so that
+    a score two completions share carries no preference of rounding's sign into any mixture.
 
     A geometric margin of a score ≤ 0 is not a number (−inf, or NaN for two zeros): the strategy that weighs that
     attribute refuses it with a line naming the column, and one that does not weigh it never reads it."""
@@ -29,7 +31,16 @@ def score_margins(chosen: np.ndarray, rejected: np.ndarray, kind: str) -> list[f
             margins = np.log(np.where(chosen > 0, chosen, np.nan)) - np.log(np.where(rejected > 0, rejected, np.nan))
     else:
         margins = chosen - rejected
+    margins = np.where(np.isfinite(margins) & equal_scores(chosen, rejected), 0.0, margins)
     return [float(m) for m in margins]
+
+
+def mixed_margin(margins: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:
+    """(α·Δ, Σ_k α_k·|Δ_k|) over the attributes α weighs (a margin α does not weigh may be NaN): what
+    :func:`~rdpo_lightning.mixtures.tied` reads."""
+    margins, weights = np.asarray(margins, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    weighed = weights > 0
+    return float(margins[weighed] @ weights[weighed]), float(np.abs(margins[weighed]) @ weights[weighed])
 
 
 def attribute_pair(

@@ -7,14 +7,17 @@ An axis is a scalar tag (``val/worst_case/loss``) or a weighted sum of tags (``0
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rdpo_lightning.pareto.front import Point
 
 EVENT_GLOB = "events.out.tfevents.*"
+_NUMBER = re.compile(r"(?<==)[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _TERM = re.compile(r"^\s*(?:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([^*+\s][^*+]*?)\s*$")
 
 
@@ -39,6 +42,19 @@ class Axis:
     @property
     def text(self) -> str:
         return " + ".join(tag if weight == 1.0 else f"{weight:g}*{tag}" for weight, tag in self.terms)
+
+    def spelled_as_logged(self, logged: Iterable[str]) -> Axis:
+        """The axis with each tag a run did not log replaced by the one it did log under another spelling of the
+        same mixture (``val/reward/alpha=0.8`` → ``val/reward/alpha=0.80``, :func:`mixture_spelling`)."""
+        logged = set(logged)
+        spellings: dict[str, list[str]] = {}
+        for tag in logged:
+            spellings.setdefault(mixture_spelling(tag), []).append(tag)
+        terms = []
+        for weight, tag in self.terms:
+            same = spellings.get(mixture_spelling(tag), [])
+            terms.append((weight, same[0] if tag not in logged and len(same) == 1 else tag))
+        return Axis(tuple(terms), self.higher_is_better)
 
     def values(self, scalars: dict[str, dict[int, float]]) -> dict[int, float]:
         """step → value at every step where all of the axis's tags were logged (in the axis's own units)."""
@@ -86,3 +102,28 @@ def run_points(scalars: dict[str, dict[int, float]], x: Axis, y: Axis, label: st
 def missing_tags(scalars: dict[str, dict[int, float]], *axes: Axis) -> list[str]:
     """The axes' tags a run never logged (to name them in an error instead of silently giving no points)."""
     return [tag for axis in axes for _, tag in axis.terms if tag not in scalars]
+
+
+def mixture_spelling(tag: str) -> str:
+    """One spelling for every way of writing a tag's mixture names: in each path segment that names one
+    (``alpha=0.80``, ``anger=0.20,fear=0.80``) every number is read as a float and the weights are put in order, so
+    that ``alpha=0.8`` and ``alpha=0.80``, or ``fear=0.8,anger=0.2`` and ``anger=0.20,fear=0.80``, are one mixture."""
+    segments = []
+    for segment in tag.split("/"):
+        if "=" in segment:
+            items = (_NUMBER.sub(lambda number: repr(float(number.group())), item) for item in segment.split(","))
+            segment = ",".join(sorted(items))
+        segments.append(segment)
+    return "/".join(segments)
+
+
+def logged_instead(scalars: dict[str, dict[int, float]], missing: str) -> str:
+    """What a run logged beside a tag it never logged: the names under the tag's parent, and the nearest of them."""
+    parent = missing.rsplit("/", 1)[0] + "/" if "/" in missing else ""
+    names = sorted(tag[len(parent) :] for tag in scalars if tag.startswith(parent) and "/" not in tag[len(parent) :])
+    if not names:
+        near = difflib.get_close_matches(missing, sorted(scalars), n=1, cutoff=0.5)
+        return f"it logged nothing under {parent or 'the top level'}" + (f"; did you mean {near[0]!r}?" if near else "")
+    near = difflib.get_close_matches(missing[len(parent) :], names, n=1, cutoff=0.5)
+    hint = f"; did you mean {parent + near[0]!r}?" if near else ""
+    return f"it logged under {parent}: {', '.join(names)}{hint}"

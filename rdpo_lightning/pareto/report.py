@@ -5,6 +5,7 @@
 
 ``--run METHOD[@SEED]=PATH``: every directory with event files under PATH is one run of METHOD with that seed
 (several hyperparameter values of one method: several ``--run`` with the same METHOD@SEED, or one PATH above them).
+A mixture in a tag may be spelled any way (``--train-mixture alpha=0.8`` reads ``val/reward/alpha=0.80``).
 Every validation pass of every run is a point; a method's front per seed is the undominated set of its points; each
 method is judged against ``--baseline`` (default DPO) by :mod:`rdpo_lightning.pareto.verdict`.
 """
@@ -18,7 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rdpo_lightning.pareto.events import Axis, missing_tags, read_scalars, run_directories, run_points
+from rdpo_lightning.pareto.events import (
+    Axis,
+    logged_instead,
+    missing_tags,
+    read_scalars,
+    run_directories,
+    run_points,
+)
 from rdpo_lightning.pareto.front import Point, pareto_front
 from rdpo_lightning.pareto.verdict import Verdict, compare
 
@@ -77,10 +85,14 @@ def collect(specs: Sequence[RunSpec], metric: MetricAxes) -> Collected:
     for spec in specs:
         for directory in run_directories(spec.path):
             scalars = read_scalars(directory)
-            missing = missing_tags(scalars, metric.x, metric.y)
+            x, y = metric.x.spelled_as_logged(scalars), metric.y.spelled_as_logged(scalars)
+            missing = missing_tags(scalars, x, y)
             if missing:
-                raise ValueError(f"run {directory} ({spec.method}) never logged {missing} (needed by {metric.name})")
-            points = run_points(scalars, metric.x, metric.y, label=f"{spec.method} {directory.name}")
+                raise ValueError(
+                    f"run {directory} ({spec.method}) never logged {missing} (needed by {metric.name});"
+                    f" {logged_instead(scalars, missing[0])}"
+                )
+            points = run_points(scalars, x, y, label=f"{spec.method} {directory.name}")
             out.setdefault(spec.method, {}).setdefault(spec.seed, []).extend(points)
     return out
 

@@ -96,6 +96,12 @@ class RobustLoss(nn.Module):
         """Read what the strategy needs from the fit's DataModule (None when the fit has none), before training;
         raise :class:`~rdpo_lightning.errors.InputError` naming what is missing. Default: nothing."""
 
+    def uncertainty_set(self, full: bool = False) -> str | None:
+        """The set of distributions the strategy takes its worst case over, in words, once :meth:`setup_data` has run:
+        one line (logged when the fit starts), or with ``full`` every member (``rdpo fit --print_set``); None for a
+        strategy whose set is not a list to show (a KL or Wasserstein ball over the batch). Default: None."""
+        return None
+
     def forward_context(self) -> contextlib.AbstractContextManager:
         """A context the policy's training forward runs in (e.g. the math attention path for double backward)."""
         return contextlib.nullcontext()

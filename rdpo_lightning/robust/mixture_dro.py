@@ -18,7 +18,7 @@ from torch import Tensor
 
 from rdpo_lightning.checks import check_choice, check_int_at_least, check_non_negative, check_positive
 from rdpo_lightning.errors import InputError
-from rdpo_lightning.mixtures import SCORE_MARGINS, MixtureEntry
+from rdpo_lightning.mixtures import SCORE_MARGINS, MixtureEntry, tied
 from rdpo_lightning.robust.base import RobustLoss, RobustOutput, ScoredPairs
 from rdpo_lightning.robust.mixture_set import FAMILIES, MixtureSet, resolve_set
 
@@ -31,7 +31,9 @@ class MixtureDRO(RobustLoss):
     """max over α ∈ U of L(α), the mean pair loss with every pair labelled at α; for any pair loss.
 
     Per pair i with margin d_iα = α·Δ_i, the label is p_iα = 1[d_iα > 0] (``label_temperature`` null: hard; a tie
-    d_iα = 0 carries no preference and gets weight w_iα = 0, else 1) or p_iα = σ(d_iα / T) (Bradley–Terry, w = 1).
+    carries no preference and gets weight w_iα = 0, else 1) or p_iα = σ(d_iα / T) (Bradley–Terry, w = 1). A tie is
+    |d_iα| ≤ 10⁻¹²·Σ_k α_k·|Δ_ik|, the data's pairing's rule (:data:`~rdpo_lightning.mixtures.TIE_TOLERANCE`): a
+    margin of rounding noise (10⁻¹⁷ where two completions score the same) is no preference.
     The pair's loss at α is p_iα·ℓ_i + (1 − p_iα)·ℓ'_i, ℓ_i the pair loss of the order (chosen, rejected) and ℓ'_i
     that of the reversed order, computed by the pair loss itself on the swapped scores (for DPO, IPO, hinge and cDPO
     ℓ' = ℓ(−h); RPO's NLL and SimPO's lengths then fall on the other response). L(α) = Σ_i w_iα·(loss at α) /
@@ -40,12 +42,14 @@ class MixtureDRO(RobustLoss):
     ``aggregate``: ``max`` (Danskin: the gradient is the worst α's; equal maxima share it equally), ``smooth``
     (τ·log mean_α exp(L(α)/τ), τ = ``temperature``: the mean over U as τ → ∞, the max as τ → 0) or ``mean`` (the
     mean over U: ordinary DPO on labels averaged over the same mixtures, the baseline that tells a robust gain from
-    seeing more mixtures). With U = {α₀} and hard labels it is DPO at α₀.
+    seeing more mixtures). With U = {α₀} and hard labels it is DPO on each pair relabelled by the sign of its margin
+    at α₀: the data's own DPO only where the data's labels are hard at α₀ (not Bradley–Terry draws).
 
     U (:mod:`~rdpo_lightning.robust.mixture_set`): a ball of total-variation ``radius`` around the data's training
-    mixture α₀, discretised in ``steps`` per radius, on the ``family`` ``pair`` (the data's attribute_a / attribute_b
-    line, the default when α₀ lies on it) or ``simplex``; or an explicit list ``mixtures`` (number α on the pair line,
-    K weights, or {attribute: weight}), which must hold α₀. The data must supply ``score_margins``
+    mixture α₀ (its extreme points and a lattice of ``steps`` per radius: the set's convex hull is the ball), on the
+    ``family`` ``pair`` (the data's attribute_a / attribute_b line, the default when α₀ lies on it) or ``simplex``;
+    or an explicit list ``mixtures`` (number α on the pair line, K weights, or {attribute: weight}), which must hold
+    α₀. The data must supply ``score_margins``
     (``AttributeWorldDataModule``, ``ScoredCompletionsDataModule``); the set is resolved from its description when the
     fit starts (:meth:`setup_data`).
 
@@ -68,8 +72,14 @@ class MixtureDRO(RobustLoss):
         temperature: float = 0.1,
     ) -> None:
         super().__init__()
-        if (radius is None) == (mixtures is None):
-            raise ValueError("give one of radius (a ball around α₀) and mixtures (an explicit list), not both")
+        if radius is None and mixtures is None:
+            raise ValueError("give radius (a ball around α₀) or mixtures (an explicit list of mixtures)")
+        if radius is not None and mixtures is not None:
+            raise ValueError(
+                f"give one of radius ({radius!r}: a ball around α₀) and mixtures ({mixtures!r}: an explicit list), not"
+                " both: a value an earlier -c file set (configs/robust/mixture_dro.yaml sets radius) stays until null"
+                " clears it: --model.robust.init_args.radius=null"
+            )
         if radius is not None:
             check_non_negative("radius", radius)
         if mixtures is not None and len(mixtures) == 0:
@@ -109,6 +119,11 @@ class MixtureDRO(RobustLoss):
         """Optimise over ``mixture_set`` (what :meth:`setup_data` resolves from the data)."""
         self.mixture_set = mixture_set
 
+    def uncertainty_set(self, full: bool = False) -> str | None:
+        if self.mixture_set is None:
+            return None
+        return self.mixture_set.table() if full else self.mixture_set.summary()
+
     def degeneracy(self, pairs: int) -> str | None:
         return None  # the worst mixture of even one pair is a worst case
 
@@ -119,7 +134,8 @@ class MixtureDRO(RobustLoss):
         weighed = weights.abs().sum(0) > 0  # attributes some mixture of the set weighs
         d = margins[:, weighed] @ weights[:, weighed].T
         if self.label_temperature is None:
-            return (d > 0).double(), (d != 0).double()
+            preference = ~tied(d, margins[:, weighed].abs() @ weights[:, weighed].T)  # the data's pairing's rule
+            return (preference & (d > 0)).double(), preference.double()
         return torch.sigmoid(d / self.label_temperature), torch.ones_like(d)
 
     def _margins(self, batch: ScoredPairs) -> Tensor:

@@ -1,13 +1,21 @@
 """The uncertainty set of :class:`~rdpo_lightning.robust.MixtureDRO`: mixtures α around the training mixture α₀.
 
 Distances between mixtures are total variation, ½‖α − α′‖₁: the share of weight moved from some attributes to
-others. Two families:
+others. The ball of radius r is every mixture within r of α₀ (on the family's line, or anywhere in the simplex). The
+set holds the ball's **extreme points**, so its convex hull is the ball, and a lattice of step h = r / ``steps``
+anchored at α₀ inside it:
 
 * ``pair``: the data's one-parameter family α·r_a + (1 − α)·r_b (``data.attribute_a`` / ``attribute_b``), where the
-  distance is |α − α₀|. The ball of radius r is the interval [α₀ − r, α₀ + r] cut to [0, 1], discretised as
-  α₀ + (j / steps)·r for j = −steps … steps, plus the end 0 or 1 when the interval crosses it.
-* ``simplex``: every K-attribute mixture, discretised as the lattice α₀ + (r / steps)·v, v integer with Σv = 0 and
-  ½‖v‖₁ ≤ steps; lattice points with a negative weight are left out.
+  distance is |α − α₀|. The ball is the interval [α₀ − r, α₀ + r] cut to [0, 1]; its ends are the extreme points, and
+  α₀ + (j / steps)·r for j = −steps … steps that fall inside it the lattice: every α of the interval lies within h/2
+  of the set.
+* ``simplex``: every K-attribute mixture within r of α₀. Its extreme points (:func:`extreme_points`) move
+  t = min(r, 1 − α₀_i) of weight to one attribute i from the others, emptying them one after another. The lattice is
+  α₀ + h·v, v integer with Σv = 0 and ½‖v‖₁ ≤ steps, without its points that have a negative weight; where a lattice
+  step would cross a face of the simplex (a weight α_j below h, as 0.1 at h = 0.125), the point where it meets the face
+  is in the set too (:func:`face_crossings`), so that the lattice's resolution holds up to the faces: every mixture of
+  the ball lies as close to the set as the lattice's own deepest holes, 2h/3 for K = 3 and h for K = 4
+  (``tests/robust/test_mixture_set.py`` measures both; the holes deepen with K).
 
 Or an explicit list of mixtures, which must hold α₀. A radius larger than the distance from α₀ to the farthest
 mixture of the family is refused: it would say more than the set can hold.
@@ -33,16 +41,45 @@ TOLERANCE = 1e-12
 @dataclass(frozen=True)
 class MixtureSet:
     """The mixtures (A, K) as float64 rows, their names, the row of α₀, and (family ``pair``) the index of the
-    attribute whose weight is α."""
+    attribute whose weight is α. ``family`` (``pair``, ``simplex`` or ``list``), ``radius`` and ``extremes`` (the rows
+    that are the ball's extreme points; none for a list) say what the set is (:meth:`summary`)."""
 
     weights: np.ndarray
     names: tuple[str, ...]
     center: int
     attributes: tuple[str, ...]
     alpha_attribute: int | None = None
+    family: str = "list"
+    radius: float | None = None
+    extremes: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def summary(self) -> str:
+        """One line: the family, the radius, how many mixtures, and the extreme points (a list: every mixture)."""
+        center = self.names[self.center]
+        if self.family == "list":
+            return f"MixtureDRO set: an explicit list of {len(self)} mixtures around alpha_0 = {center}: " + "; ".join(
+                self.names
+            )
+        corners = "; ".join(self.names[i] for i in self.extremes)
+        return (
+            f"MixtureDRO set: family {self.family}, radius {self.radius:g} around alpha_0 = {center}, {len(self)}"
+            f" mixtures, {len(self.extremes)} extreme points: {corners}"
+        )
+
+    def table(self) -> str:
+        """The :meth:`summary` line, then every mixture, one a line: its weights by attribute and what it is."""
+        weighed = [k for k in range(len(self.attributes)) if self.weights[:, k].any()]
+        width = max(len(self.attributes[k]) for k in weighed)
+        head = "  ".join(f"{self.attributes[k]:>{max(width, 6)}}" for k in weighed)
+        lines = [self.summary(), f"{'':>5}  {head}"]
+        for i, row in enumerate(self.weights):
+            role = "alpha_0" if i == self.center else "extreme point" if i in self.extremes else ""
+            cells = "  ".join(f"{row[k]:>{max(width, 6)}.4f}" for k in weighed)
+            lines.append(f"{i:>5}  {cells}  {role}".rstrip())
+        return "\n".join(lines)
 
 
 def resolve_set(
@@ -93,7 +130,13 @@ def on_pair_line(space: MixtureSpace, center: Mixture) -> tuple[int, int]:
 
 
 def _named(space: MixtureSpace, weights: np.ndarray) -> tuple[str, ...]:
-    return tuple(vector_name(list(w), space.attributes) for w in weights)
+    """Each row's name, with as many decimals as it takes for the names to differ (face crossings are not on the 0.01
+    grid)."""
+    for digits in range(2, 13):
+        names = tuple(vector_name(list(w), space.attributes, digits) for w in weights)
+        if len(set(names)) == len(names):
+            return names
+    return names
 
 
 def _refuse_far(radius: float, farthest: float, center: Mixture, space: MixtureSpace, where: str) -> None:
@@ -121,7 +164,10 @@ def pair_set(space: MixtureSpace, center: Mixture, radius: float, steps: int, a:
     weights = np.zeros((len(alphas), len(space.attributes)))
     weights[:, a], weights[:, b] = alphas, [1.0 - t for t in alphas]
     names = tuple(f"alpha={t:.3f}" for t in alphas)
-    return MixtureSet(weights, names, alphas.index(t0), tuple(space.attributes), alpha_attribute=a)
+    ends = (0,) if len(alphas) == 1 else (0, len(alphas) - 1)
+    return MixtureSet(
+        weights, names, alphas.index(t0), tuple(space.attributes), a, family="pair", radius=radius, extremes=ends
+    )
 
 
 def _lattice(k: int, budget: int) -> Iterator[tuple[int, ...]]:
@@ -140,23 +186,110 @@ def _lattice(k: int, budget: int) -> Iterator[tuple[int, ...]]:
     yield from extend((), 0, 0)
 
 
+def _refuse_many(count: int, steps: int, k: int) -> None:
+    if count > MAX_MIXTURES:
+        raise InputError(
+            f"{KEY}.steps={steps}: more than {MAX_MIXTURES} mixtures in the ball over {k} attributes; use fewer steps"
+            " (or family: pair, or an explicit list of mixtures)"
+        )
+
+
+def lattice_points(alpha0: np.ndarray, radius: float, steps: int) -> np.ndarray:
+    """α₀ + (r / steps)·v for v integer, Σv = 0, ½‖v‖₁ ≤ steps, v ≠ 0, with no negative weight: (N, K)."""
+    step, rows = radius / steps, []
+    for v in _lattice(len(alpha0), steps):
+        point = alpha0 + step * np.asarray(v, dtype=np.float64)
+        if any(v) and (point >= -TOLERANCE).all():
+            rows.append(np.clip(point, 0.0, None) / np.clip(point, 0.0, None).sum())
+            _refuse_many(len(rows), steps, len(alpha0))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, len(alpha0))
+
+
+def extreme_points(alpha0: np.ndarray, radius: float) -> np.ndarray:
+    """The vertices of the ball {α in the simplex: ½‖α − α₀‖₁ ≤ r}, (E, K), some possibly repeated.
+
+    The ball is α₀ + p − n with p ≥ 0, 0 ≤ n ≤ α₀ and Σp = Σn ≤ r. A linear c·α is largest over it when the weight
+    moved, t = min(r, 1 − α₀_i), all goes to an attribute i with the largest c_i and is taken from the others in
+    increasing order of c, each emptied before the next is touched: the vertices are, for each receiver i, the
+    removals n that empty a set S of donors and take the rest of t from one more donor j (Σ_S α₀ < t < Σ_S α₀ + α₀_j),
+    or empty S exactly (Σ_S α₀ = t)."""
+    k, found = len(alpha0), []
+
+    def remove(receiver: int, moved: float, donors: list[int], start: int, emptied: list[int], taken: float) -> None:
+        if moved - taken <= TOLERANCE:  # S takes all of t
+            found.append(_moved(alpha0, receiver, moved, emptied, None, 0.0))
+            return
+        for j in donors:
+            if j not in emptied and taken + alpha0[j] > moved + TOLERANCE:  # j gives the rest and keeps some
+                found.append(_moved(alpha0, receiver, moved, emptied, j, moved - taken))
+        if len(found) > MAX_MIXTURES:
+            raise InputError(
+                f"{KEY}.radius={radius:g}: the ball over {k} attributes has more than {MAX_MIXTURES} extreme points;"
+                " use a smaller radius (or family: pair, or an explicit list of mixtures)"
+            )
+        for index in range(start, len(donors)):
+            j = donors[index]
+            if taken + alpha0[j] <= moved + TOLERANCE:
+                remove(receiver, moved, donors, index + 1, [*emptied, j], taken + alpha0[j])
+
+    for i in range(k):
+        donors = [j for j in range(k) if j != i and alpha0[j] > 0]
+        remove(i, min(radius, 1.0 - alpha0[i]), donors, 0, [], 0.0)
+    return np.asarray(found, dtype=np.float64).reshape(-1, k)
+
+
+def _moved(alpha0: np.ndarray, receiver: int, moved: float, emptied: list[int], partial: int | None, rest: float):
+    point = alpha0.copy()
+    point[emptied] = 0.0
+    if partial is not None:
+        point[partial] -= rest
+    point[receiver] += moved
+    return np.clip(point, 0.0, None) / np.clip(point, 0.0, None).sum()
+
+
+def face_crossings(points: np.ndarray, alpha0: np.ndarray, radius: float, step: float) -> np.ndarray:
+    """Where the lattice's steps from ``points`` leave the simplex inside the ball, (C, K): from a point with
+    0 < α_j < step, the step moving weight from j to i ends at α_j = 0 (α_i + α_j), kept when within ``radius``."""
+    crossings = []
+    for j in range(len(alpha0)):
+        short = points[(points[:, j] > TOLERANCE) & (points[:, j] < step - TOLERANCE)]
+        for i in range(len(alpha0)):
+            if i == j or not len(short):
+                continue
+            moved = short.copy()
+            moved[:, i] += moved[:, j]
+            moved[:, j] = 0.0
+            crossings.append(moved[0.5 * np.abs(moved - alpha0).sum(1) <= radius + TOLERANCE])
+    return np.concatenate(crossings) if crossings else np.zeros((0, len(alpha0)))
+
+
+def _distinct(parts: Sequence[np.ndarray]) -> tuple[np.ndarray, dict[tuple[float, ...], int]]:
+    """The rows of ``parts`` in order, each once (equal to 12 decimals), and each row's index by its rounded key."""
+    rows, index = [], {}
+    for part in parts:
+        for row in part:
+            key = tuple(np.round(row, 12) + 0.0)  # + 0.0: -0.0 and 0.0 are one key
+            if key not in index:
+                index[key] = len(rows)
+                rows.append(row)
+    return np.stack(rows), index
+
+
 def simplex_set(space: MixtureSpace, center: Mixture, radius: float, steps: int) -> MixtureSet:
     alpha0 = np.asarray(center.weights, dtype=np.float64)
     _refuse_far(radius, float(1.0 - alpha0.min()), center, space, "of the simplex")
-    rows = [alpha0]
+    corners = extreme_points(alpha0, radius)
+    parts = [alpha0[None, :]]
     if radius > 0:
-        step = radius / steps
-        for v in _lattice(len(alpha0), steps):
-            point = alpha0 + step * np.asarray(v, dtype=np.float64)
-            if any(v) and (point >= -TOLERANCE).all():
-                rows.append(np.clip(point, 0.0, None) / np.clip(point, 0.0, None).sum())
-            if len(rows) > MAX_MIXTURES:
-                raise InputError(
-                    f"{KEY}.steps={steps}: more than {MAX_MIXTURES} mixtures in the ball over {len(alpha0)} attributes;"
-                    " use fewer steps (or family: pair, or an explicit list of mixtures)"
-                )
-    weights = np.stack(rows)
-    return MixtureSet(weights, _named(space, weights), 0, tuple(space.attributes))
+        lattice = lattice_points(alpha0, radius, steps)
+        inside = np.concatenate([alpha0[None, :], lattice])
+        parts += [lattice, corners, face_crossings(inside, alpha0, radius, radius / steps)]
+    weights, index = _distinct(parts)
+    _refuse_many(len(weights), steps, len(alpha0))
+    extremes = tuple(sorted({index[tuple(np.round(c, 12) + 0.0)] for c in corners})) if radius > 0 else (0,)
+    return MixtureSet(
+        weights, _named(space, weights), 0, tuple(space.attributes), family="simplex", radius=radius, extremes=extremes
+    )
 
 
 def explicit_set(space: MixtureSpace, center: Mixture, entries: Sequence[MixtureEntry]) -> MixtureSet:

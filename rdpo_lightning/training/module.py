@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftConfig
 from torch import Tensor
 
@@ -224,6 +225,19 @@ class RobustDPO(L.LightningModule):
     def on_fit_start(self) -> None:
         self._equip_reference_logps()  # normally done already, in configure_optimizers
         self.train()  # from_pretrained returns the policy in eval mode, and Lightning leaves modes as it finds them
+        self._show_uncertainty_set()
+
+    def _show_uncertainty_set(self) -> None:
+        """The robust strategy's set, when it has one to show (MixtureDRO's mixtures): one log line and the
+        TensorBoard text tab (``robust/uncertainty_set``), once, from global rank 0."""
+        line = self.robust.uncertainty_set()
+        if line is None or not self.trainer.is_global_zero:
+            return
+        rank_zero_info(line)
+        for logger in self.trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text("robust/uncertainty_set", line, self.trainer.global_step)
 
     def _equip_reference_logps(self) -> None:
         """Compute the missing reference log-probs, attach them to the data sets, then drop the reference model.

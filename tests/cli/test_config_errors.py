@@ -75,7 +75,14 @@ BAD = [
     ),
     ([*MIXTURE, "--model.robust.radius=-0.1"], "model.robust", "radius must be a finite number >= 0, got -0.1"),
     ([*MIXTURE, "--model.robust.mixtures=[]"], "model.robust", "mixtures is empty: the set needs at least"),
-    ([*MIXTURE, "--model.robust.radius=0.1", "--model.robust.mixtures=[0.1]"], "model.robust", "give one of radius"),
+    (
+        [*MIXTURE, "--model.robust.radius=0.1", "--model.robust.mixtures=[0.1]"],
+        "model.robust",
+        "give one of radius (0.1: a ball around α₀) and mixtures ([0.1]: an explicit list), not both: a value an"
+        " earlier -c file set (configs/robust/mixture_dro.yaml sets radius) stays until null clears it:"
+        " --model.robust.init_args.radius=null",
+    ),
+    (MIXTURE, "model.robust", "give radius (a ball around α₀) or mixtures (an explicit list of mixtures)"),
     ([*MIXTURE, "--model.robust.radius=0.1", "--model.robust.aggregate=min"], "model.robust", "aggregate must be"),
     # the DataModule
     (["--data.init_args.batch_size=0"], "data", "data.batch_size must be an integer >= 1, got 0"),
@@ -104,6 +111,27 @@ BAD = [
         "data.attribute_a and data.attribute_b must differ, both are 'anger'",
     ),
     (["--data.init_args.attribute_a=envy"], "data", "data.attribute_a: unknown attribute 'envy'"),
+    # a value stacked from the quickstart, and how null clears it
+    (
+        ["--data.init_args.train_mixtures=[0.2]"],
+        "data",
+        "give one of data.train_alpha (0.1) and data.train_mixtures ([0.2]), not both: a value an earlier -c file set"
+        " (configs/quickstart.yaml sets train_alpha) stays until null clears it: --data.init_args.train_alpha=null"
+        " (or --data.init_args.train_mixtures=null)",
+    ),
+    (
+        ["--data.init_args.attribute_b=null"],
+        "data",
+        "data.attribute_a and data.attribute_b must be given together, got 'anger' and None;"
+        " --data.init_args.attribute_a=null --data.init_args.attribute_b=null clears both",
+    ),
+    (
+        ["--data.init_args.attribute_a=null", "--data.init_args.attribute_b=null", "--data.init_args.train_alpha=null"]
+        + ["--data.init_args.train_mixtures=[{joy: 1.0}]"],
+        "data",
+        "data.val_alphas ([0.0, 0.25, 0.5, 0.75, 1.0]) needs data.attribute_a and data.attribute_b (the pair each α"
+        " mixes); without them, --data.init_args.val_alphas=null clears it and data.val_mixtures lists",
+    ),
 ]
 
 
@@ -131,3 +159,23 @@ def test_bad_value_is_one_line_naming_its_key(tmp_path, capsys, overrides, key, 
     assert len(errors) == 1 and errors[0].startswith(f"rdpo: error: {key}") and message in errors[0], err[-2000:]
     assert "Traceback" not in err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_the_null_an_exclusive_pair_error_names_clears_it(tmp_path, capsys):
+    """Stacking a scenario on the quickstart: the error's own flag, added to the same command, makes it run."""
+    args = ["fit", "-c", str(CONFIGS / "quickstart.yaml"), f"--trainer.default_root_dir={tmp_path}"]
+    args += ["--data.init_args.attribute_a=null", "--data.init_args.attribute_b=null"]
+    args += ["--data.init_args.train_mixtures=[{joy: 0.5, fear: 0.5}]", *MIXTURE, "--model.robust.radius=0.2"]
+    for _ in range(3):  # train_alpha, then val_alphas, then it runs
+        try:
+            main([*args, "--print_set"])
+            break
+        except SystemExit as exit_info:
+            assert exit_info.code == 2
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rdpo: error:")]
+        flags = [word for word in line.replace("(", " ").replace(")", " ").split() if word.endswith("=null")]
+        args.append(flags[0])
+    else:
+        pytest.fail("the flags the errors named did not clear them")
+    assert args[-2:] == ["--data.init_args.train_alpha=null", "--data.init_args.val_alphas=null"]
+    assert "MixtureDRO set: family simplex, radius 0.2 around alpha_0 = joy=0.50,fear=0.50" in capsys.readouterr().out

@@ -66,7 +66,7 @@ def test_training_components_and_shares():
     )
     assert [m.name for m in grid.train] == ["alpha=0.10", "joy=1.00"]
     assert grid.shares == (0.25, 0.75)
-    with pytest.raises(ValueError, match="train_alpha and data.train_mixtures"):
+    with pytest.raises(ValueError, match=r"give one of data.train_alpha \(0.1\) and data.train_mixtures \(\[0.2\]\)"):
         resolve_mixture_grid(ATTRS, MixtureArguments("anger", "fear", train_alpha=0.1, train_mixtures=[0.2]))
     with pytest.raises(ValueError, match="train_shares has 1 entries for 2"):
         resolve_mixture_grid(ATTRS, MixtureArguments("anger", "fear", train_mixtures=[0.1, 0.9], train_shares=[1.0]))

@@ -8,7 +8,7 @@ import pytest
 
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.data.collate import PairCollator
-from rdpo_lightning.data.score_margins import SCORE_MARGINS
+from rdpo_lightning.data.score_margins import SCORE_MARGINS, score_margins
 from rdpo_lightning.data.world import AttributeWorld
 from rdpo_lightning.errors import InputError
 from tests.data.test_scored import SCORES, helpsteer_rows, raw_splits, scored
@@ -29,6 +29,17 @@ def test_world_margins_are_the_rewards_of_the_chosen_minus_the_rejected(kind, tm
     space = data.mixture_space()
     assert space.attributes == tuple(world.attributes) and space.kind == kind and space.pair == (3, 4)
     assert [m.weights for m in space.train] == [(0.0, 0.0, 0.0, 0.1, 0.9)]
+
+
+def test_scores_equal_up_to_rounding_have_a_margin_of_exactly_zero():
+    """0.1 + 0.2 and 0.3 are one score rounded two ways (5.6e-17 apart): their margin is 0, not noise of either sign
+    that a mixture would read as a preference; a real difference of 1e-9 stays, and so do the sizes of tiny scores
+    (1e-300 against 0) and a geometric margin of two zero scores (not a number)."""
+    convex = score_margins(np.array([0.1 + 0.2, 0.3, 1e-300, 0.3 + 1e-9]), np.array([0.3, 0.3, 0.0, 0.3]), "convex")
+    assert 0.1 + 0.2 - 0.3 != 0
+    assert convex[:3] == [0.0, 0.0, 1e-300] and convex[3] == pytest.approx(1e-9, rel=1e-6)
+    geometric = score_margins(np.array([0.1 + 0.2, 0.0, 0.5]), np.array([0.3, 0.0, 0.25]), "geometric")
+    assert geometric[0] == 0.0 and np.isnan(geometric[1]) and geometric[2] == pytest.approx(np.log(2))
 
 
 def test_scored_completion_margins_are_the_source_rows_scores(tmp_path, world_tokenizer_dir):

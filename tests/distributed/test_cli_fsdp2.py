@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,10 @@ def test_rdpo_fit_with_the_cpu_fsdp2_config(tmp_path):
     assert done.returncode == 0, log[-4000:]
     assert "Starting with 2 processes" in log and "distributed_backend=gloo" in log
     assert "FSDPGPT2LMHeadModel" in log  # the policy was fully_shard-ed (FSDP2 swaps in an FSDP subclass)
-    assert "reference log-probs of split 'train' (32 rows): computed and saved" in log
+    assert "reference log-probs of split 'train' (32 rows) of the initial policy (weights " in log
+    assert re.search(
+        r"split 'train' \(32 rows\) of the initial policy \(weights [0-9a-f]{12}\): computed and saved", log
+    )
     events = list((tmp_path / "runs" / "cpu_fsdp2" / "tensorboard").rglob("events.out.tfevents.*"))
     assert len(events) == 1
     accumulator = EventAccumulator(str(events[0]))

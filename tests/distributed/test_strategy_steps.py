@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,8 +258,10 @@ def test_reference_logps_precomputed_once_per_strategy_then_reused(distributed_r
     """Each strategy's first case computes the reference log-probs (rows sharded over both ranks, through the FSDP2
     policy or the DDP wrapper); every later case loads them. The updates above show the values are right."""
     _, log = distributed_runs
-    computed = log.count("reference log-probs of split 'train' (8 rows): computed and saved")
-    loaded = log.count("reference log-probs of split 'train' (8 rows): loaded from cache")
+    train = r"reference log-probs of split 'train' \(8 rows\) of (the initial policy|the reference model \S+|the base"
+    train += r" model \(adapters off\)) \(weights [0-9a-f]{12}\): "
+    computed = len(re.findall(train + "computed and saved", log))
+    loaded = len(re.findall(train + "loaded from cache", log))
     # the reference model, and the LoRA runs' base, once per strategy; GroupDRO's pairs (other mixtures) once more
     # per strategy
     cached = [c for c in DISTRIBUTED_CASES if "resident" not in c and c != REFUSED]

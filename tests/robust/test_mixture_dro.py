@@ -1,10 +1,9 @@
 """MixtureDRO against computations that share none of its code: a brute-force loop over mixtures and pairs (float64,
 Python scalars), autograd of that loop for the parameter gradient, the limits of the smoothed form, and DPO at α₀.
-The uncertainty sets against an independent enumeration of the simplex lattice."""
+The uncertainty sets are tested in test_mixture_set.py."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -12,20 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rdpo_lightning.data.mixture import Mixture
-from rdpo_lightning.data.score_margins import SCORE_MARGINS, MixtureSpace
-from rdpo_lightning.errors import InputError
+from rdpo_lightning.data.score_margins import SCORE_MARGINS
 from rdpo_lightning.losses import HingeLoss, RPOLoss, SigmoidLoss, SimPOLoss
 from rdpo_lightning.pair_scores import PairLogps, PairScores
 from rdpo_lightning.robust import MixtureDRO, NoRobust, ScoredPairs
-from rdpo_lightning.robust.mixture_set import MixtureSet, resolve_set
+from rdpo_lightning.robust.mixture_set import MixtureSet
 
 ATTRIBUTES = ("anger", "fear", "joy")
 B, K, D = 9, 3, 4
-
-
-def space(center=(0.1, 0.9, 0.0), pair=(0, 1), kind="convex") -> MixtureSpace:
-    return MixtureSpace(ATTRIBUTES, kind, (Mixture(tuple(center), "alpha0", kind),), pair)
 
 
 def explicit(weights, center: int = 0) -> MixtureSet:
@@ -70,8 +63,8 @@ def brute_force(theta, chosen, rejected, margins, alphas, label_temperature, agg
         for i in range(B):
             d = sum(float(alpha[k]) * float(margins[i, k]) for k in range(K))
             if label_temperature is None:
-                if d == 0:
-                    continue
+                if abs(d) <= 1e-12 * sum(float(alpha[k]) * abs(float(margins[i, k])) for k in range(K)):
+                    continue  # a tie: no larger than the rounding of the terms that cancelled
                 p = 1.0 if d > 0 else 0.0
             else:
                 p = 1.0 / (1.0 + math.exp(-d / label_temperature))
@@ -128,6 +121,77 @@ def test_metrics_name_the_worst_mixture_and_the_spread():
     d = margins.numpy() @ np.asarray(ALPHAS).T
     flipped = np.mean((d[:, worst] > 0) != (d[:, 0] > 0))
     assert float(out.metrics["flipped_fraction"]) == pytest.approx(flipped)
+
+
+def test_flipped_fraction_compares_with_alpha0_where_the_set_holds_it():
+    """α₀ in the middle of the set (row 2), not its first row: the share of pairs whose label at the worst mixture
+    opposes their label at α₀, hard and soft, counted by hand."""
+    theta, chosen, rejected, margins = problem(seed=18)  # a worst mixture that is neither row 0 nor α₀'s
+    alphas = [ALPHAS[1], ALPHAS[3], ALPHAS[0], ALPHAS[4], ALPHAS[2]]
+    d = margins.numpy() @ np.asarray(alphas).T
+    for label_temperature in (None, 0.3):
+        strategy = MixtureDRO(radius=0.0, label_temperature=label_temperature)
+        strategy.use_set(explicit(alphas, center=2))
+        out = strategy(scored(theta, chosen, rejected, margins))
+        values = [brute_force(theta, chosen, rejected, margins, [a], label_temperature, "max").item() for a in alphas]
+        worst = int(np.argmax(values))
+        assert worst not in (0, 2)
+        flipped = np.mean((d[:, worst] > 0) != (d[:, 2] > 0))
+        assert flipped != np.mean((d[:, worst] > 0) != (d[:, 0] > 0))  # row 0 would give another share
+        assert float(out.metrics["flipped_fraction"]) == pytest.approx(flipped)
+        assert float(out.metrics["center_loss"]) == pytest.approx(values[2], rel=1e-6)
+
+
+def noise_margins() -> torch.Tensor:
+    """Margins whose mix at (0.3, 0.7, 0) cancels in exact arithmetic but leaves rounding (−2.8e-17, 1.4e-17,
+    3.5e-18): 0.3·(0.7c) + 0.7·(−0.3c) for c = 0.7, 0.37, 0.123; then pairs with real margins."""
+    rows = [[0.7 * c, -0.3 * c, 0.5] for c in (0.7, 0.37, 0.123)]
+    rows += [[0.4, -0.1, 0.0], [-0.2, 0.05, 0.3], [1e-6, 0.0, 0.0], [-0.3, 0.2, -0.1], [0.0, 0.0, 0.0], [0.2, 0.3, 0]]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_margins_of_rounding_noise_are_ties_not_preferences():
+    """At (0.3, 0.7, 0) the first three pairs' margins are 1e-17-sized noise of random sign: hard labels give them no
+    weight there (as the data's pairing drops such a pair), while a real margin of 1e-6 keeps its label."""
+    margins = noise_margins()
+    d = margins @ torch.tensor([0.3, 0.7, 0.0], dtype=torch.float64)
+    assert (d[:3] != 0).all() and (d[:3].abs() < 1e-16).all()  # the noise is there
+    theta, chosen, rejected, _ = problem(seed=2)
+    alphas = [[0.3, 0.7, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    strategy = MixtureDRO(radius=0.0, aggregate="mean")
+    strategy.use_set(explicit(alphas))
+    p, w = strategy.labels(margins)
+    assert w[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 1] and w[:3, 1:].all()
+    assert p[5, 0] == 1 and p[3, 0] == 1 and p[4, 0] == 0
+    out = strategy(scored(theta, chosen, rejected, margins))
+    want = brute_force(theta, chosen, rejected, margins, alphas, None, "mean")
+    assert out.loss.item() == pytest.approx(want.item(), abs=1e-12)
+    mixed = margins @ torch.tensor(alphas, dtype=torch.float64).T
+    ties = int((mixed.abs() < 1e-15).sum())  # the noise and the exact zeros
+    assert float(out.metrics["tie_fraction"]) == pytest.approx(ties / (B * len(alphas)))
+
+
+def test_the_data_and_mixture_dro_call_the_same_pairs_ties():
+    """One rule: for completions whose scores give these margins (convex scores s and s − Δ), the pairing drops a pair
+    at α exactly where MixtureDRO gives it no weight at α, noise-level margins included."""
+    from rdpo_lightning.data.mixture import Mixture
+    from rdpo_lightning.data.pairing import PromptCompletions, pair_completions
+
+    margins = noise_margins()
+    alphas = [[0.3, 0.7, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25]]
+    strategy = MixtureDRO(radius=0.0)
+    strategy.use_set(explicit(alphas))
+    _, w = strategy.labels(margins)
+    base = np.array([0.61, 0.47, 0.83])
+    groups = [PromptCompletions(f"p{i}", ["a", "b"], np.stack([base, base - m.numpy()])) for i, m in enumerate(margins)]
+    for j, alpha in enumerate(alphas):
+        mixture = Mixture(tuple(alpha), "alpha", "convex")
+        rows, dropped = pair_completions(
+            groups, [mixture], np.zeros(B, dtype=int), "bradley_terry", None, [(0, 1)] * B, np.random.default_rng(0)
+        )
+        kept = {int(prompt[1:]) for prompt in rows["prompt"]}
+        assert kept == set(np.flatnonzero(w[:, j].numpy())), alpha
+        assert dropped == B - len(kept)
 
 
 def test_the_smoothed_form_tends_to_the_mean_and_to_the_max():
@@ -187,54 +251,3 @@ def test_reversed_losses_are_computed_not_assumed():
     simpo = SimPOLoss(gamma=0.5)  # the policy's per-token means, the other way round, minus the same margin γ
     torch.testing.assert_close(simpo.pair_losses(swapped, 2.0), -F.logsigmoid(2.0 * (rejected - chosen) - 0.5))
     assert (simpo.pair_losses(swapped, 2.0) - -F.logsigmoid(-(2.0 * (chosen - rejected) - 0.5))).abs().max() > 1e-3
-
-
-# --- the uncertainty sets ---------------------------------------------------------------------------------------
-def test_the_interval_on_the_pair_line_holds_alpha0_and_crosses_into_the_ends():
-    got = resolve_set(space(), radius=0.4, steps=4, family=None, mixtures=None)
-    assert [round(w[0], 12) for w in got.weights] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
-    assert got.center == 1 and got.alpha_attribute == 0
-    assert np.allclose(got.weights.sum(1), 1) and not got.weights[:, 2].any()
-    wide = resolve_set(space(), radius=0.9, steps=2, family="pair", mixtures=None)
-    assert [round(w[0], 12) for w in wide.weights] == [0.0, 0.1, 0.55, 1.0]
-    assert len(resolve_set(space(), radius=0.0, steps=4, family=None, mixtures=None)) == 1
-
-
-def test_the_simplex_ball_is_the_lattice_within_the_radius():
-    """Against an independent enumeration: every α₀ + (r/steps)·v with v integer, Σv = 0, in the simplex, within
-    total variation r."""
-    center, radius, steps = np.array([0.2, 0.5, 0.3]), 0.2, 2
-    got = resolve_set(space(tuple(center), pair=None), radius=radius, steps=steps, family=None, mixtures=None)
-    want = set()
-    for v in itertools.product(range(-4, 5), repeat=3):
-        point = center + radius / steps * np.asarray(v)
-        if sum(v) == 0 and (point >= -1e-12).all() and 0.5 * np.abs(point - center).sum() <= radius + 1e-12:
-            want.add(tuple(np.round(point, 9)))
-    assert {tuple(np.round(w, 9)) for w in got.weights} == want
-    assert got.center == 0 and np.allclose(got.weights[0], center) and len(got) == len(want)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"radius": 0.95}, "model.robust.init_args.radius=0.95 reaches beyond the simplex"),
-        ({"radius": 1.5, "family": "simplex", "center": (1.0, 0.0, 0.0)}, "give a radius in [0, 1]"),
-        ({"mixtures": [0.0, 1.0]}, "model.robust.init_args.mixtures does not hold the training mixture α₀"),
-        (
-            {"mixtures": [0.1, 0.5, 0.5]},
-            "model.robust.init_args.mixtures[2] repeats model.robust.init_args.mixtures[1]",
-        ),
-        (
-            {"mixtures": [0.1, [0.5, 0.5]]},
-            "model.robust.init_args.mixtures[1] has 2 weights but there are 3 attributes",
-        ),
-        ({"radius": 0.1, "family": "pair", "pair": None}, "family=pair needs data.attribute_a and data.attribute_b"),
-    ],
-)
-def test_bad_sets_name_the_key(kwargs, message):
-    kwargs = dict(kwargs)
-    described = space(kwargs.pop("center", (0.1, 0.9, 0.0)), pair=kwargs.pop("pair", (0, 1)))
-    arguments = {"radius": None, "steps": 4, "family": None, "mixtures": None, **kwargs}
-    with pytest.raises(InputError) as error:
-        resolve_set(described, **arguments)
-    assert message in str(error.value)
