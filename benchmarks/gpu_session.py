@@ -70,35 +70,49 @@ GPU_CHECK_PARSES = [
     *(("benchmarks.gpu_check", f"--strategy {s} --steps {GPU_CHECK_STEPS['tiny']} --cpu-dry-run".split())
       for s in ("ddp", "fsdp2")),
 ]  # fmt: skip
-#: in order of value; the GPU timeouts add up to BUDGET at most. Sized from the first H200 session (2026-12-04):
-#: install 20 s, gpu_check 52 s, and 26-48 s per benchmark process at 1.24 B, mostly its start (imports, the model
-#: built and saved); the first sizes (160/140/90/90 s) were guesses and cut the three benchmarks off
+#: in order of value. Sized from the first H200 session (2026-12-04): install 20 s, gpu_check 52 s, and 26-48 s per
+#: benchmark process at 1.24 B, mostly its start (imports, the model built and saved). The profile comes first (the
+#: issue "Fast where users train": decide the rest from it), then the throughput at 8 and 32 pairs; the timeouts add
+#: up to more than BUDGET, so the last part (the largest-batch search) runs only on what the others left: run it
+#: alone in a second call (``--only largest_batch``) when the first leaves it too little
 PARTS = [
     Part("install", ["install"], ["install"], seconds=35, tiny_seconds=300),
+    Part("profile",
+         f"python benchmarks/profile_step.py --gpu --shape llama-1b --batch-size 8 --steps 2"
+         f" --output {LOGS}/profile.md".split(),
+         f"python benchmarks/profile_step.py --tiny --shape llama-1b --batch-size 2 --steps 2"
+         f" --output {LOGS}/profile.md".split(),
+         seconds=90, tiny_seconds=300),
+    Part("scale",
+         f"python benchmarks/scale.py --gpu --shape llama-1b --batch-size 8 --steps 3 --configs trl-dpo ours-dpo"
+         f" --output {LOGS}/scale.md".split(),
+         f"python benchmarks/scale.py --tiny --shape llama-1b --batch-size 8 --steps 3 --configs trl-dpo ours-dpo"
+         f" --live-configs --output {LOGS}/scale.md".split(),
+         seconds=150, tiny_seconds=600),
+    Part("scale32",
+         f"python benchmarks/scale.py --gpu --shape llama-1b --batch-size 32 --steps 2 --lengths long_tailed"
+         f" --configs trl-dpo ours-dpo --output {LOGS}/scale32.md".split(),
+         f"python benchmarks/scale.py --tiny --shape llama-1b --batch-size 4 --steps 2 --lengths long_tailed"
+         f" --configs trl-dpo ours-dpo --live-configs --output {LOGS}/scale32.md".split(),
+         seconds=100, tiny_seconds=600),
     # all four strategies at once on one GPU (correctness: their step times share the GPU)
     Part("gpu_check", ["bash", "benchmarks/gpu_check.sh"], ["bash", "benchmarks/gpu_check.sh"], seconds=80,
          tiny_seconds=1500, parses=GPU_CHECK_PARSES,
          env={"STEPS": GPU_CHECK_STEPS["gpu"], "PARALLEL": "1", "PER_STRATEGY_TIMEOUT": "145", "LOG_DIR": LOGS},
          tiny_env={"STEPS": GPU_CHECK_STEPS["tiny"], "PARALLEL": "1", "PER_STRATEGY_TIMEOUT": "1400",
                    "LOG_DIR": LOGS, "CPU_DRY_RUN": "1"}),
+    Part("robust_steps",
+         f"python benchmarks/accumulation.py --gpu --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 2"
+         f" --output {LOGS}/robust_steps.md".split(),
+         f"python benchmarks/accumulation.py --tiny --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 1"
+         f" --output {LOGS}/robust_steps.md".split(),
+         seconds=100, tiny_seconds=900),
     Part("largest_batch",
          f"python benchmarks/largest_batch.py --parallel --start-pairs 8 --resolution 0.25 --max-pairs 128"
          f" --output {LOGS}/largest_batch.md".split(),
          f"python benchmarks/largest_batch.py --tiny --parallel --start-pairs 1 --resolution 0.125 --max-pairs 2"
          f" --output {LOGS}/largest_batch.md".split(),
          seconds=150, tiny_seconds=600),
-    Part("scale",
-         f"python benchmarks/scale.py --gpu --shape llama-1b --batch-size 8 --steps 3 --configs trl-dpo ours-dpo"
-         f" --output {LOGS}/scale.md".split(),
-         f"python benchmarks/scale.py --tiny --shape llama-1b --batch-size 8 --steps 3 --configs trl-dpo ours-dpo"
-         f" --live-configs --output {LOGS}/scale.md".split(),
-         seconds=165, tiny_seconds=600),
-    Part("robust_steps",
-         f"python benchmarks/accumulation.py --gpu --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 2"
-         f" --output {LOGS}/robust_steps.md".split(),
-         f"python benchmarks/accumulation.py --tiny --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 1"
-         f" --output {LOGS}/robust_steps.md".split(),
-         seconds=125, tiny_seconds=900),
 ]  # fmt: skip
 for _part in PARTS:  # a part that runs a benchmark script also parses its two argument lists
     _part.parses = [*_part.parses, *(parsed for parsed in map(script_argv, (_part.gpu, _part.tiny)) if parsed)]

@@ -253,8 +253,10 @@ def fixed_pairs(paths: dict[str, str]) -> type:
 
 
 def run_ours(
-    name: str, settings: Settings, paths: dict[str, str], padding_free: bool, fused: bool = True
+    name: str, settings: Settings, paths: dict[str, str], padding_free: bool, fused: bool = True, callbacks=()
 ) -> dict[str, Any]:
+    """Our fit of the benchmark's pairs, its steps timed; ``callbacks`` (Lightning's) join the timer's
+    (profile_step.py's profiler)."""
     import functools
 
     import lightning as L
@@ -288,14 +290,15 @@ def run_ours(
     trainer = quiet_trainer(
         accelerator="gpu" if settings.device == "cuda" else "cpu", devices=1,
         precision="bf16-mixed" if settings.bf16 else "32-true", max_steps=settings.steps + 1, limit_val_batches=0,
-        callbacks=[StepTimer()],
+        callbacks=[StepTimer(), *callbacks],
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
     return clock.result()
 
 
 # --- TRL --------------------------------------------------------------------------------------------------------------
-def run_trl(settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
+def run_trl(settings: Settings, paths: dict[str, str], callbacks=()) -> dict[str, Any]:
+    """TRL's fit of the same pairs, its steps timed; ``callbacks`` (transformers') join the timer's."""
     import datasets
     from torch.utils.data import SequentialSampler
     from transformers import AutoTokenizer, TrainerCallback
@@ -325,7 +328,7 @@ def run_trl(settings: Settings, paths: dict[str, str]) -> dict[str, Any]:
     )  # fmt: skip
     trainer = InOrder(
         model=paths["model"], args=args, train_dataset=datasets.load_from_disk(paths["pairs"]),
-        processing_class=AutoTokenizer.from_pretrained(paths["tokenizer"]), callbacks=[StepTimer()],
+        processing_class=AutoTokenizer.from_pretrained(paths["tokenizer"]), callbacks=[StepTimer(), *callbacks],
     )  # fmt: skip
     trainer.train()
     return clock.result()

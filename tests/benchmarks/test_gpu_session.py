@@ -77,21 +77,27 @@ def test_wheel_tags_the_device_installs():
 def test_every_part_parses_and_a_bad_argument_is_named():
     assert gpu_session.check_arguments() == []
     modules = {module for part in gpu_session.PARTS for module, _ in part.parses}
-    assert modules == {f"benchmarks.{m}" for m in ("gpu_check", "largest_batch", "scale", "accumulation")}
+    assert modules == {
+        f"benchmarks.{m}" for m in ("profile_step", "gpu_check", "largest_batch", "scale", "accumulation")
+    }
     bad = gpu_session.Part("bad", [], [], 1, 1, parses=[("benchmarks.scale", ["--gpu", "--resolutions", "0.1"])])
     assert gpu_session.check_arguments([bad]) == ["bad: benchmarks.scale refuses --gpu --resolutions 0.1 (exit 2)"]
 
 
 def test_the_parts_fit_a_device_command_most_valuable_first():
+    """The profile first; every part but the last (the largest-batch search, which runs on what is left or alone in a
+    second call) fits the budget of one device command."""
     assert [part.name for part in gpu_session.PARTS] == [
-        "install", "gpu_check", "largest_batch", "scale", "robust_steps",
+        "install", "profile", "scale", "scale32", "gpu_check", "robust_steps", "largest_batch",
     ]  # fmt: skip
-    assert sum(part.seconds for part in gpu_session.PARTS) <= gpu_session.BUDGET <= 600 - 45
+    assert sum(part.seconds for part in gpu_session.PARTS[:-1]) <= gpu_session.BUDGET <= 600 - 45
+    install, last = gpu_session.PARTS[0], gpu_session.PARTS[-1]
+    assert install.seconds + last.seconds <= gpu_session.BUDGET  # alone, with its install, it fits a command
 
 
 def test_a_rerun_of_some_parts_installs_first(tmp_path):
     session = gpu_session.Session(tmp_path, tmp_path, tiny=False, budget=1, site=tmp_path, only=["scale", "gpu_check"])
-    assert [part.name for part in session.parts] == ["install", "gpu_check", "scale"]
+    assert [part.name for part in session.parts] == ["install", "scale", "gpu_check"]
 
 
 def test_a_hanging_part_is_killed_with_its_children_and_the_next_still_runs(tmp_path, monkeypatch):
