@@ -74,7 +74,7 @@ GPU_CHECK_PARSES = [
 #: benchmark process at 1.24 B, mostly its start (imports, the model built and saved). The profile comes first (the
 #: issue "Fast where users train": decide the rest from it), then the throughput at 8 and 32 pairs; the timeouts add
 #: up to more than BUDGET, so the last part (the largest-batch search) runs only on what the others left: run it
-#: alone in a second call (``--only largest_batch``) when the first leaves it too little
+#: alone in a second call (``--parts largest_batch``) when the first leaves it too little
 PARTS = [
     Part("install", ["install"], ["install"], seconds=35, tiny_seconds=300),
     Part("profile",
