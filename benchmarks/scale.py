@@ -191,6 +191,7 @@ class StepClock:
         self.times: list[float] = []
         self.cpu: list[float] = []
         self.tokens: list[int] = []
+        self.rss_in_fit_kib = 0  # the resident high-water mark at the last step's end: before any end-of-fit copy
         self._start = self._cpu = 0.0
         self.cuda = cuda
 
@@ -209,9 +210,10 @@ class StepClock:
         self.times.append(time.perf_counter() - self._start)
         self.cpu.append(time.process_time() - self._cpu)
         self.tokens.append(tokens)
+        self.rss_in_fit_kib = peak_rss_kib()
 
-    def result(self) -> dict[str, list]:
-        return {"times": self.times, "cpu": self.cpu, "tokens": self.tokens}
+    def result(self) -> dict[str, Any]:
+        return {"times": self.times, "cpu": self.cpu, "tokens": self.tokens, "peak_rss_fit_kib": self.rss_in_fit_kib}
 
 
 def real_tokens(shapes: list[tuple[int, int, int]], batch_index: int, batch_size: int) -> int:
@@ -444,6 +446,8 @@ def summarise(result: dict[str, Any], flops: list[int] | None = None) -> dict[st
         row["flops_per_s"] = sum(flops[: len(result["times"])][measured]) / sum(times)
     if "device_name" in result:
         row["device_name"] = result["device_name"]
+    if result.get("peak_rss_fit_kib"):  # the host's high-water mark during the fit, and after it returned
+        row["host_fit_gib"], row["host_after_gib"] = result["peak_rss_fit_kib"] / 2**20, result["peak_rss_kib"] / 2**20
     return row
 
 
@@ -519,7 +523,25 @@ def render(
                     f" (target ≥ {min_speed}×: {'met' if speed >= min_speed else 'missed'}; per CPU second"
                     f" {per_cpu:.2f}×)" + mfu_verdict(row, trl, peak_tflops)
                 )
-    return "\n".join([*lines, "", "Targets (our DPO against TRL's):", *verdicts, ""])
+    host = host_table(cases)
+    return "\n".join([*lines, "", "Targets (our DPO against TRL's):", *verdicts, "", *host])
+
+
+def host_table(cases: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Host memory during the fit and after it returned: the gap is what the end of a fit copied to the host
+    (Lightning's teardown moves the module, and whatever gradients and optimizer state it still holds, to the CPU)."""
+    rows = [(lengths, name, row) for lengths, named in cases.items() for name, row in named.items()]
+    if not any("host_fit_gib" in row for _, _, row in rows):
+        return []
+    lines = ["Host memory (resident high-water mark, GiB): during the fit (read at the end of its last step) and after"
+             " `fit` returned.", "", "| lengths | configuration | during the fit | after the fit | × TRL after |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for lengths, name, row in rows:
+        if "host_fit_gib" in row:
+            trl = cases[lengths]["trl-dpo"].get("host_after_gib")
+            ratio = f"{row['host_after_gib'] / trl:.2f}" if trl else "—"
+            lines.append(f"| {lengths} | {name} | {row['host_fit_gib']:.2f} | {row['host_after_gib']:.2f} | {ratio} |")
+    return [*lines, ""]
 
 
 def mfu_verdict(row: dict[str, float], trl: dict[str, float], peak_tflops: float | None) -> str:

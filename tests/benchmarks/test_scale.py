@@ -15,7 +15,7 @@ def test_tiny_run_measures_every_configuration_against_trl(tmp_path: Path) -> No
         cwd=tmp_path, RDPO_CACHE=str(tmp_path / "cache"),
     )  # fmt: skip
     rows = {}
-    for line in run.stdout.splitlines():
+    for line in run.stdout.split("Host memory")[0].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| long_tailed"):
             rows[cells[1]] = cells
@@ -30,6 +30,13 @@ def test_tiny_run_measures_every_configuration_against_trl(tmp_path: Path) -> No
     assert rows["ours-wdpo"][4] == "—"
     assert "live peak" in out.read_text().split("Targets")[1]
     assert "not a published figure" in out.read_text()
+    host = {}  # the host's high-water mark during the fit and after it: never lower after
+    for line in out.read_text().split("Host memory")[1].splitlines():
+        if line.startswith("| long_tailed"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            host[cells[1]] = (float(cells[2]), float(cells[3]))
+    assert set(host) == set(rows)
+    assert all(0.1 < during <= after for during, after in host.values()), host
 
 
 def test_live_run_reaches_the_heaviest_batch() -> None:
