@@ -414,16 +414,25 @@ class RobustDPO(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
     ) -> None:
-        """Automatic optimisation: Lightning calls this after unscaling; clip the global norm over all shards."""
-        value = gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val
-        if value is not None and gradient_clip_algorithm not in (None, "norm"):
-            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm)
-        elif value is not None:
-            clip_grad_norm(self.policy, gradients_of(optimizer), value)
+        """Automatic optimisation: Lightning calls this after ``on_before_optimizer_step``, which has clipped the norm
+        already (the guard reads that norm); only a trainer's ``gradient_clip_algorithm: value`` is left to do."""
+        if gradient_clip_val is not None and gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(
+                optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+            )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Guard against non-finite losses/gradients; under manual optimisation Lightning skips
-        ``configure_gradient_clipping``, so clip here too (after any loss-scale unscaling)."""
-        self.nonfinite.before_optimizer_step(self, optimizer)
-        if not self.automatic_optimization and self.gradient_clip_val is not None:
-            clip_grad_norm(self.policy, gradients_of(optimizer), self.gradient_clip_val)
+        """Measure (and clip) the global gradient norm, then let the non-finite guard decide from it and the losses.
+
+        Lightning calls this after any loss-scale unscaling, in automatic and manual optimisation alike (it skips
+        ``configure_gradient_clipping`` under manual optimisation), so norm clipping happens here in both."""
+        norm = clip_grad_norm(self.policy, gradients_of(optimizer), self._norm_clip_value())
+        self.nonfinite.before_optimizer_step(self, optimizer, norm)
+
+    def _norm_clip_value(self) -> float | None:
+        """The norm bound: the trainer's ``gradient_clip_val`` where it sets one (automatic optimisation only), else
+        ``model.gradient_clip_val``; None under a trainer's value clipping or when clipping is off."""
+        trainer_value = self.trainer.gradient_clip_val if self.automatic_optimization else None
+        if trainer_value is not None:
+            return trainer_value if self.trainer.gradient_clip_algorithm in (None, "norm") else None
+        return self.gradient_clip_val
