@@ -49,6 +49,7 @@ from rdpo_lightning.training.accumulation import (
 )
 from rdpo_lightning.training.arguments import check_module_arguments, refuse_unsupported
 from rdpo_lightning.training.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
+from rdpo_lightning.training.optimizers import build_optimizer
 from rdpo_lightning.training.reference_cache import (
     NO_RESIDENT_REFERENCE,
     ReferenceCache,
@@ -405,7 +406,7 @@ class RobustDPO(L.LightningModule):
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         self._equip_reference_logps()
-        optimizer = self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
+        optimizer = build_optimizer(self.optimizer_factory, [p for p in self.policy.parameters() if p.requires_grad])
         self.resume_check.optimizer_built(optimizer)  # its configured groups, before a scheduler or checkpoint
         total = optimizer_steps(self.trainer, self.accumulate_grad_batches)
         schedule = warmup_cosine_scheduler(optimizer, self.warmup_steps, total, self.min_lr_ratio)
