@@ -61,6 +61,7 @@ from rdpo_lightning.training.reproducibility import seed_training_batch
 from rdpo_lightning.training.resume import ResumeCheck
 from rdpo_lightning.training.schedules import warmup_cosine_scheduler
 from rdpo_lightning.training.step_metrics import log_pair_metrics, log_training_step
+from rdpo_lightning.training.teardown import keep_training_state_on_device
 
 
 class RobustDPO(L.LightningModule):
@@ -199,6 +200,7 @@ class RobustDPO(L.LightningModule):
         self.robust.setup_data(getattr(self.trainer, "datamodule", None))
         adapted = self.peft is not None or self.adapter is not None
         self.adapter_checkpoints.setup(self.trainer.strategy, adapted, self.model_name)
+        keep_training_state_on_device(self.trainer.strategy)  # no host copy of gradients/optimizer state at the end
 
     def configure_model(self) -> None:
         """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
