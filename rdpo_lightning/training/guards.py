@@ -96,7 +96,7 @@ class NonFiniteGuard:
         trainer = module.trainer
         loss_flag, self._loss_finite = self._loss_finite, None
         grad_flag = None
-        if not _grad_scaler_active(trainer):  # a GradScaler skips overflowing fp16 steps by itself
+        if not grad_scaler_active(trainer):  # a GradScaler skips overflowing fp16 steps by itself
             grad_flag = torch.isfinite(gradient_norm)
         device = trainer.strategy.root_device
         ok = torch.ones((), dtype=torch.bool, device=device)
@@ -126,7 +126,8 @@ class NonFiniteGuard:
         )
 
 
-def _grad_scaler_active(trainer: Any) -> bool:
+def grad_scaler_active(trainer: Any) -> bool:
+    """Whether ``16-mixed``'s GradScaler scales the loss (it then skips overflowing steps itself)."""
     return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
 
 

@@ -48,7 +48,7 @@ from rdpo_lightning.training.accumulation import (
     warn_if_degenerate,
 )
 from rdpo_lightning.training.arguments import check_module_arguments, refuse_unsupported
-from rdpo_lightning.training.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
+from rdpo_lightning.training.guards import NonFiniteGuard, grad_scaler_active, refuse_nonfinite_checkpoint
 from rdpo_lightning.training.optimizers import build_optimizer
 from rdpo_lightning.training.reference_cache import (
     NO_RESIDENT_REFERENCE,
@@ -408,7 +408,8 @@ class RobustDPO(L.LightningModule):
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         self._equip_reference_logps()
-        optimizer = build_optimizer(self.optimizer_factory, [p for p in self.policy.parameters() if p.requires_grad])
+        trained = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = build_optimizer(self.optimizer_factory, trained, loss_scaled=grad_scaler_active(self.trainer))
         self.resume_check.optimizer_built(optimizer)  # its configured groups, before a scheduler or checkpoint
         total = optimizer_steps(self.trainer, self.accumulate_grad_batches)
         schedule = warmup_cosine_scheduler(optimizer, self.warmup_steps, total, self.min_lr_ratio)

@@ -4,7 +4,9 @@ Left to itself torch runs Adam/AdamW on CUDA in its ``foreach`` form: several mu
 float32 state and a temporary the size of the moments (about 20-25 ms a step at 1.24 B parameters, issue 33). The
 fused form does the same update in one kernel per device and dtype. So when ``model.optimizer`` is exactly
 ``torch.optim.AdamW`` or ``torch.optim.Adam``, sets neither ``fused`` nor ``foreach`` (nor ``differentiable``, which
-fused refuses), and every parameter it steps is on CUDA, the optimizer is rebuilt with ``fused=True`` and the same
+fused refuses), every parameter it steps is on CUDA, and no GradScaler scales the loss (``16-mixed``: Lightning then
+leaves the unscaling to a fused optimizer's ``step``, after the module has clipped, so it would clip scaled
+gradients), the optimizer is rebuilt with ``fused=True`` and the same
 groups, and the log says so once. A ``fused`` or ``foreach`` the user gave always wins (``fused: false`` keeps torch's
 choice); other devices and optimizers are built exactly as configured.
 """
@@ -29,22 +31,24 @@ def parameter_devices(optimizer: torch.optim.Optimizer) -> set[str]:
     return {p.device.type for group in optimizer.param_groups for p in group["params"]}
 
 
-def fused_by_default(optimizer: torch.optim.Optimizer, devices: set[str]) -> bool:
+def fused_by_default(optimizer: torch.optim.Optimizer, devices: set[str], loss_scaled: bool = False) -> bool:
     """Whether ``optimizer`` (as the user's factory built it) should run fused: a plain Adam/AdamW with no
-    implementation chosen, all of whose parameters are on ``devices`` == {"cuda"}."""
-    if type(optimizer) not in FUSED_BY_DEFAULT or devices != {"cuda"}:
+    implementation chosen, all of whose parameters are on ``devices`` == {"cuda"}, its loss not ``loss_scaled``."""
+    if type(optimizer) not in FUSED_BY_DEFAULT or devices != {"cuda"} or loss_scaled:
         return False
     chosen = any(group.get(key) is not None for group in optimizer.param_groups for key in IMPLEMENTATION)
     return not chosen and not any(group.get("differentiable") for group in optimizer.param_groups)
 
 
 def build_optimizer(
-    factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer], parameters: list[torch.nn.Parameter]
+    factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+    parameters: list[torch.nn.Parameter],
+    loss_scaled: bool = False,
 ) -> torch.optim.Optimizer:
     """``factory(parameters)``, rebuilt fused where :func:`fused_by_default` says so (before any state exists:
     building an Adam allocates nothing, so the first build costs nothing to throw away)."""
     optimizer = factory(parameters)
-    if not fused_by_default(optimizer, parameter_devices(optimizer)):
+    if not fused_by_default(optimizer, parameter_devices(optimizer), loss_scaled):
         return optimizer
     cls = type(optimizer)
     accepted = inspect.signature(cls).parameters  # defaults also hold derived keys (AdamW's decoupled_weight_decay)

@@ -34,6 +34,8 @@ def params(device: str = "cpu") -> list[torch.nn.Parameter]:
 )  # fmt: skip
 def test_the_decision(factory, devices, fused):
     assert fused_by_default(factory(params("meta")), devices) is fused
+    # under 16-mixed Lightning leaves unscaling to a fused step, after clipping: never fused there by default
+    assert fused_by_default(factory(params("meta")), devices, loss_scaled=True) is False
 
 
 def test_the_parameters_device_decides(monkeypatch):
