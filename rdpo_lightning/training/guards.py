@@ -103,7 +103,7 @@ class NonFiniteGuard:
         here = torch.stack([(ok if f is None else f.to(device)).logical_not() for f in (loss_flag, grad_flag)])
         ranks = here.any().to(torch.float32).reshape(1)
         if trainer.world_size > 1:  # every rank calls this once per step, whatever it checked
-            ranks = trainer.strategy.reduce(ranks, reduce_op="sum")
+            torch.distributed.all_reduce(ranks)  # a sum, queued on the device (Lightning's reduce adds a barrier)
         loss_bad, grad_bad, ranks_bad = torch.cat([here.to(torch.float32), ranks]).tolist()  # the one host read
         if ranks_bad == 0:
             return True
