@@ -84,7 +84,8 @@ class RobustDPO(L.LightningModule):
         robust: the robust strategy (default :class:`NoRobust`, i.e. ordinary DPO).
         optimizer: optimizer factory (``class_path`` in YAML).
         warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``min_lr_ratio`` × lr.
-        gradient_clip_val: gradient-norm clip, applied in automatic and manual optimisation alike.
+        gradient_clip_val: gradient-norm clip, applied in automatic and manual optimisation alike (null: none; the
+            norm is still measured, for the non-finite guard).
         disable_policy_dropout: zero dropout in the policy (the reference never has dropout).
         logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once) on the
             full-logits path.
