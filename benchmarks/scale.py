@@ -11,10 +11,11 @@ very long, as in real preference data); the prompt takes a uniform 10-50 % of it
 to 30 %. ``--lengths equal``: every sequence has the long-tailed mean length, prompt 25 %, equal responses.
 
 Like for like: float32 on CPU, precomputed reference log-probs on both sides (``precompute_reference`` /
-``precompute_ref_log_probs``), AdamW with the same learning rate, no gradient checkpointing, the same pairs in the
-same order (sequential sampling on both sides), the same batch. Ours runs with its defaults (fused output-layer
-log-probs) and, unless ``--no-padding-free``, ``data.padding_free: true``. TRL 1.16 runs its fused LM head (its
-default) and pads each batch to its longest sequence (its padding-free mode is disabled in 1.16).
+``precompute_ref_log_probs``), AdamW with the same learning rate (fused on both sides with ``--gpu``), no gradient
+checkpointing, the same pairs in the same order (sequential sampling on both sides), the same batch. Ours runs with
+its defaults (fused output-layer log-probs) and, unless ``--no-padding-free``, ``data.padding_free: true``. TRL 1.16
+runs its fused LM head (its default) and pads each batch to its longest sequence (its padding-free mode is disabled
+in 1.16).
 
 Every configuration runs in a fresh process; its peak memory is the process's resident high-water mark (``VmHWM``,
 whole run: loading, reference pass, training). That counts what glibc keeps of freed blocks as much as what is alive,
@@ -326,7 +327,9 @@ def run_trl(settings: Settings, paths: dict[str, str], callbacks=()) -> dict[str
         beta=BETA, seed=settings.seed, report_to=[], save_strategy="no", disable_tqdm=True,
         use_cpu=settings.device == "cpu", bf16=settings.bf16,
         gradient_checkpointing=False, dataloader_num_workers=0, logging_strategy="no",
-        optim="adamw_torch", lr_scheduler_type="constant", precompute_ref_log_probs=True,
+        # like for like: ours builds torch's AdamW fused on CUDA (training/optimizers.py), so TRL gets its fused one
+        optim="adamw_torch_fused" if settings.device == "cuda" else "adamw_torch",
+        lr_scheduler_type="constant", precompute_ref_log_probs=True,
     )  # fmt: skip
     trainer = InOrder(
         model=paths["model"], args=args, train_dataset=datasets.load_from_disk(paths["pairs"]),

@@ -9,9 +9,10 @@ since both write what that dict holds (under FSDP2 every rank its own shards of 
 adapters the very digest the reference cache keys the reference by).
 
 Restoring, the run builds its base from ``model.model`` as every run does; :meth:`AdapterCheckpoints.on_load`
-refuses a checkpoint whose recorded base digest differs (one line) and puts this run's base weights back into the
-loaded state dict, so Lightning's strict loading still checks every adapter weight: only the base keys are taken
-from the run rather than from the file. An FSDP2 distributed checkpoint is loaded by the strategy before any hook
+refuses a checkpoint whose recorded base digest differs (one line; a digest recorded before tied storages were
+hashed once is accepted: :func:`~rdpo_lightning.models.digest.digest_matches`) and puts this run's base weights back
+into the loaded state dict, so Lightning's strict loading still checks every adapter weight: only the base keys are
+taken from the run rather than from the file. An FSDP2 distributed checkpoint is loaded by the strategy before any hook
 runs: :func:`load_adapter_only_distributed` (called by :class:`~rdpo_lightning.training.FSDP2Strategy`) reads
 the keys the checkpoint holds, every rank its own shards, and leaves the base as the run built it.
 """
@@ -28,7 +29,7 @@ from torch import nn
 from rdpo_lightning.checkpoints.run_record import KEY
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.models.adapters import TRAINED_ADAPTER, adapter_names, base_state, is_adapter_key
-from rdpo_lightning.models.digest import weights_digest
+from rdpo_lightning.models.digest import digest_matches, weights_digest
 
 #: the run record's entry (``checkpoint["rdpo"]["base"]``)
 BASE = "base"
@@ -154,7 +155,7 @@ class AdapterCheckpoints:
                 f"the checkpoint holds LoRA adapters only, for the base {describe(saved)}; this run has no adapters"
                 " (model.peft / model.adapter unset): resume with the checkpoint's configuration"
             )
-        if saved.get("digest") != self.digest:
+        if not digest_matches(saved.get("digest"), self.digest, lambda: base_state(module.policy)):
             mine = describe({"model": self.model_name, "digest": self.digest})
             raise InputError(
                 f"the checkpoint holds LoRA adapters only, trained on the base {describe(saved)}; this run's base"

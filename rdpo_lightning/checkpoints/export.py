@@ -28,7 +28,7 @@ from rdpo_lightning.checkpoints.adapter_only import describe, is_adapter_only, r
 from rdpo_lightning.checkpoints.model_card import model_card
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.models.adapters import REFERENCE_ADAPTER, TRAINED_ADAPTER, as_peft_config, is_adapter_key
-from rdpo_lightning.models.digest import weights_digest
+from rdpo_lightning.models.digest import digest_matches, weights_digest
 from rdpo_lightning.models.loading import load_causal_lm
 
 #: the prefixes under which Lightning's distributed checkpoints store the module's state dict (FSDP2, FSDP1)
@@ -164,7 +164,8 @@ def _adapters_on_original_base(
         hint = "" if base else " (pass --base DIR where that base lies now)"
         raise InputError(f"{error}{hint}") from error
     digest = weights_digest(original) if not quantization and recorded.get("digest") else None
-    if digest is not None and digest != recorded["digest"]:  # a quantized base was digested quantized: no check
+    # a quantized base was digested quantized: no check; an older tied base's digest hashed the tie twice
+    if digest is not None and not digest_matches(recorded["digest"], digest, lambda: original):
         raise InputError(
             f"{key}={name} is not the base these adapters were trained on: its weights digest is {digest[:12]}, the"
             f" checkpoint's base is {describe(recorded)}"

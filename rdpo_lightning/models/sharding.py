@@ -194,15 +194,23 @@ def gradients_of(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
-def clip_grad_norm(model: nn.Module, parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Clip the global gradient norm of ``model``'s ``parameters`` over all ranks' shards.
+def clip_grad_norm(model: nn.Module, parameters: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """The global gradient norm of ``model``'s ``parameters`` over all ranks' shards, clipped to ``max_norm`` unless
+    that is None (then only measured: the non-finite guard reads this norm whether or not clipping is on).
 
-    FSDP1 keeps flat shards, so only its root module can compute the global norm (Lightning's FSDP precision plugin
-    refuses norm clipping for that reason). FSDP2 gradients are DTensors, whose norm ``torch.nn.utils.clip_grad_norm_``
-    reduces across the mesh; DDP gradients are already identical on every rank.
+    One reduction: torch's multi-tensor norm over every gradient, not a kernel per tensor. The returned 0-d tensor
+    stays on the device (no host sync) and is the same on every rank. FSDP1 keeps flat shards, so only its root
+    module can compute the global norm (Lightning's FSDP precision plugin refuses norm clipping for that reason); it
+    clips, so an unclipped measure asks it for an infinite bound. FSDP2 gradients are DTensors, whose norm is reduced
+    across the mesh; DDP gradients are already identical on every rank.
     """
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     if isinstance(model, FullyShardedDataParallel):
-        return model.clip_grad_norm_(max_norm)
-    return torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+        return model.clip_grad_norm_(float("inf") if max_norm is None else max_norm)
+    parameters = [p for p in parameters if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in parameters], error_if_nonfinite=False)
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    full_tensor = getattr(total, "full_tensor", None)  # a DTensor's partial norm: reduced over the mesh, on device
+    return full_tensor() if callable(full_tensor) else total

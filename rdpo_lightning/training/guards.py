@@ -2,8 +2,15 @@
 
 One decision per optimizer step, taken in ``on_before_optimizer_step`` — which Lightning calls in automatic *and*
 manual optimisation (``optimizer.step()`` in WDPO's finite-difference step goes through the same precision plugin) —
-from the losses seen since the last step and the gradients about to be applied. All ranks take the same decision
-(one all-reduce of a flag), so DDP/FSDP ranks never disagree about stepping.
+from the losses seen since the last step and the gradients about to be applied. The gradients' verdict is read from
+the global gradient norm that clipping computes anyway (:func:`~rdpo_lightning.models.sharding.clip_grad_norm`; it is
+measured also when clipping is off): the norm is non-finite exactly when some gradient element is (or when finite
+gradients are so large that their norm overflows, which counts as non-finite too). So the check costs no kernel per
+gradient, and the step's flags (loss, gradient, and the count of ranks that saw either) are read by the host once,
+right before the optimizer needs the answer: ``stop`` must raise before the weights move and ``skip`` must drop the
+gradients before the optimizer reads them, which only the host can decide for torch's non-fused optimizers. All ranks
+take the same decision (one all-reduce of the flags, on the device, before that read), so DDP/FSDP ranks never
+disagree about stepping.
 
 ``on_nonfinite="stop"`` (default): write a checkpoint of the last good state (the weights before this step) and stop
 with :class:`NonFiniteError`. ``"skip"``: drop this step's gradients (``set_to_none``, so the optimizer leaves the
@@ -83,18 +90,24 @@ class NonFiniteGuard:
             flag = torch.isfinite(loss.detach()).all()
             self._loss_finite = flag if self._loss_finite is None else self._loss_finite & flag
 
-    def before_optimizer_step(self, module: Any, optimizer: torch.optim.Optimizer) -> bool:
-        """Decide for this step; True when the optimizer may apply it. Raises under ``stop``."""
+    def before_optimizer_step(self, module: Any, optimizer: torch.optim.Optimizer, gradient_norm: Tensor) -> bool:
+        """Decide for this step from the losses seen and the global ``gradient_norm`` (on the device); True when the
+        optimizer may apply it. Raises under ``stop``."""
         trainer = module.trainer
         loss_flag, self._loss_finite = self._loss_finite, None
         grad_flag = None
-        if not _grad_scaler_active(trainer):  # a GradScaler skips overflowing fp16 steps by itself
-            grad_flag = finite_flag(p.grad for group in optimizer.param_groups for p in group["params"])
-        checked = [(name, flag) for name, flag in (("loss", loss_flag), ("gradient", grad_flag)) if flag is not None]
-        verdicts = torch.stack([flag for _, flag in checked]).tolist() if checked else []
-        bad = [name for (name, _), ok in zip(checked, verdicts, strict=True) if not ok]
-        if trainer.strategy.reduce_boolean_decision(not bad, all=True):
+        if not grad_scaler_active(trainer):  # a GradScaler skips overflowing fp16 steps by itself
+            grad_flag = torch.isfinite(gradient_norm)
+        device = trainer.strategy.root_device
+        ok = torch.ones((), dtype=torch.bool, device=device)
+        here = torch.stack([(ok if f is None else f.to(device)).logical_not() for f in (loss_flag, grad_flag)])
+        ranks = here.any().to(torch.float32).reshape(1)
+        if trainer.world_size > 1:  # every rank calls this once per step, whatever it checked
+            torch.distributed.all_reduce(ranks)  # a sum, queued on the device (Lightning's reduce adds a barrier)
+        loss_bad, grad_bad, ranks_bad = torch.cat([here.to(torch.float32), ranks]).tolist()  # the one host read
+        if ranks_bad == 0:
             return True
+        bad = [name for name, flag in (("loss", loss_bad), ("gradient", grad_bad)) if flag]
         what = " and ".join(bad) if bad else "loss or gradient on another rank"
         step = trainer.global_step
         if self.policy == "skip":
@@ -113,7 +126,8 @@ class NonFiniteGuard:
         )
 
 
-def _grad_scaler_active(trainer: Any) -> bool:
+def grad_scaler_active(trainer: Any) -> bool:
+    """Whether ``16-mixed``'s GradScaler scales the loss (it then skips overflowing steps itself)."""
     return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
 
 

@@ -48,7 +48,8 @@ from rdpo_lightning.training.accumulation import (
     warn_if_degenerate,
 )
 from rdpo_lightning.training.arguments import check_module_arguments, refuse_unsupported
-from rdpo_lightning.training.guards import NonFiniteGuard, refuse_nonfinite_checkpoint
+from rdpo_lightning.training.guards import NonFiniteGuard, grad_scaler_active, refuse_nonfinite_checkpoint
+from rdpo_lightning.training.optimizers import build_optimizer
 from rdpo_lightning.training.reference_cache import (
     NO_RESIDENT_REFERENCE,
     ReferenceCache,
@@ -60,6 +61,7 @@ from rdpo_lightning.training.reproducibility import seed_training_batch
 from rdpo_lightning.training.resume import ResumeCheck
 from rdpo_lightning.training.schedules import warmup_cosine_scheduler
 from rdpo_lightning.training.step_metrics import log_pair_metrics, log_training_step
+from rdpo_lightning.training.teardown import keep_training_state_on_device
 
 
 class RobustDPO(L.LightningModule):
@@ -82,7 +84,8 @@ class RobustDPO(L.LightningModule):
         robust: the robust strategy (default :class:`NoRobust`, i.e. ordinary DPO).
         optimizer: optimizer factory (``class_path`` in YAML).
         warmup_steps, min_lr_ratio: linear warm-up, then cosine decay to ``min_lr_ratio`` × lr.
-        gradient_clip_val: gradient-norm clip, applied in automatic and manual optimisation alike.
+        gradient_clip_val: gradient-norm clip, applied in automatic and manual optimisation alike (null: none; the
+            norm is still measured, for the non-finite guard).
         disable_policy_dropout: zero dropout in the policy (the reference never has dropout).
         logprob_chunk_rows: rows per float32 log-prob chunk (bounds memory; None: all rows at once) on the
             full-logits path.
@@ -198,6 +201,7 @@ class RobustDPO(L.LightningModule):
         self.robust.setup_data(getattr(self.trainer, "datamodule", None))
         adapted = self.peft is not None or self.adapter is not None
         self.adapter_checkpoints.setup(self.trainer.strategy, adapted, self.model_name)
+        keep_training_state_on_device(self.trainer.strategy)  # no host copy of gradients/optimizer state at the end
 
     def configure_model(self) -> None:
         """Build the policy (and, unless its log-probs are precomputed, the reference) lazily, once the DataModule's
@@ -405,7 +409,8 @@ class RobustDPO(L.LightningModule):
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         self._equip_reference_logps()
-        optimizer = self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
+        trained = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = build_optimizer(self.optimizer_factory, trained, loss_scaled=grad_scaler_active(self.trainer))
         self.resume_check.optimizer_built(optimizer)  # its configured groups, before a scheduler or checkpoint
         total = optimizer_steps(self.trainer, self.accumulate_grad_batches)
         schedule = warmup_cosine_scheduler(optimizer, self.warmup_steps, total, self.min_lr_ratio)
@@ -414,16 +419,25 @@ class RobustDPO(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
     ) -> None:
-        """Automatic optimisation: Lightning calls this after unscaling; clip the global norm over all shards."""
-        value = gradient_clip_val if gradient_clip_val is not None else self.gradient_clip_val
-        if value is not None and gradient_clip_algorithm not in (None, "norm"):
-            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm)
-        elif value is not None:
-            clip_grad_norm(self.policy, gradients_of(optimizer), value)
+        """Automatic optimisation: Lightning calls this after ``on_before_optimizer_step``, which has clipped the norm
+        already (the guard reads that norm); only a trainer's ``gradient_clip_algorithm: value`` is left to do."""
+        if gradient_clip_val is not None and gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(
+                optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+            )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Guard against non-finite losses/gradients; under manual optimisation Lightning skips
-        ``configure_gradient_clipping``, so clip here too (after any loss-scale unscaling)."""
-        self.nonfinite.before_optimizer_step(self, optimizer)
-        if not self.automatic_optimization and self.gradient_clip_val is not None:
-            clip_grad_norm(self.policy, gradients_of(optimizer), self.gradient_clip_val)
+        """Measure (and clip) the global gradient norm, then let the non-finite guard decide from it and the losses.
+
+        Lightning calls this after any loss-scale unscaling, in automatic and manual optimisation alike (it skips
+        ``configure_gradient_clipping`` under manual optimisation), so norm clipping happens here in both."""
+        norm = clip_grad_norm(self.policy, gradients_of(optimizer), self._norm_clip_value())
+        self.nonfinite.before_optimizer_step(self, optimizer, norm)
+
+    def _norm_clip_value(self) -> float | None:
+        """The norm bound: the trainer's ``gradient_clip_val`` where it sets one (automatic optimisation only), else
+        ``model.gradient_clip_val``; None under a trainer's value clipping or when clipping is off."""
+        trainer_value = self.trainer.gradient_clip_val if self.automatic_optimization else None
+        if trainer_value is not None:
+            return trainer_value if self.trainer.gradient_clip_algorithm in (None, "norm") else None
+        return self.gradient_clip_val

@@ -5,7 +5,8 @@ step and stored as two dataset columns (``reference_chosen_logps`` / ``reference
 puts into every batch. The cache file is keyed by
 
 * the tokenised split's ``datasets`` fingerprint (the data, its tokenisation and truncation),
-* a digest of the reference weights (blake2b over every parameter's name, dtype, shape and bytes),
+* a digest of the reference weights (blake2b over every parameter's name, dtype and shape, and each storage's bytes
+  once: :func:`~rdpo_lightning.models.digest.weights_digest`),
 * the settings that change the numbers: trainer precision, attention implementation, model dtype, fused or
   full-logits log-probs,
 

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from rdpo_lightning.errors import InputError
+from rdpo_lightning.training.optimizers import steps_where_fused_reads_them
 
 #: adapter settings a resumed adapter's weights depend on: a change cannot be loaded
 FIXED_ADAPTER_KEYS = ("peft_type", "r", "target_modules", "modules_to_save", "use_dora", "layers_to_transform")
@@ -210,6 +211,7 @@ class ResumeCheck:
                 rank_zero_info(f"resuming with optimizer.{key} = {value!r} (the checkpoint has {group.get(key)!r})")
                 group[key] = value
             self._restore_learning_rate(index, group, configured["lr"], scheduler)
+        steps_where_fused_reads_them(optimizer)  # a foreach checkpoint resumed by a fused optimizer (CUDA default)
 
     @staticmethod
     def _restore_learning_rate(index: int, group: dict[str, Any], lr: float, scheduler: Any | None) -> None:

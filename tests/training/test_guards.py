@@ -59,9 +59,19 @@ def flat_policy(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in module.policy.parameters()])
 
 
-def fit(tmp_path, tokenizer_dir, robust, pair_loss=None, on_nonfinite="stop", callbacks=(), checkpoints=False, steps=4):
+def fit(
+    tmp_path,
+    tokenizer_dir,
+    robust,
+    pair_loss=None,
+    on_nonfinite="stop",
+    callbacks=(),
+    checkpoints=False,
+    steps=4,
+    **model,
+):
     torch.manual_seed(0)
-    module = RobustDPO(model_config=dict(TINY), robust=robust, pair_loss=pair_loss, on_nonfinite=on_nonfinite)
+    module = RobustDPO(model_config=dict(TINY), robust=robust, pair_loss=pair_loss, on_nonfinite=on_nonfinite, **model)
     data = AttributeWorldDataModule(
         num_train=32, num_val=8, batch_size=8, val_alphas=[0.0], tokenizer_dir=str(tokenizer_dir), max_length=32
     )
@@ -112,6 +122,64 @@ def test_skip_drops_exactly_that_step(tmp_path, world_tokenizer_dir, components,
     assert all(torch.isfinite(s).all() for s in snapshots.after)
     adam_steps = {int(state["step"]) for state in trainer.optimizers[0].state.values()}
     assert adam_steps == {3}  # the optimizer's moments never saw the skipped step
+
+
+class StepCosts(L.Callback):
+    """Counts, inside the module's ``on_before_optimizer_step`` (norm, clipping and guard), the elementwise finiteness
+    checks launched and the values read by the host."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.monkeypatch = monkeypatch
+        self.calls: list[dict[str, int]] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        hook = pl_module.on_before_optimizer_step
+
+        def counted(optimizer):
+            counts = {"isfinite": 0, "host_reads": 0}
+            with self.monkeypatch.context() as patch:
+                isfinite = torch.isfinite
+                patch.setattr(
+                    torch,
+                    "isfinite",
+                    lambda t: (counts.__setitem__("isfinite", counts["isfinite"] + 1), isfinite(t))[1],
+                )
+                for name in ("item", "tolist", "__bool__"):
+                    original = getattr(torch.Tensor, name)
+
+                    def read(tensor, *args, _original=original, **kwargs):
+                        counts["host_reads"] += 1
+                        return _original(tensor, *args, **kwargs)
+
+                    patch.setattr(torch.Tensor, name, read)
+                hook(optimizer)
+            self.calls.append(counts)
+
+        pl_module.on_before_optimizer_step = counted
+
+
+@pytest.mark.parametrize("clip", [1.0, None])
+def test_the_verdict_is_one_check_of_the_norm_read_once(tmp_path, world_tokenizer_dir, clip, monkeypatch):
+    """The guard's gradient verdict comes from the global norm clipping computes (also when clipping is off): one
+    finiteness check per step, not one per gradient, and one host read of the step's flags."""
+    costs = StepCosts(monkeypatch)
+    trainer, module = fit(
+        tmp_path, world_tokenizer_dir, NoRobust(), None, "stop", [costs], steps=2, gradient_clip_val=clip
+    )
+    assert len(list(module.policy.parameters())) > 10
+    assert costs.calls == [{"isfinite": 1, "host_reads": 1}] * 2
+
+
+def test_unclipped_runs_skip_a_non_finite_gradient(tmp_path, world_tokenizer_dir, components):
+    """``gradient_clip_val: null`` measures the norm anyway: a NaN gradient (finite loss) is still caught."""
+    snapshots = Snapshots()
+    with pytest.warns(UserWarning, match="non-finite gradient at step 1: optimizer step skipped"):
+        trainer, module = fit(
+            tmp_path, world_tokenizer_dir, NoRobust(), components.NaNLossAtSteps([1], gradient_only=True), "skip",
+            [snapshots], gradient_clip_val=None,
+        )  # fmt: skip
+    assert module.nonfinite.skipped_steps == 1 and torch.equal(snapshots.after[1], snapshots.after[0])
+    assert all(torch.isfinite(s).all() for s in snapshots.after)
 
 
 def test_an_overflowing_wasserstein_penalty_skips_the_step(tmp_path, world_tokenizer_dir, components):
