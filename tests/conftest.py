@@ -62,6 +62,22 @@ def world_gpt2_config(tokenizer, **sizes):
     )
 
 
+def spawn_retrying_port_clash(launch, attempts: int = 3):
+    """``launch()`` of a Lightning ``ddp_spawn`` run, again on a fresh port when its rendezvous port was taken.
+
+    Lightning picks a free port once per process (then keeps it in ``MASTER_PORT``); between that choice and its
+    binding, another test worker's processes (gloo opens ports of its own for every pair of ranks) can take it, and the
+    launch fails with ``EADDRINUSE``: no fault of the code under test. Any other failure is raised at once."""
+    for attempt in range(attempts):
+        os.environ.pop("MASTER_PORT", None)  # Lightning chooses a fresh free port
+        try:
+            return launch()
+        except Exception as error:  # torch.multiprocessing's ProcessRaisedException carries the rank's message
+            if attempt == attempts - 1 or not any(s in str(error) for s in ("EADDRINUSE", "address already in use")):
+                raise
+    return None
+
+
 def save_reinitialised(model_dir: Path, seed: int, directory: Path) -> Path:
     """``model_dir``'s GPT-2 architecture with fresh weights drawn after ``torch.manual_seed(seed)``, saved."""
     import torch

@@ -15,6 +15,7 @@ from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
 from rdpo_lightning.data import AttributeWorldDataModule
 from rdpo_lightning.training.module import RobustDPO
 from rdpo_lightning.training.quiet import quiet_trainer
+from tests.conftest import spawn_retrying_port_clash
 
 
 def _validate(devices: int, policy: Path, reference: Path, tokenizer_dir: Path) -> dict[str, float]:
@@ -28,7 +29,8 @@ def _validate(devices: int, policy: Path, reference: Path, tokenizer_dir: Path) 
         strategy="ddp_spawn" if devices > 1 else "auto",
         callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
     )
-    trainer.validate(RobustDPO(model=str(policy), reference=str(reference)), datamodule=datamodule, verbose=False)
+    module = RobustDPO(model=str(policy), reference=str(reference))
+    spawn_retrying_port_clash(lambda: trainer.validate(module, datamodule=datamodule, verbose=False))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

@@ -25,7 +25,7 @@ from rdpo_lightning.robust import KLReweighter
 from rdpo_lightning.training.module import RobustDPO
 from rdpo_lightning.training.quiet import quiet_trainer
 from rdpo_lightning.training.reference_cache import DIGEST_FIELD, WEIGHTS_FIELD, ReferenceSource, RestoredWeightsError
-from tests.conftest import save_reinitialised
+from tests.conftest import save_reinitialised, spawn_retrying_port_clash
 
 CASES = ["dpo", "kl", "lora", "named"]
 
@@ -181,7 +181,12 @@ def test_a_ddp_resume_without_the_cache_equals_one_with_it(tmp_path, tiny_model_
     runs = {}
     for name, cache in (("with", tmp_path / "copied"), ("without", tmp_path / "empty")):
         saved = tmp_path / f"{name}.pt"
-        fit("kl", tiny_model_dir, cache, max_steps=4, ckpt_path=checkpoint, strategy="ddp_spawn", devices=2, save=saved)
+        spawn_retrying_port_clash(
+            lambda cache=cache, saved=saved: fit(
+                "kl", tiny_model_dir, cache, max_steps=4, ckpt_path=checkpoint, strategy="ddp_spawn", devices=2,
+                save=saved,
+            )
+        )  # fmt: skip
         runs[name] = torch.load(saved, weights_only=True)
     for name, want in runs["with"].items():
         torch.testing.assert_close(runs["without"][name], want, rtol=0, atol=0, msg=name)
