@@ -57,6 +57,14 @@ def _local_targets(targets: Tensor, start: int, width: int) -> tuple[Tensor, Ten
     return local.clamp(0, width - 1).unsqueeze(1), inside
 
 
+def _accumulate_product(total: Tensor, a: Tensor, b: Tensor) -> None:
+    """total += a @ b, the product in a's dtype and the sum in total's (one fused addmm where they agree)."""
+    if a.dtype == total.dtype:
+        total.addmm_(a, b)
+    else:
+        total += (a @ b).to(total.dtype)
+
+
 class TiledHeadLogps(torch.autograd.Function):
     """(n, H) hidden, (V, H) weight, (V,) bias or None, (n,) targets → (n,) log p(target), in the accumulation dtype."""
 
@@ -86,14 +94,13 @@ class TiledHeadLogps(torch.autograd.Function):
                 for t0 in range(0, n, token_tile):
                     t1 = min(n, t0 + token_tile)
                     logits = _block_logits(h[t0:t1], w, b, scale, softcap, acc)
-                    old = running_max[t0:t1]
-                    new = torch.maximum(old, logits.amax(1))
-                    running_sum[t0:t1] = running_sum[t0:t1] * torch.exp(old - new) + torch.exp(
-                        logits - new.unsqueeze(1)
-                    ).sum(1)
-                    running_max[t0:t1] = new
                     local, inside = _local_targets(targets[t0:t1], v0, w.shape[0])
                     picked[t0:t1] += torch.where(inside, logits.gather(1, local).squeeze(1), 0.0)
+                    old = running_max[t0:t1]
+                    new = torch.maximum(old, logits.amax(1))
+                    block_sum = logits.sub_(new.unsqueeze(1)).exp_().sum(1)  # in place: one block alive
+                    running_sum[t0:t1] = running_sum[t0:t1] * torch.exp(old - new) + block_sum
+                    running_max[t0:t1] = new
             lse = running_max + torch.log(running_sum)
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.settings = (scale, softcap, token_tile, vocab_tile, dtype)
@@ -122,21 +129,23 @@ class TiledHeadLogps(torch.autograd.Function):
                     t1 = min(n, t0 + token_tile)
                     logits = _block_logits(h[t0:t1], w, b, scale, softcap, acc)
                     g = grad_out[t0:t1]
-                    # ∂/∂logits of g·(logit[target] − lse) = g·(onehot − softmax)
-                    grad_logits = torch.exp(logits - lse[t0:t1].unsqueeze(1)) * (-g).unsqueeze(1)
+                    # logits = c·tanh(u/c): du = (1 − (logits/c)²)·dlogits, taken before the block is overwritten
+                    capped = None if softcap is None else 1 - (logits / softcap) ** 2
+                    # ∂/∂logits of g·(logit[target] − lse) = g·(onehot − softmax), in place: one block alive
+                    grad_logits = logits.sub_(lse[t0:t1].unsqueeze(1)).exp_().mul_((-g).unsqueeze(1))
                     local, inside = _local_targets(targets[t0:t1], v0, w.shape[0])
                     grad_logits.scatter_add_(1, local, torch.where(inside, g, 0.0).unsqueeze(1))
-                    if softcap is not None:  # logits = c·tanh(u/c): du = (1 − (logits/c)²)·dlogits
-                        grad_logits = grad_logits * (1 - (logits / softcap) ** 2)
+                    if capped is not None:
+                        grad_logits.mul_(capped)
                     if scale != 1.0:
-                        grad_logits = grad_logits * scale
+                        grad_logits.mul_(scale)
                     if want_bias:
                         slice_bias += grad_logits.sum(0)
                     grad_z = grad_logits.to(dtype)
                     if want_hidden:
-                        grad_hidden[t0:t1] += (grad_z @ w).to(acc)
+                        _accumulate_product(grad_hidden[t0:t1], grad_z, w)
                     if want_weight:
-                        slice_weight += (grad_z.T @ h[t0:t1]).to(acc)
+                        _accumulate_product(slice_weight, grad_z.T, h[t0:t1])
                 if want_weight:
                     grad_weight[v0 : v0 + vocab_tile] = slice_weight
                 if want_bias:
