@@ -17,6 +17,17 @@ IGNORE_INDEX = -100
 
 PACK_INDEX = "pack_index"
 
+#: the collator's flat positions (r·T + t in the (rows, T) grid) whose next-token label is scored: the output layer
+#: gathers them without the host sync a boolean mask's gather costs on an accelerator
+SCORED_POSITIONS = "scored_positions"
+
+
+def scored_positions(labels: Tensor) -> Tensor:
+    """Flat positions r·T + t of the (rows, T) ``labels`` whose next label (t + 1) is not :data:`IGNORE_INDEX`, in
+    row-major order. Computed where the labels are (the collator's host tensors: no device sync)."""
+    rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    return rows * labels.shape[1] + columns
+
 
 def unpack(packed: Tensor, pack_index: Tensor) -> Tensor:
     """(R, L, ...) packed → (N, T, ...) pair layout; zeros where the pair layout pads."""

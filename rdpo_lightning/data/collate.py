@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rdpo_lightning.batch_layout import IGNORE_INDEX
+from rdpo_lightning.batch_layout import IGNORE_INDEX, SCORED_POSITIONS, scored_positions
 from rdpo_lightning.data.packing import pack_sequences
 from rdpo_lightning.data.tokenize import TOKEN_COLUMNS
 from rdpo_lightning.errors import InputError
@@ -44,6 +44,7 @@ class PairCollator:
             batch = pack_sequences(rows, prompt_lengths, self.pad_token_id, self.pad_to_multiple_of)
         else:
             batch = self._pad(rows, prompt_lengths)
+        batch[SCORED_POSITIONS] = scored_positions(batch["labels"])
         for column in REFERENCE_COLUMNS:
             if column in examples[0]:
                 batch[column] = torch.tensor([float(ex[column]) for ex in examples], dtype=torch.float64)

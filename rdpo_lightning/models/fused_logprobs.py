@@ -3,9 +3,20 @@
 At a real vocabulary (128k) the logits of a batch dwarf everything else a step holds: 16 rows × 2,048 tokens is
 16 GiB in float32. Here the causal LM runs with ``logits_to_keep=1`` (its own head sees one position per row), a
 forward hook takes the body's last hidden states, and the output layer is applied only at the scored (non-ignored)
-positions, a chunk of tokens at a time. Each chunk is a non-reentrant activation checkpoint: its logits are freed
-as soon as its log-probs exist and are recomputed, one chunk at a time, in backward. That keeps ``autograd.grad``
-w.r.t. the inputs and double backward (exact WDPO) working, since the recomputed chunk is an ordinary graph.
+positions, gathered by the collator's integer positions (``scored_positions``: no host sync, as a boolean mask's
+gather would cost on an accelerator).
+
+Two paths compute the log-probs from there:
+
+* **tiled** (the default, for a plain ``nn.Linear`` output layer): :mod:`rdpo_lightning.models.tiled_head`, an
+  ``autograd.Function`` over blocks of thousands of tokens × a slice of the vocabulary, recomputed in backward, with the
+  weight and hidden gradients accumulated in float32; logit scale and soft-cap included.
+* **checkpointed** chunks (an output layer that is not a plain linear one, e.g. a LoRA-wrapped head, and any forward
+  inside :func:`rdpo_lightning.double_backward.double_backward`, i.e. exact WDPO): a chunk of tokens at a time, each
+  a non-reentrant activation checkpoint whose logits are freed as soon as its log-probs exist and recomputed in
+  backward. The recomputed chunk is an ordinary graph, so ``autograd.grad`` w.r.t. the inputs with
+  ``create_graph=True`` and the double backward through it work; the tiled Function's backward is not differentiable
+  (it raises if differentiated twice).
 
 The head computation runs inside the root module's forward (a forward hook on the module that is called), so under
 FSDP1/FSDP2 the output layer is used while its parameters are unsharded, and the log-probs are the forward's output,
@@ -28,7 +39,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from rdpo_lightning.batch_layout import IGNORE_INDEX
+from rdpo_lightning.batch_layout import IGNORE_INDEX, SCORED_POSITIONS, scored_positions
+from rdpo_lightning.double_backward import double_backward_expected
+from rdpo_lightning.models.tiled_head import DEFAULT_TOKEN_TILE, DEFAULT_VOCAB_TILE, tiled_head_logps
 
 log = logging.getLogger(__name__)
 
@@ -84,29 +97,74 @@ def chunk_tokens_for(vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) ->
     return max(1, chunk_bytes // (4 * max(1, vocab_size)))
 
 
-def head_token_logps(hidden: Tensor, labels: Tensor, head: OutputHead, chunk_tokens: int) -> tuple[Tensor, Tensor]:
+def takes_tiled_path(head: OutputHead) -> bool:
+    """Whether the tiled ``autograd.Function`` computes this head's log-probs: a plain ``nn.Linear`` output layer,
+    outside a forward that will be differentiated twice."""
+    return type(head.layer) is nn.Linear and not double_backward_expected()
+
+
+def checked_positions(labels: Tensor, positions: Tensor | None) -> Tensor:
+    """The flat scored positions of ``labels`` (:func:`~rdpo_lightning.batch_layout.scored_positions`): the
+    collator's when given, else computed from the labels (a host sync on an accelerator). Host labels are checked
+    against the given positions (free there), so a batch whose rows were changed after collation fails loudly."""
+    if positions is None:
+        return scored_positions(labels)
+    positions = positions.to(labels.device)
+    if labels.device.type == "cpu" and not torch.equal(positions, scored_positions(labels)):
+        raise ValueError(
+            f"batch[{SCORED_POSITIONS!r}] does not match the batch's labels (rows changed after collation?): drop the"
+            " key or recompute it with rdpo_lightning.batch_layout.scored_positions"
+        )
+    return positions
+
+
+def head_token_logps(
+    hidden: Tensor,
+    labels: Tensor,
+    head: OutputHead,
+    chunk_tokens: int | None = None,
+    positions: Tensor | None = None,
+    vocab_tile: int | None = None,
+) -> tuple[Tensor, Tensor]:
     """Per-token log p(label) from (rows, T, H) last hidden states: ``(logps, mask)``, both (rows, T-1).
 
-    Only positions whose next-token label is not ``IGNORE_INDEX`` go through the output layer; the others are 0.
-    With grad enabled each chunk is checkpointed, so one chunk's logits are alive at a time in backward too.
+    Only positions whose next-token label is not ``IGNORE_INDEX`` (``positions``, flat in the (rows, T) grid: see
+    :func:`checked_positions`) go through the output layer; the others are 0. ``chunk_tokens``: tokens per tile or
+    checkpointed chunk (defaults: :data:`~rdpo_lightning.models.tiled_head.DEFAULT_TOKEN_TILE`, and enough for
+    :data:`DEFAULT_CHUNK_BYTES` of float32 logits); ``vocab_tile``: vocabulary rows per tile (tiled path).
     """
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    scored_hidden = hidden[:, :-1][mask]
-    scored_targets = targets[mask]
+    rows, length = labels.shape
+    mask = labels[:, 1:] != IGNORE_INDEX
+    positions = checked_positions(labels, positions)
+    scored_hidden = hidden.flatten(0, 1).index_select(0, positions)
+    scored_targets = labels.flatten().index_select(0, positions + 1)
+    if takes_tiled_path(head):
+        layer = head.layer
+        flat = tiled_head_logps(
+            scored_hidden, layer.weight, layer.bias, scored_targets, head.scale, head.softcap,
+            chunk_tokens or DEFAULT_TOKEN_TILE, vocab_tile or DEFAULT_VOCAB_TILE,
+        )  # fmt: skip
+    else:
+        flat = checkpointed_logps(scored_hidden, scored_targets, head, chunk_tokens)
+    logps = flat.new_zeros(rows * length).index_copy(0, positions, flat)
+    return logps.view(rows, length)[:, :-1], mask
+
+
+def checkpointed_logps(hidden: Tensor, targets: Tensor, head: OutputHead, chunk_tokens: int | None) -> Tensor:
+    """log p(target) for (n, H) hidden states, a chunk of tokens at a time; with grad enabled each chunk is
+    checkpointed, so one chunk's logits are alive at a time in backward too."""
+    chunk = chunk_tokens or chunk_tokens_for(getattr(head.layer, "out_features", 1))  # nn.Linear and PEFT's LoRA
     recompute = torch.is_grad_enabled() and (
-        scored_hidden.requires_grad or any(p.requires_grad for p in head.layer.parameters())
+        hidden.requires_grad or any(p.requires_grad for p in head.layer.parameters())
     )
     pieces = []
-    for start in range(0, scored_targets.shape[0], chunk_tokens):
-        chunk = scored_hidden[start : start + chunk_tokens], scored_targets[start : start + chunk_tokens]
+    for start in range(0, targets.shape[0], chunk):
+        piece = hidden[start : start + chunk], targets[start : start + chunk]
         if recompute:
-            pieces.append(checkpoint(head.logps, *chunk, use_reentrant=False))
+            pieces.append(checkpoint(head.logps, *piece, use_reentrant=False))
         else:
-            pieces.append(head.logps(*chunk))
-    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
-    logps = flat.new_zeros(mask.shape).masked_scatter(mask, flat)
-    return logps, mask
+            pieces.append(head.logps(*piece))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -188,12 +246,14 @@ def fused_token_logps(
     labels: Tensor,
     chunk_tokens: int | None = None,
     on_output: Callable[[Any], None] | None = None,
+    positions: Tensor | None = None,
+    vocab_tile: int | None = None,
 ) -> tuple[Tensor, Tensor] | None:
     """``(logps, mask)`` (rows, T-1) of ``labels`` under ``model`` called on ``inputs`` (keyword arguments of its
     forward), or None when the model cannot take the fused path (then the caller computes full logits; the reason is
-    logged once per model). ``chunk_tokens``: scored tokens per output-layer chunk (default: enough for
-    :data:`DEFAULT_CHUNK_BYTES` of float32 logits). ``on_output``: called with the model's output when the log-probs
-    come from it (for what else the forward returns, e.g. a router load-balancing loss).
+    logged once per model). ``chunk_tokens``, ``positions``, ``vocab_tile``: see :func:`head_token_logps`
+    (``positions``: the collator's ``scored_positions``). ``on_output``: called with the model's output when the
+    log-probs come from it (for what else the forward returns, e.g. a router load-balancing loss).
     """
     lm = unwrap_causal_lm(model)
     verdict = _Support.get(lm)
@@ -205,7 +265,6 @@ def fused_token_logps(
             _refuse(lm, reason)
             return None
     head = output_head(lm)
-    chunk = chunk_tokens or chunk_tokens_for(lm.config.get_text_config().vocab_size)
     state: dict[str, object] = {}
 
     def capture(_module, _inputs, output):
@@ -223,7 +282,7 @@ def fused_token_logps(
                 state["agree"] = _logits_agree(head.logits(hidden[:, -1:]), output.logits[:, -1:])
             if not state["agree"]:
                 return output
-        state["result"] = head_token_logps(hidden, labels, head, chunk)
+        state["result"] = head_token_logps(hidden, labels, head, chunk_tokens, positions, vocab_tile)
         output.logits = state["result"][0]  # the forward's output: FSDP hooks its backward on it
         return output
 
@@ -250,9 +309,12 @@ def fused_token_logps(
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "OutputHead",
+    "checked_positions",
+    "checkpointed_logps",
     "chunk_tokens_for",
     "fused_token_logps",
     "head_token_logps",
     "body_modules",
     "output_head",
+    "takes_tiled_path",
 ]

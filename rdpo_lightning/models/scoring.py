@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rdpo_lightning.batch_layout import PACK_INDEX, unpack_token_logps
+from rdpo_lightning.batch_layout import PACK_INDEX, SCORED_POSITIONS, unpack_token_logps
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.models.fused_logprobs import fused_token_logps, unwrap_causal_lm
 from rdpo_lightning.models.logprobs import DEFAULT_CHUNK_ROWS, token_logprobs
@@ -48,7 +48,7 @@ def score_tokens(
     """The one forward that yields log-probs, for training, the reference cache and the DDP-redirected reference
     forward.
 
-    ``fused``: through the output layer chunk by chunk, never building the logits
+    ``fused``: through the output layer tile by tile, never building the logits
     (:mod:`rdpo_lightning.models.fused_logprobs`; a model it cannot handle falls back with one log line); otherwise full
     logits, log-softmaxed a chunk of rows at a time (``chunk_rows``). A packed (padding-free) batch is unpacked to the
     pair layout. ``router_aux``: ask a Mixture-of-Experts model for its router logits and return its load-balancing loss
@@ -59,7 +59,10 @@ def score_tokens(
         check_packing_support(model, batch)
     inputs = {**model_inputs(batch), **router_logits_request(model, router_aux)}
     outputs: list = []
-    result = fused_token_logps(model, inputs, batch["labels"], on_output=outputs.append) if fused else None
+    result = None
+    if fused:
+        positions = batch.get(SCORED_POSITIONS)
+        result = fused_token_logps(model, inputs, batch["labels"], on_output=outputs.append, positions=positions)
     if result is None:
         outputs.append(model(**inputs))
         result = token_logprobs(outputs[-1].logits, batch["labels"], chunk_rows)

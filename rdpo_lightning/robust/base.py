@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from rdpo_lightning.double_backward import double_backward
 from rdpo_lightning.pair_scores import PairScores
 
 
@@ -153,8 +154,9 @@ def effective_sample_fraction(weights: Tensor) -> Tensor:
 
 @contextlib.contextmanager
 def math_attention() -> Iterator[None]:
-    """Force PyTorch's math SDPA path: flash / memory-efficient kernels have no double backward."""
+    """The forward context of a double backward: PyTorch's math SDPA path (flash / memory-efficient kernels have no
+    double backward), and the output layer's checkpointed path (:mod:`rdpo_lightning.double_backward`)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel(SDPBackend.MATH):
+    with sdpa_kernel(SDPBackend.MATH), double_backward():
         yield

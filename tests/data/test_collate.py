@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rdpo_lightning.batch_layout import IGNORE_INDEX
+from rdpo_lightning.batch_layout import IGNORE_INDEX, SCORED_POSITIONS
 from rdpo_lightning.data.collate import PairCollator
 
 EXAMPLES = [
@@ -20,6 +20,18 @@ def test_rows_padding_and_labels() -> None:
     assert batch["attention_mask"].sum(1).tolist() == [4, 4, 5, 2]
     assert batch["labels"][0].tolist() == [IGNORE_INDEX, IGNORE_INDEX, 7, 2, IGNORE_INDEX]
     assert "reference_chosen_logps" not in batch
+
+
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "packed"])
+def test_scored_positions_are_the_flat_positions_whose_next_label_is_scored(padding_free) -> None:
+    """Plain integers for the output layer's gather (no boolean mask on the device): r·T + t for every position t of
+    row r whose label t + 1 is scored, in row-major order."""
+    batch = PairCollator(pad_token_id=0, padding_free=padding_free)(EXAMPLES)
+    labels = batch["labels"].tolist()
+    width = len(labels[0])
+    want = [r * width + t for r, row in enumerate(labels) for t in range(width - 1) if row[t + 1] != IGNORE_INDEX]
+    assert batch[SCORED_POSITIONS].dtype == torch.long
+    assert batch[SCORED_POSITIONS].tolist() == want and len(want) == 9
 
 
 def test_reference_logps_pass_through() -> None:

@@ -24,11 +24,13 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from rdpo_lightning.batch_layout import IGNORE_INDEX
+from rdpo_lightning.batch_layout import IGNORE_INDEX, scored_positions
+from rdpo_lightning.double_backward import double_backward
 from rdpo_lightning.models.fused_logprobs import fused_token_logps
 from rdpo_lightning.models.logprobs import token_logprobs
 from rdpo_lightning.models.scoring import token_logps
 from rdpo_lightning.models.sharding import apply_activation_checkpointing
+from rdpo_lightning.robust.base import math_attention
 
 VOCAB = 97
 
@@ -72,8 +74,10 @@ def objective(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.logsigmoid(0.1 * (sums[::2] - sums[1::2])).sum()
 
 
-def loss_and_grads(model, inputs, labels, fused: bool, chunk_tokens: int | None = 5):
-    """The objective, its parameter gradients and its input-embedding gradient."""
+def loss_and_grads(
+    model, inputs, labels, fused: bool, chunk_tokens: int | None = 5, vocab_tile=None, of=None, positions=None
+):
+    """The objective (or ``of(logps, mask)``), its parameter gradients and its input-embedding gradient."""
     model.zero_grad()
     captured = []
 
@@ -87,14 +91,14 @@ def loss_and_grads(model, inputs, labels, fused: bool, chunk_tokens: int | None 
     handle = model.get_input_embeddings().register_forward_hook(hook)
     try:
         if fused:
-            result = fused_token_logps(model, inputs, labels, chunk_tokens)
+            result = fused_token_logps(model, inputs, labels, chunk_tokens, vocab_tile=vocab_tile, positions=positions)
             assert result is not None
             logps, mask = result
         else:
             logps, mask = token_logprobs(model(**inputs).logits, labels, None)
     finally:
         handle.remove()
-    loss = objective(logps, mask)
+    loss = (of or objective)(logps, mask)
     loss.backward()
     grads = {
         n.replace("._checkpoint_wrapped_module", ""): p.grad.clone()
@@ -127,6 +131,28 @@ def test_losses_and_gradients_match_the_full_logits_path(name, dtype, atol):
     assert full[0].abs() > 1  # a real objective, not a degenerate zero
 
 
+def random_per_token_weights(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A robust strategy's view: each scored token's log-prob weighted by its own (signed) factor."""
+    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(5), dtype=logps.dtype)
+    return (logps * weights * mask).sum()
+
+
+@pytest.mark.parametrize(
+    "make", [gpt2, lambda: cohere(), lambda: gemma2()], ids=["gpt2_tied", "cohere_logit_scale", "gemma2_softcap"]
+)
+@pytest.mark.parametrize(("chunk_tokens", "vocab_tile"), [(5, 10), (3, 96), (None, None)])
+def test_tiled_path_for_any_per_token_gradient(make, chunk_tokens, vocab_tile):
+    """Tiles that divide neither the scored tokens (39) nor the vocabulary (97), a tied output layer, a logit scale and
+    a soft-cap: log-probs and every gradient equal the full-logits path's for random per-token upstream gradients."""
+    torch.manual_seed(0)
+    model = make().double().eval()
+    inputs, labels = batch()
+    assert int((labels[:, 1:] != IGNORE_INDEX).sum()) % 5 and VOCAB % 10 and VOCAB % 96
+    fused = loss_and_grads(model, inputs, labels, True, chunk_tokens, vocab_tile, of=random_per_token_weights)
+    full = loss_and_grads(model, inputs, labels, False, of=random_per_token_weights)
+    assert_same(fused, full, 1e-10)
+
+
 @pytest.mark.parametrize("chunk_tokens", [1, 7, None])
 def test_any_chunk_size_gives_the_same_result(chunk_tokens):
     model = build("llama_untied", torch.float64)
@@ -145,7 +171,9 @@ def test_activation_checkpointing():
 
 
 def test_double_backward_of_an_input_gradient_penalty():
-    """Exact WDPO: ‖∇_z ℓ‖² differentiated w.r.t. the parameters (autograd.grad with create_graph, then backward)."""
+    """Exact WDPO: ‖∇_z ℓ‖² differentiated w.r.t. the parameters (autograd.grad with create_graph, then backward),
+    inside the strategy's forward context, which sends the output layer down its checkpointed path. Outside it the
+    tiled Function refuses the double backward instead of dropping its terms."""
 
     def penalty_grads(model, fused: bool):
         model.zero_grad()
@@ -171,9 +199,12 @@ def test_double_backward_of_an_input_gradient_penalty():
         return penalty.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model = build("llama_untied", torch.float64)
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+    with math_attention():
         penalty_n, grads_n = penalty_grads(model, fused=False)
         penalty_f, grads_f = penalty_grads(model, fused=True)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        with pytest.raises(RuntimeError, match="differentiate twice"):
+            penalty_grads(model, fused=True)
     torch.testing.assert_close(penalty_f, penalty_n, rtol=0, atol=1e-10)
     assert penalty_n > 0
     for name in grads_n:
@@ -200,15 +231,11 @@ def test_bf16_weights_give_float32_logps():
     torch.testing.assert_close(logps, want, rtol=0, atol=0.05)
 
 
-def test_no_logits_are_kept_for_backward_and_only_scored_tokens_are_projected():
-    """Each output-layer call sees at most one chunk of scored tokens, in forward and in the backward recompute; no
-    tensor with a vocabulary-sized last dimension is saved for backward outside the checkpointed chunks."""
-    model = build("llama_untied", torch.float32)
-    inputs, labels = batch()
-    scored = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    calls = []
+def saved_and_head_calls(model, inputs, labels, chunk_tokens: int):
+    """Shapes of what the fused path saves for backward, and of the inputs of each output-layer module call, over a
+    forward and backward."""
+    calls, saved = [], []
     handle = model.lm_head.register_forward_hook(lambda _m, i, _o: calls.append(tuple(i[0].shape)))
-    saved = []
 
     def pack(tensor):
         saved.append(tuple(tensor.shape))
@@ -216,19 +243,42 @@ def test_no_logits_are_kept_for_backward_and_only_scored_tokens_are_projected():
 
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logps, mask = fused_token_logps(model, inputs, labels, chunk_tokens=4)
+            logps, mask = fused_token_logps(model, inputs, labels, chunk_tokens=chunk_tokens)
         objective(logps, mask).backward()
     finally:
         handle.remove()
     rows = inputs["input_ids"].shape[0]
     head_calls = [shape for shape in calls if shape != (rows, 1, 32)]  # the model's own one-position head
+    logits_like = [shape for shape in saved if shape and shape[-1] == VOCAB and shape != (32, VOCAB)]  # not W^T
+    return saved, head_calls, logits_like
+
+
+def test_no_logits_are_kept_for_backward_and_only_scored_tokens_are_projected():
+    """Tiled path: only the scored tokens' hidden states, the weight and per-token values are saved, no tensor with a
+    vocabulary-sized last dimension. Checkpointed path (inside a double backward's context): each output-layer call
+    sees at most one chunk of scored tokens, in forward and in the backward recompute, and no logits are saved outside
+    the checkpointed chunks."""
+    model = build("llama_untied", torch.float32)
+    inputs, labels = batch()
+    scored = int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+    saved, head_calls, logits_like = saved_and_head_calls(model, inputs, labels, 4)
+    assert not head_calls and not logits_like, (head_calls, logits_like)
+    assert (scored, 32) in saved and (VOCAB, 32) in saved and (scored,) in saved
+
+    with double_backward():
+        _, head_calls, logits_like = saved_and_head_calls(model, inputs, labels, 4)
     assert all(shape[0] <= 4 for shape in head_calls), head_calls
     assert sum(shape[0] for shape in head_calls) == 2 * scored  # forward, then one recompute in backward
-    logits_like = [shape for shape in saved if shape and shape[-1] == VOCAB and shape != (32, VOCAB)]  # not W^T
     assert not logits_like, logits_like
 
     # the same check does see the logits the full-logits path saves: it can fail
     saved.clear()
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         token_logprobs(model(**inputs).logits, labels, None)
     assert any(shape and shape[-1] == VOCAB and shape != (32, VOCAB) for shape in saved)
@@ -301,6 +351,20 @@ def test_a_model_it_cannot_handle_falls_back_with_one_log_line(cls, reason, capl
     assert reason in caplog.text and "full-logits path" in caplog.text
     want = token_logprobs(model(**inputs).logits, labels)[0]
     torch.testing.assert_close(token_logps(model, {**inputs, "labels": labels})[0], want, rtol=0, atol=0)
+
+
+def test_given_positions_give_the_same_log_probs_and_stale_ones_are_refused():
+    """The collator's ``scored_positions`` replace the boolean mask's gather: same log-probs and gradients as when the
+    positions are computed from the labels here; positions of other labels are refused on the host, where checking
+    costs no device sync."""
+    model = build("gpt2", torch.float64)
+    inputs, labels = batch()
+    positions = scored_positions(labels)
+    computed = loss_and_grads(model, inputs, labels, True, of=random_per_token_weights)
+    given = loss_and_grads(model, inputs, labels, True, of=random_per_token_weights, positions=positions)
+    assert_same(given, computed, 0)
+    with pytest.raises(ValueError, match="scored_positions"):
+        fused_token_logps(model, inputs, labels.flip(0), positions=positions)
 
 
 def test_rows_without_scored_tokens():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rdpo_lightning.batch_layout import SCORED_POSITIONS
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.tokenize import tokenize_pair
 from rdpo_lightning.data.tokenizer import load_tokenizer
@@ -51,7 +52,7 @@ def independent_gradient(module: RobustDPO, batch: dict, penalty=lambda sq: sq) 
     terms, norms = [], []
     with math_attention():  # double backward needs the math attention path
         for i in range(half):
-            rows = {k: v[[i, half + i]] for k, v in batch.items() if k != "columns"}
+            rows = {k: v[[i, half + i]] for k, v in batch.items() if k not in ("columns", SCORED_POSITIONS)}
             ref_i = type(reference)(reference.chosen[[i]], reference.rejected[[i]])
             pairs = module.policy_forward(rows, ref_i, True)
             (g,) = torch.autograd.grad(pairs.losses.sum(), pairs.embeddings, create_graph=True)
