@@ -15,6 +15,7 @@ from rdpo_lightning.models import scoring, varlen_attention
 from rdpo_lightning.models.loading import load_causal_lm
 from rdpo_lightning.models.scoring import _PACKING_CHECKED, ONE_ROW, token_logps
 from rdpo_lightning.models.varlen_attention import VARLEN, flash_varlen, runs_varlen, varlen_parameters
+from rdpo_lightning.robust.base import math_attention
 from tests.data.test_packing import VOCAB, pairs
 
 
@@ -176,3 +177,20 @@ def test_the_cuda_call_lays_out_heads_and_boundaries_as_varlen_attn_reads_them(s
     want = varlen_attention.per_segment_sdpa(query, key, value, bounds, 0.0, 0.3)
     assert out.shape == (1, 9, 4, 8)
     torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+
+
+class CudaQuery:
+    """What :func:`uses_flash_varlen` reads of a query, as a bf16 CUDA tensor would give it (no GPU here)."""
+
+    is_cuda = True
+    dtype = torch.bfloat16
+    shape = (1, 32, 100, 64)
+
+
+def test_flash_varlen_is_left_under_the_math_backend_exact_wdpo_needs():
+    """Exact WDPO's double backward runs under ``math_attention()``: the flash kernel (no double backward) is not
+    taken there, and it is taken otherwise."""
+    assert varlen_attention.uses_flash_varlen(CudaQuery(), 0.0)
+    assert not varlen_attention.uses_flash_varlen(CudaQuery(), 0.1)  # dropout: flash varlen has none
+    with math_attention():
+        assert not varlen_attention.uses_flash_varlen(CudaQuery(), 0.0)
