@@ -89,8 +89,11 @@ def varlen_attention(lm: nn.Module, active: bool = True) -> Iterator[None]:
 
 def boundary_kwargs(boundaries: Sequence[int], longest: int, device: torch.device) -> dict[str, Any]:
     """The model kwargs that carry a packed row's segment boundaries to the attention function (one host-to-device
-    copy; the host copy is kept for the per-segment path)."""
-    cu = torch.tensor(list(boundaries), dtype=torch.int32, device=device)
+    copy, from pinned memory so the host does not wait on the device; the host copy is kept for the per-segment
+    path)."""
+    cu = torch.tensor(list(boundaries), dtype=torch.int32)
+    if device.type == "cuda":
+        cu = cu.pin_memory().to(device, non_blocking=True)
     setattr(cu, _HOST_COPY, tuple(int(b) for b in boundaries))
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": int(longest), "max_length_k": int(longest)}
 
