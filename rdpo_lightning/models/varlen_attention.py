@@ -144,8 +144,13 @@ def uses_flash_varlen(query: Tensor, dropout: float) -> bool:
 @functools.cache
 def varlen_parameters() -> frozenset[str] | None:
     """The keyword parameters of this torch's ``varlen_attn`` (its causal flag and GQA support changed across
-    releases), None where it has none."""
-    return None if varlen_attn is None else frozenset(inspect.signature(varlen_attn).parameters)
+    releases), None where it has none or cannot take a scale and causality (the per-segment path runs then)."""
+    if varlen_attn is None:
+        return None
+    parameters = frozenset(inspect.signature(varlen_attn).parameters)
+    if "scale" not in parameters or not parameters & {"is_causal", "window_size"}:
+        return None
+    return parameters
 
 
 def flash_varlen(

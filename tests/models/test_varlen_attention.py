@@ -194,3 +194,18 @@ def test_flash_varlen_is_left_under_the_math_backend_exact_wdpo_needs():
     assert not varlen_attention.uses_flash_varlen(CudaQuery(), 0.1)  # dropout: flash varlen has none
     with math_attention():
         assert not varlen_attention.uses_flash_varlen(CudaQuery(), 0.0)
+
+
+def test_a_varlen_attn_that_cannot_be_told_causal_and_scaled_is_not_called(monkeypatch):
+    """A torch whose ``varlen_attn`` takes neither ``is_causal`` nor ``window_size`` (or no ``scale``) would compute
+    something else: the per-segment path runs instead."""
+
+    def bare(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None):
+        raise AssertionError("called")
+
+    monkeypatch.setattr(varlen_attention, "varlen_attn", bare)
+    varlen_parameters.cache_clear()
+    try:
+        assert not varlen_attention.uses_flash_varlen(CudaQuery(), 0.0)
+    finally:
+        varlen_parameters.cache_clear()
