@@ -166,10 +166,10 @@ def flash_varlen(
             options["enable_gqa"] = True
         else:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if "is_causal" in parameters:
-        options["is_causal"] = True
-    else:
+    if "window_size" in parameters:  # is_causal is deprecated where window_size exists (torch 2.11)
         options["window_size"] = (-1, 0)
+    else:
+        options["is_causal"] = True
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, longest, longest, **options)
     return out.unsqueeze(0)
