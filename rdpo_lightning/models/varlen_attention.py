@@ -16,9 +16,9 @@ exactness test of packing runs through this wiring on CPU.
 Only a model loaded with ``sdpa`` whose attention layers dispatch through transformers' attention interface, with
 full causal attention in every layer (no sliding window, no logit soft-cap), and a forward that hands keyword
 arguments on, is a candidate (:func:`runs_varlen`; the packing probe in :mod:`rdpo_lightning.models.scoring` then
-checks it against each sequence alone); the
-switch lasts for the packed forward only (:func:`varlen_attention`), so padded forwards (validation, generation)
-keep sdpa.
+checks it against each sequence alone). The switch lasts for the packed forward only (:func:`varlen_attention`), so
+padded forwards (validation, generation) keep sdpa; activation checkpointing recomputes a block with the
+implementation its forward ran (:func:`rdpo_lightning.models.sharding.apply_activation_checkpointing`).
 """
 
 from __future__ import annotations
