@@ -5,7 +5,10 @@ Labels mark positions that score nothing with :data:`IGNORE_INDEX`. A padding-fr
 i-th sequence, as :class:`~rdpo_lightning.data.collate.PairCollator` lays it out) mapped to its flat position in the
 packed (R, L) grid, −1 where the pair layout pads. :func:`unpack` and :func:`pack` move tensors between the two
 layouts differentiably, so log-probs and input embeddings reach the loss and the robust strategies in the pair layout
-they expect. A leaf: data and models both import it, and neither imports the other.
+they expect. A packed batch also carries its sequence boundaries as plain integers, over its rows laid end to end
+as one row (:data:`CU_SEQ_LENS`: cumulative lengths from 0, every row's trailing padding a segment of its own;
+:data:`MAX_SEQ_LEN`: the longest segment), so a variable-length attention kernel can run it as one row with no mask
+and no host sync. A leaf: data and models both import it, and neither imports the other.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ def scored_positions(labels: Tensor) -> Tensor:
     row-major order. Computed where the labels are (the collator's host tensors: no device sync)."""
     rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
     return rows * labels.shape[1] + columns
+
+
+#: a packed batch's segment boundaries over its (R, L) grid read as one row of R*L tokens: a list of ints from 0 to R*L
+CU_SEQ_LENS = "cu_seq_lens"
+
+#: the longest segment of :data:`CU_SEQ_LENS` (an int)
+MAX_SEQ_LEN = "max_seq_len"
 
 
 def unpack(packed: Tensor, pack_index: Tensor) -> Tensor:

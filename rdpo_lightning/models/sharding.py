@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
@@ -80,35 +81,58 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
     )
 
     classes = transformer_block_classes(model)
-    wrapper = functools.partial(
-        checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT, context_fn=_same_attention_kernels
-    )
+
+    def wrapper(block: nn.Module) -> nn.Module:
+        context_fn = functools.partial(_same_attention_kernels, _block_config(block))
+        return checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT, context_fn=context_fn)
+
     apply(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda module: isinstance(module, classes))
 
 
-def _same_attention_kernels() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-    """(forward context, recompute context) for ``torch.utils.checkpoint``: recompute with today's SDPA backends."""
+def _block_config(block: nn.Module) -> Any:
+    """The config a block's attention reads its implementation from (transformers hands the model's config object
+    to its layers), None when it has none."""
+    for module in block.modules():
+        if hasattr(getattr(module, "config", None), "_attn_implementation"):
+            return module.config
+    return None
+
+
+def _same_attention_kernels(config: Any) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """(forward context, recompute context) for ``torch.utils.checkpoint``: recompute with today's SDPA backends and
+    today's attention implementation (a packed batch's forward switches to the variable-length attention only while
+    it runs: :func:`rdpo_lightning.models.varlen_attention.varlen_attention`)."""
     from torch.nn.attention import _cur_sdpa_kernel_backends
 
-    return contextlib.nullcontext(), _AttentionKernels(_cur_sdpa_kernel_backends())
+    implementation = None if config is None else config._attn_implementation
+    return contextlib.nullcontext(), _AttentionKernels(_cur_sdpa_kernel_backends(), config, implementation)
 
 
 class _AttentionKernels:
-    """Re-enterable ``sdpa_kernel(backends)``: a block may be recomputed twice (autograd.grad, then backward)."""
+    """Re-enterable ``sdpa_kernel(backends)`` with the config's attention implementation set as it was in the
+    forward: a block may be recomputed twice (autograd.grad, then backward)."""
 
-    def __init__(self, backends: list) -> None:
+    def __init__(self, backends: list, config: Any = None, implementation: str | None = None) -> None:
         self.backends = backends
-        self._active: list[contextlib.AbstractContextManager] = []
+        self.config = config
+        self.implementation = implementation
+        self._active: list[tuple[contextlib.AbstractContextManager, str | None]] = []
 
     def __enter__(self) -> None:
         from torch.nn.attention import sdpa_kernel
 
         context = sdpa_kernel(self.backends)
         context.__enter__()
-        self._active.append(context)
+        previous = None if self.config is None else self.config._attn_implementation
+        if self.config is not None and previous != self.implementation:
+            self.config._attn_implementation = self.implementation
+        self._active.append((context, previous))
 
     def __exit__(self, *exc: object) -> None:
-        self._active.pop().__exit__(*exc)
+        context, previous = self._active.pop()
+        if self.config is not None and self.config._attn_implementation != previous:
+            self.config._attn_implementation = previous
+        context.__exit__(*exc)
 
 
 def is_sharded(strategy: Strategy | None) -> bool:

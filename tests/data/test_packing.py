@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from rdpo_lightning.batch_layout import IGNORE_INDEX, pack, unpack
+from rdpo_lightning.batch_layout import CU_SEQ_LENS, IGNORE_INDEX, MAX_SEQ_LEN, pack, unpack
 from rdpo_lightning.data.collate import PairCollator
 from rdpo_lightning.data.packing import first_fit_decreasing
 from rdpo_lightning.models.scoring import token_logps
@@ -57,6 +57,15 @@ def test_a_packed_batch_has_fewer_rows_and_no_padding_inside():
     assert torch.equal(flat, padded["input_ids"][:, : valid.shape[1]][valid])
     positions = packed["position_ids"].flatten()[packed["pack_index"][valid]]
     assert torch.equal(positions, valid.long().cumsum(1)[valid] - 1)
+
+
+def test_the_collator_gives_the_boundaries_of_the_rows_end_to_end():
+    batch = PairCollator(0, padding_free=True)(pairs())
+    flat_positions = batch["position_ids"].flatten()
+    starts = (flat_positions == 0).nonzero()[:, 0].tolist()  # each sequence and each row's padding restarts at 0
+    assert batch[CU_SEQ_LENS] == [*starts, flat_positions.numel()]
+    assert all(isinstance(b, int) for b in batch[CU_SEQ_LENS])
+    assert batch[MAX_SEQ_LEN] == max(b - a for a, b in zip(starts, batch[CU_SEQ_LENS][1:], strict=False))
 
 
 def test_pack_and_unpack_are_inverse_on_real_positions():

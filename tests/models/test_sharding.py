@@ -199,3 +199,24 @@ def test_activation_checkpointing_leaves_the_exact_wdpo_step_unchanged(tiny_mode
     named = dict(plain.policy.named_parameters())
     for name, param in checkpointed.policy.named_parameters():
         torch.testing.assert_close(param, named[name.replace("_checkpoint_wrapped_module.", "")], rtol=0, atol=1e-12)
+
+
+def test_activation_checkpointing_recomputes_a_packed_row_with_the_varlen_attention(tmp_path):
+    """The blocks of a packed one-row forward are recomputed in backward, after the forward's switch to the
+    variable-length attention has ended: they must recompute with it (sdpa over the whole row would let the
+    sequences see each other), giving the gradients of each sequence scored alone."""
+    from rdpo_lightning.data.collate import PairCollator
+    from rdpo_lightning.models.scoring import _PACKING_CHECKED, ONE_ROW, token_logps
+    from tests.data.test_packing import pairs
+    from tests.models.test_varlen_attention import alone_logps, saved_model
+
+    lm = saved_model("llama", tmp_path)
+    apply_activation_checkpointing(lm)
+    logps, _ = token_logps(lm, PairCollator(0, padding_free=True)(pairs()))
+    assert getattr(lm, _PACKING_CHECKED) == ONE_ROW
+    (logps.sum(-1) ** 2).sum().backward()
+    got = {n: p.grad.clone() for n, p in lm.named_parameters()}
+    lm.zero_grad()
+    (torch.stack(alone_logps(lm, pairs())) ** 2).sum().backward()
+    for name, param in lm.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=0, atol=1e-10, msg=name)
