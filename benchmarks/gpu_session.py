@@ -54,6 +54,7 @@ class Part:
     env: dict[str, str] = field(default_factory=dict)
     tiny_env: dict[str, str] = field(default_factory=dict)
     parses: list[tuple[str, list[str]]] = field(default_factory=list)
+    call: int = 1  # the device command it runs in: 1, then 2 right after on the still-warm machine (see PARTS)
 
 
 def script_argv(command: list[str]) -> tuple[str, list[str]] | None:
@@ -70,11 +71,11 @@ GPU_CHECK_PARSES = [
     *(("benchmarks.gpu_check", f"--strategy {s} --steps {GPU_CHECK_STEPS['tiny']} --cpu-dry-run".split())
       for s in ("ddp", "fsdp2")),
 ]  # fmt: skip
-#: in order of value. Sized from the first H200 session (2026-12-04): install 20 s, gpu_check 52 s, and 26-48 s per
-#: benchmark process at 1.24 B, mostly its start (imports, the model built and saved). The profile comes first (the
-#: issue "Fast where users train": decide the rest from it), then the throughput at 8 and 32 pairs; the timeouts add
-#: up to more than BUDGET, so the last part (the largest-batch search) runs only on what the others left: run it
-#: alone in a second call (``--parts largest_batch``) when the first leaves it too little
+#: in order of value, in two device commands of at most BUDGET seconds each (a command may run 600 s): the first
+#: holds what decides the speed work and the GPU-only correctness checks, the second (``--call 2``, started at once,
+#: while the machine is still warm: one start for both) the output layer's GPU figures, the robust strategies' step
+#: times and the largest-batch search. Sized from the first H200 session (2026-12-04): install 20 s, gpu_check 52 s,
+#: and 26-48 s per benchmark process at 1.24 B, mostly its start (imports, the model built and saved)
 PARTS = [
     Part("install", ["install"], ["install"], seconds=35, tiny_seconds=300),
     Part("profile",
@@ -88,7 +89,7 @@ PARTS = [
          f" --output {LOGS}/scale.md".split(),
          f"python benchmarks/scale.py --tiny --shape llama-1b --batch-size 8 --steps 3 --configs trl-dpo ours-dpo"
          f" --live-configs --output {LOGS}/scale.md".split(),
-         seconds=150, tiny_seconds=600),
+         seconds=130, tiny_seconds=600),
     Part("scale32",
          f"python benchmarks/scale.py --gpu --shape llama-1b --batch-size 32 --steps 2 --lengths long_tailed"
          f" --configs trl-dpo ours-dpo --output {LOGS}/scale32.md".split(),
@@ -101,18 +102,23 @@ PARTS = [
          env={"STEPS": GPU_CHECK_STEPS["gpu"], "PARALLEL": "1", "PER_STRATEGY_TIMEOUT": "145", "LOG_DIR": LOGS},
          tiny_env={"STEPS": GPU_CHECK_STEPS["tiny"], "PARALLEL": "1", "PER_STRATEGY_TIMEOUT": "1400",
                    "LOG_DIR": LOGS, "CPU_DRY_RUN": "1"}),
+    Part("varlen_check", ["python", "benchmarks/varlen_check.py"],
+         ["python", "benchmarks/varlen_check.py", "--cpu-dry-run"], seconds=60, tiny_seconds=300),
+    Part("output_layer",
+         "python benchmarks/output_layer.py --device cuda --dtype bf16 --tokens 16384".split(),
+         "python benchmarks/output_layer.py --tiny".split(), seconds=45, tiny_seconds=120, call=2),
     Part("robust_steps",
          f"python benchmarks/accumulation.py --gpu --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 2"
          f" --output {LOGS}/robust_steps.md".split(),
          f"python benchmarks/accumulation.py --tiny --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 1"
          f" --output {LOGS}/robust_steps.md".split(),
-         seconds=100, tiny_seconds=900),
+         seconds=100, tiny_seconds=900, call=2),
     Part("largest_batch",
          f"python benchmarks/largest_batch.py --parallel --start-pairs 8 --resolution 0.25 --max-pairs 128"
          f" --output {LOGS}/largest_batch.md".split(),
          f"python benchmarks/largest_batch.py --tiny --parallel --start-pairs 1 --resolution 0.125 --max-pairs 2"
          f" --output {LOGS}/largest_batch.md".split(),
-         seconds=150, tiny_seconds=600),
+         seconds=130, tiny_seconds=600, call=2),
 ]  # fmt: skip
 for _part in PARTS:  # a part that runs a benchmark script also parses its two argument lists
     _part.parses = [*_part.parses, *(parsed for parsed in map(script_argv, (_part.gpu, _part.tiny)) if parsed)]
@@ -161,10 +167,18 @@ class Session:
     """Runs the parts in order under their timeouts and the overall budget, logging under ``out``."""
 
     def __init__(
-        self, out: Path, wheels: Path, tiny: bool, budget: float, site: Path, only: list[str] | None = None
+        self,
+        out: Path,
+        wheels: Path,
+        tiny: bool,
+        budget: float,
+        site: Path,
+        only: list[str] | None = None,
+        call: int | None = 1,
     ) -> None:
         self.out, self.wheels, self.tiny, self.site = out, wheels, tiny, site
-        self.parts = [p for p in PARTS if only is None or p.name in ("install", *only)]  # a fresh machine: install
+        wanted = only if only is not None else [p.name for p in PARTS if call is None or p.call == call]
+        self.parts = [p for p in PARTS if p.name in ("install", *wanted)]  # a fresh machine: install first
         self.deadline = time.monotonic() + budget
         self.work = Path(tempfile.mkdtemp(prefix="rdpo-gpu-session-"))
         self.logs = self.work / "details"
@@ -368,7 +382,7 @@ def dry_run(out: Path, wheels: Path, keep_venv: bool, parts: list[str] | None = 
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     command = [str(venv / "bin" / "python"), str(Path(__file__)), "run", "--tiny", "--out", str(out),
-               "--wheels", str(wheels), "--site", str(site), "--budget", "100000"]  # fmt: skip
+               "--wheels", str(wheels), "--site", str(site), "--budget", "100000", "--call", "all"]  # fmt: skip
     code = subprocess.run(command + (["--parts", *parts] if parts else []), cwd=ROOT).returncode
     print(f"dry run: {time.monotonic() - start:.0f} s in all; logs in {out}")
     return code
@@ -395,6 +409,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=[p.name for p in PARTS[1:]],
         help="these parts only (after the install), e.g. to rerun the ones that failed",
     )
+    parser.add_argument(
+        "--call",
+        choices=["1", "2", "all"],
+        default="1",
+        help="run: the first device command's parts (default), the second's, or all (a rehearsal)",
+    )
     return parser.parse_args(argv)
 
 
@@ -409,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode == "dry-run":
         return dry_run(args.out, args.wheels, args.keep_venv, args.parts)
-    return Session(args.out, args.wheels, args.tiny, args.budget, args.site, args.parts).run()
+    call = None if args.call == "all" else int(args.call)
+    return Session(args.out, args.wheels, args.tiny, args.budget, args.site, args.parts, call).run()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from rdpo_lightning.models.fused_logprobs import OutputHead, head_token_logps  #
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 
 
-def arguments(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--hidden", type=int, default=2048)
@@ -126,7 +126,7 @@ def measure(path: str, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = arguments(argv)
+    args = parse_args(argv)
     if args.path is not None:
         print(measure(args.path, args), flush=True)
         return

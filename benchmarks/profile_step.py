@@ -44,10 +44,10 @@ CONFIGS = ("trl-dpo", "ours-dpo")
 #: the package's functions timed as named ranges on our side: (module, attribute path, range name); a name that the
 #: package no longer has is reported as not found, never silently dropped
 REGIONS = (
-    ("rdpo_lightning.models.fused_logprobs", "fused_token_logps", "rdpo.output_layer"),
-    ("rdpo_lightning.models.fused_logprobs", "OutputHead.logps", "rdpo.output_layer"),
+    # looked up where they are called (a name imported into another module keeps the original)
+    ("rdpo_lightning.models.fused_logprobs", "head_token_logps", "rdpo.output_layer"),
     ("rdpo_lightning.training.guards", "NonFiniteGuard.before_optimizer_step", "rdpo.nonfinite_guard"),
-    ("rdpo_lightning.models.sharding", "clip_grad_norm", "rdpo.clip_grad_norm"),
+    ("rdpo_lightning.training.module", "clip_grad_norm", "rdpo.clip_grad_norm"),
     # Lightning runs the forward and backward inside ``optimizer.step(closure)``: the update alone is the difference
     ("lightning.pytorch.loops.optimization.automatic", "Closure.__call__", "rdpo.closure"),
 )

@@ -179,10 +179,14 @@ def time_attention(device: str) -> None:
         print(f"time {name}: {(time.perf_counter() - start) / 20 * 1e3:.3f} ms ({rows} x {width} tokens)")
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cpu-dry-run", action="store_true")
-    dry = parser.parse_args().cpu_dry_run
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    dry = parse_args(argv).cpu_dry_run
     if not dry and not torch.cuda.is_available():
         print("varlen_check: no CUDA GPU visible (--cpu-dry-run rehearses it on CPU)", file=sys.stderr)
         return 2

@@ -78,21 +78,33 @@ def test_every_part_parses_and_a_bad_argument_is_named():
     assert gpu_session.check_arguments() == []
     modules = {module for part in gpu_session.PARTS for module, _ in part.parses}
     assert modules == {
-        f"benchmarks.{m}" for m in ("profile_step", "gpu_check", "largest_batch", "scale", "accumulation")
+        f"benchmarks.{m}"
+        for m in ("profile_step", "gpu_check", "largest_batch", "scale", "accumulation", "varlen_check", "output_layer")
     }
     bad = gpu_session.Part("bad", [], [], 1, 1, parses=[("benchmarks.scale", ["--gpu", "--resolutions", "0.1"])])
     assert gpu_session.check_arguments([bad]) == ["bad: benchmarks.scale refuses --gpu --resolutions 0.1 (exit 2)"]
 
 
-def test_the_parts_fit_a_device_command_most_valuable_first():
-    """The profile first; every part but the last (the largest-batch search, which runs on what is left or alone in a
-    second call) fits the budget of one device command."""
+def test_the_parts_fit_two_device_commands_most_valuable_first():
+    """The profile first; each of the two device commands (the second on the still-warm machine) fits its budget with
+    its install, and together they fit a session's 15 minutes of device time with one start (about 90 s)."""
     assert [part.name for part in gpu_session.PARTS] == [
-        "install", "profile", "scale", "scale32", "gpu_check", "robust_steps", "largest_batch",
+        "install", "profile", "scale", "scale32", "gpu_check", "varlen_check", "output_layer", "robust_steps",
+        "largest_batch",
     ]  # fmt: skip
-    assert sum(part.seconds for part in gpu_session.PARTS[:-1]) <= gpu_session.BUDGET <= 600 - 45
-    install, last = gpu_session.PARTS[0], gpu_session.PARTS[-1]
-    assert install.seconds + last.seconds <= gpu_session.BUDGET  # alone, with its install, it fits a command
+    install = gpu_session.PARTS[0]
+    calls = {call: [p for p in gpu_session.PARTS[1:] if p.call == call] for call in (1, 2)}
+    assert [p.name for p in calls[1]] == ["profile", "scale", "scale32", "gpu_check", "varlen_check"]
+    seconds = {call: install.seconds + sum(p.seconds for p in parts) for call, parts in calls.items()}
+    assert all(total <= gpu_session.BUDGET <= 600 - 45 for total in seconds.values()), seconds
+    assert sum(seconds.values()) + 90 <= 15 * 60, seconds
+
+
+def test_a_call_runs_its_own_parts_after_the_install(tmp_path):
+    second = gpu_session.Session(tmp_path, tmp_path, tiny=False, budget=1, site=tmp_path, call=2)
+    assert [part.name for part in second.parts] == ["install", "output_layer", "robust_steps", "largest_batch"]
+    everything = gpu_session.Session(tmp_path, tmp_path, tiny=True, budget=1, site=tmp_path, call=None)
+    assert everything.parts == gpu_session.PARTS
 
 
 def test_a_rerun_of_some_parts_installs_first(tmp_path):

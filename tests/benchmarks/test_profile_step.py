@@ -21,7 +21,13 @@ def test_tiny_profile_reports_both_frameworks_steps_operators_and_regions(tmp_pa
         assert "| `aten::mm` |" in text  # the operator table holds the matrix products
         assert "| optimizer step |" in text
     ours = sections["ours-dpo"]
-    for region in ("rdpo.output_layer", "rdpo.nonfinite_guard", "rdpo.closure", "optimizer update alone"):
+    for region in (
+        "rdpo.output_layer",
+        "rdpo.nonfinite_guard",
+        "rdpo.clip_grad_norm",
+        "rdpo.closure",
+        "optimizer update",
+    ):
         assert f"| {region}" in ours, region
     assert "Not found in the package" not in ours  # every labelled function still exists where REGIONS says
 
