@@ -65,7 +65,13 @@ STRATEGIES = {
     "chi_square": ("ChiSquareDRO", {"rho": 0.5}, "scoring pass"),
     "group_dro": ("GroupDRO", {"num_groups": 2, "eta": 0.01}, "scoring pass"),
     "wdpo_fd": ("WassersteinPenalty", {"rho": 0.01, "mode": "finite_difference"}, "two passes"),
+    # the worst of the mixtures in a simplex ball around the pairs' training mixture, hard labels (SCORES below)
+    "mixture_dro": ("MixtureDRO", {"radius": 0.3, "steps": 2, "label_temperature": None}, "scoring pass"),
 }
+#: MixtureDRO's data: three attribute scores behind every pair, labelled at TRAIN_MIXTURE (the other strategies
+#: ignore the column)
+SCORES = ("helpfulness", "correctness", "verbosity")
+TRAIN_MIXTURE = (0.6, 0.3, 0.1)
 #: step time ≤ x DPO's; peak memory ≤ 1.05x. "two passes": WDPO's additive route with two forward-backward passes
 #: per micro-batch (finite difference), at most twice DPO's step
 TARGETS = {"additive": 1.0, "one pass": 1.05, "scoring pass": 1.35, "two passes": 2.0}
@@ -106,8 +112,8 @@ def run_strategy(name: str, settings: Settings, micro_batch: int, paths: dict[st
 
     class_name, init_args, _ = STRATEGIES["dpo" if name == "reference" else name]
     L.seed_everything(settings.seed, verbose=False)
-    data = fixed_pairs(paths)(batch_size=micro_batch, max_length=settings.max_length, padding_free=True,
-                              cache_dir=str(Path(paths["work"]) / "cache"))  # fmt: skip
+    data = scored_pairs(paths)(batch_size=micro_batch, max_length=settings.max_length, padding_free=True,
+                               cache_dir=str(Path(paths["work"]) / "cache"))  # fmt: skip
     module = RobustDPO(
         model=paths["model"], beta=0.1, robust=getattr(strategies, class_name)(**init_args),
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-6, weight_decay=0.0), min_lr_ratio=1.0,
@@ -122,12 +128,37 @@ def run_strategy(name: str, settings: Settings, micro_batch: int, paths: dict[st
     return clock.result()
 
 
+def scored_pairs(paths: dict[str, str]) -> type:
+    """scale.py's pairs, which also say what their ``score_margins`` column is: three attributes, labelled at
+    :data:`TRAIN_MIXTURE` (what MixtureDRO builds its set around)."""
+    from rdpo_lightning.mixtures import SCORE_MARGINS, Mixture, MixtureSpace
+
+    class ScoredPairs(fixed_pairs(paths)):
+        @property
+        def pair_columns(self) -> tuple[str, ...]:
+            return ("group", SCORE_MARGINS)
+
+        def mixture_space(self) -> MixtureSpace:
+            return MixtureSpace(SCORES, "convex", (Mixture(TRAIN_MIXTURE, "alpha0"),), train_keys="the pairs' mixture")
+
+    return ScoredPairs
+
+
 def add_groups(paths: dict[str, str]) -> None:
-    """Two groups, alternating: Group DRO's ``group`` column (the other strategies ignore it)."""
+    """Two groups, alternating: Group DRO's ``group`` column; and each pair's margins of :data:`SCORES`, drawn so
+    that the chosen response is preferred at :data:`TRAIN_MIXTURE` (MixtureDRO's ``score_margins``). The other
+    strategies ignore both."""
     import datasets
+    import numpy as np
+
+    from rdpo_lightning.mixtures import SCORE_MARGINS
 
     pairs = datasets.load_from_disk(paths["pairs"])
+    rng = np.random.default_rng(0)
+    margins = rng.normal(size=(len(pairs), len(SCORES)))
+    margins[margins @ np.asarray(TRAIN_MIXTURE) < 0] *= -1  # preferred at alpha0: alpha0 . margin > 0
     pairs = pairs.add_column("group", [i % 2 for i in range(len(pairs))])
+    pairs = pairs.add_column(SCORE_MARGINS, margins.tolist())
     grouped = str(Path(paths["work"]) / "grouped_pairs")
     pairs.save_to_disk(grouped)
     paths["pairs"] = grouped

@@ -108,10 +108,10 @@ PARTS = [
          "python benchmarks/output_layer.py --device cuda --dtype bf16 --tokens 16384".split(),
          "python benchmarks/output_layer.py --tiny".split(), seconds=45, tiny_seconds=120, call=2),
     Part("robust_steps",
-         f"python benchmarks/accumulation.py --gpu --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 2"
-         f" --output {LOGS}/robust_steps.md".split(),
-         f"python benchmarks/accumulation.py --tiny --shape llama-1b --strategies kldpo wdpo_fd cvar --steps 1"
-         f" --output {LOGS}/robust_steps.md".split(),
+         f"python benchmarks/accumulation.py --gpu --shape llama-1b --strategies kldpo wdpo_fd cvar mixture_dro"
+         f" --steps 2 --output {LOGS}/robust_steps.md".split(),
+         f"python benchmarks/accumulation.py --tiny --shape llama-1b --strategies kldpo wdpo_fd cvar mixture_dro"
+         f" --steps 1 --output {LOGS}/robust_steps.md".split(),
          seconds=100, tiny_seconds=900, call=2),
     Part("largest_batch",
          f"python benchmarks/largest_batch.py --parallel --start-pairs 8 --resolution 0.25 --max-pairs 128"
