@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -159,3 +160,22 @@ def read_scalars(root: Path) -> dict[str, dict[int, float]]:
 def tensorboard_scalars():
     """The reader of logged scalars, ``tensorboard_scalars(root)`` → {tag: {step: value}} (real event files)."""
     return read_scalars
+
+
+@pytest.fixture()
+def lightning_messages():
+    """Messages Lightning's rank-zero logger emits (where the reference cache reports hits and misses, and a resume
+    what differs from its checkpoint)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler, level = Collect(level=logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -9,7 +9,6 @@ rank, the architecture, the optimizer's class) stops with one ``rdpo: error:`` l
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -35,23 +34,9 @@ SMALL = [
 ]
 
 
-@pytest.fixture()
-def resume_lines():
+def resuming(messages: list[str]) -> list[str]:
     """The lines a resume says about values that differ from the checkpoint's."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.getMessage().startswith("resuming with "):
-                lines.append(record.getMessage())
-
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    handler, level = Collect(level=logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    return [message for message in messages if message.startswith("resuming with ")]
 
 
 def policy_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,7 +70,7 @@ def resume(checkpoint: Path, config: Path, root: Path, *extra: str):
 
 
 def test_a_lower_learning_rate_and_a_changed_radius_are_used_after_the_resume(
-    mixture_run, tmp_path, monkeypatch, resume_lines
+    mixture_run, tmp_path, monkeypatch, lightning_messages
 ):
     """AdamW's step is linear in the learning rate (for the same moments and gradient), so one step resumed at a tenth
     of the learning rate moves every weight a tenth as far as the same step at the checkpoint's."""
@@ -94,9 +79,9 @@ def test_a_lower_learning_rate_and_a_changed_radius_are_used_after_the_resume(
     start = policy_weights(torch.load(checkpoint, weights_only=False)["state_dict"])
 
     same = resume(checkpoint, config, tmp_path / "same")
-    assert resume_lines == []  # the run's own configuration: nothing differs
+    assert resuming(lightning_messages) == []  # the run's own configuration: nothing differs
     lower = resume(checkpoint, config, tmp_path / "lower", "--model.optimizer.init_args.lr=0.0001")
-    assert resume_lines == ["resuming with optimizer.lr = 0.0001 (the checkpoint has 0.001)"]
+    assert resuming(lightning_messages) == ["resuming with optimizer.lr = 0.0001 (the checkpoint has 0.001)"]
     group = lower.trainer.optimizers[0].param_groups[0]
     assert group["initial_lr"] == 0.0001
     moved = {name: policy_weights(run.model.state_dict()) for name, run in (("same", same), ("lower", lower))}
@@ -108,9 +93,9 @@ def test_a_lower_learning_rate_and_a_changed_radius_are_used_after_the_resume(
             steps += 1
     assert steps > 0
 
-    resume_lines.clear()
+    lightning_messages.clear()
     wider = resume(checkpoint, config, tmp_path / "wider", "--model.robust.init_args.radius=0.6")
-    assert resume_lines == ["resuming with model.robust.radius = 0.6 (the checkpoint has 0.2)"]
+    assert resuming(lightning_messages) == ["resuming with model.robust.radius = 0.6 (the checkpoint has 0.2)"]
     assert wider.model.robust.radius == 0.6
     for run, radius in ((same, 0.2), (wider, 0.6)):  # the set used is the interval [0.1 - r, 0.1 + r] cut to [0, 1]
         used = run.model.robust.mixture_set

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import lightning as L
@@ -21,24 +20,6 @@ from rdpo_lightning.training.reference_cache import (
     unshard,
 )
 from tests.conftest import save_reinitialised
-
-
-@pytest.fixture()
-def lightning_messages():
-    """Messages Lightning's rank-zero logger emits (where the cache reports hits and misses)."""
-    messages: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    handler, level = Collect(level=logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
