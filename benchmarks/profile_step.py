@@ -252,14 +252,9 @@ def labelled_regions():
 
 # --- one framework in its own process -----------------------------------------------------------------------------
 def worker(name: str, settings: scale.Settings, paths: dict[str, str]) -> dict[str, Any]:
-    import logging
+    from benchmarks.throughput import quiet_worker
 
-    import torch
-
-    torch.set_num_threads(settings.threads)
-    warnings.filterwarnings("ignore")
-    for logger in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets", "trl"):
-        logging.getLogger(logger).setLevel(logging.ERROR)
+    quiet_worker(settings.threads)
     profiler = StepProfiler(settings.device == "cuda", first=1, last=settings.steps)
     if name == "trl-dpo":
         scale.run_trl(settings, paths, callbacks=[profiler.transformers_callback()])

@@ -54,6 +54,11 @@ def plain(value: Any) -> Any:
     return repr(value)
 
 
+def class_path(kind: type) -> str:
+    """``module.QualifiedName`` of a class: how YAMLs, run records and messages name it."""
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def init_args(obj: Any) -> dict[str, Any]:
     """``class_path`` and the constructor arguments an object still holds as attributes of the same name."""
     arguments = {}
@@ -62,7 +67,7 @@ def init_args(obj: Any) -> dict[str, Any]:
             if hasattr(obj, attribute) and not callable(getattr(obj, attribute)):
                 arguments[name] = plain(getattr(obj, attribute))
                 break
-    return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}", "init_args": arguments}
+    return {"class_path": class_path(type(obj)), "init_args": arguments}
 
 
 def tokenizer_files(tokenizer: Any) -> dict[str, bytes]:
@@ -114,8 +119,7 @@ def optimizer_record(trainer: Any) -> dict[str, Any] | None:
     optimizers = getattr(trainer, "optimizers", None) or []
     if not optimizers:
         return None
-    kind = type(optimizers[0])
-    return {"class": f"{kind.__module__}.{kind.__qualname__}"}
+    return {"class": class_path(type(optimizers[0]))}
 
 
 def run_record(module: Any, policy: nn.Module, adapter_config: dict[str, Any] | None) -> dict[str, Any]:

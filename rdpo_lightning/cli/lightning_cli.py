@@ -31,6 +31,7 @@ from rdpo_lightning.errors import InputError
 from rdpo_lightning.known_warnings import silence_library_noise, validating_a_checkpoint
 from rdpo_lightning.training.guards import NonFiniteError
 from rdpo_lightning.training.module import RobustDPO
+from rdpo_lightning.training.resume import LIGHTNING_BOOKKEEPING
 
 COMMANDS = ("fit", "validate")
 
@@ -214,28 +215,26 @@ def config_from_checkpoint(argv: list[str]) -> list[str]:
     return ["validate", "--config", recorded, *argv[1:]]
 
 
-def recorded_config(path: str) -> str | None:
-    """The YAML configuration of the run that wrote the checkpoint (file or distributed-checkpoint directory)."""
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The checkpoint's metadata (file or distributed-checkpoint directory), memory-mapped: its tensors are not read."""
     import torch
 
     file = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # not a checkpoint torch can read: the user's input, said in one line
         fail(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})")
-    return (checkpoint.get(KEY) or {}).get("config_yaml")
+
+
+def recorded_config(path: str) -> str | None:
+    """The YAML configuration of the run that wrote the checkpoint."""
+    return (read_checkpoint(path).get(KEY) or {}).get("config_yaml")
 
 
 def checkpoint_hyperparameters(path: str) -> dict[str, Any]:
     """The module's hyper-parameters a checkpoint file holds (none of Lightning's bookkeeping keys)."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # not a checkpoint torch can read: the user's input, said in one line
-        fail(f"ckpt_path={path}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})")
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    for bookkeeping in ("_instantiator", "_class_path"):
+    hparams = dict(read_checkpoint(path).get("hyper_parameters") or {})
+    for bookkeeping in LIGHTNING_BOOKKEEPING:
         hparams.pop(bookkeeping, None)
     return hparams
 

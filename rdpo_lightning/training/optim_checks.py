@@ -14,14 +14,11 @@ from typing import Any
 
 import torch
 
+from rdpo_lightning.checkpoints.run_record import class_path
 from rdpo_lightning.errors import InputError
 
 #: hyper-parameters that must be finite and >= 0 wherever an optimizer has them
 NON_NEGATIVE = ("lr", "eps", "weight_decay", "momentum", "dampening", "alpha", "lr_decay", "initial_accumulator_value")
-
-
-def _class_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _raising_optimizer(error: BaseException, factory: Any) -> str:
@@ -29,7 +26,7 @@ def _raising_optimizer(error: BaseException, factory: Any) -> str:
     for frame, _ in traceback.walk_tb(error.__traceback__):
         owner = frame.f_locals.get("self")
         if frame.f_code.co_name == "__init__" and isinstance(owner, torch.optim.Optimizer):
-            return _class_name(type(owner))
+            return class_path(type(owner))
     return getattr(factory, "__qualname__", type(factory).__qualname__)
 
 
@@ -73,7 +70,7 @@ def check_optimizer(factory: Any, key: str = "model.optimizer") -> None:
         raise InputError(f"{_torch_key(key, str(error))}: {error} ({_raising_optimizer(error, factory)})") from error
     except Exception:  # noqa: BLE001 - not a hyper-parameter problem: the real construction reports it
         return
-    name = _class_name(type(optimizer))
+    name = class_path(type(optimizer))
     for parameter, value in optimizer.defaults.items():
         where = f"{key}.init_args.{parameter}"
         if parameter == "betas" and isinstance(value, (tuple, list)):

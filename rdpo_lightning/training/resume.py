@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from rdpo_lightning.checkpoints.run_record import class_path
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.training.optimizers import steps_where_fused_reads_them
 
@@ -31,32 +32,29 @@ from rdpo_lightning.training.optimizers import steps_where_fused_reads_them
 FIXED_ADAPTER_KEYS = ("peft_type", "r", "target_modules", "modules_to_save", "use_dora", "layers_to_transform")
 #: hyper-parameters that are not a user's setting (their differences are noise): Lightning's bookkeeping, and what
 #: PEFT writes into its config by itself (its version, the base's name, its inference flag)
-UNCOMPARED = {"_instantiator", "_class_path"}
-PEFT_UNCOMPARED = {"peft_version", "base_model_name_or_path", "inference_mode", "runtime_config", "revision"}
+LIGHTNING_BOOKKEEPING = ("_instantiator", "_class_path")
+#: the hyper-parameters compared key by key, and the keys of each not compared
+NESTED = {
+    "peft": {"peft_version", "base_model_name_or_path", "inference_mode", "runtime_config", "revision"},
+    "model_config": set(),
+}
 #: the run record's entry for the optimizer (its class)
 OPTIMIZER = "optimizer"
 #: param-group keys that are not hyper-parameters (``initial_lr`` is the scheduler's base learning rate)
 GROUP_BOOKKEEPING = ("params", "initial_lr", "lr")
 
 
-def class_name(obj: Any) -> str:
-    kind = obj if isinstance(obj, type) else type(obj)
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
 def hyperparameter_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, checkpoint's value, this run's value) for every ``model.*`` hyper-parameter that differs."""
     changes = []
     for key in sorted(set(saved) | set(current)):
-        if key in UNCOMPARED:
+        if key in LIGHTNING_BOOKKEEPING:
             continue
         before, after = saved.get(key), current.get(key)
-        if key == "peft" and isinstance(before, dict) and isinstance(after, dict):
+        if key in NESTED and isinstance(before, dict) and isinstance(after, dict):
             changes += [
-                (f"peft.{k}", b, a) for k, b, a in hyperparameter_changes(before, after) if k not in PEFT_UNCOMPARED
+                (f"{key}.{k}", b, a) for k, b, a in hyperparameter_changes(before, after) if k not in NESTED[key]
             ]
-        elif key == "model_config" and isinstance(before, dict) and isinstance(after, dict):
-            changes += [(f"model_config.{k}", b, a) for k, b, a in hyperparameter_changes(before, after)]
         elif _normal(before) != _normal(after):
             changes.append((key, before, after))
     return changes
@@ -66,9 +64,7 @@ def _normal(value: Any) -> Any:
     """Lists and sets compare as sorted lists; tuples as lists (a YAML list and a stored tuple are one setting)."""
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
-    if isinstance(value, tuple):
-        return [_normal(v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, (tuple, list)):
         return [_normal(v) for v in value]
     if isinstance(value, dict):
         return {k: _normal(v) for k, v in value.items()}
@@ -151,14 +147,15 @@ class ResumeCheck:
         objective: Mapping[str, Any],
         module_state: Mapping[str, torch.Tensor] | None,
     ) -> None:
-        """Say every difference, refuse what cannot load; remember the optimizer's saved groups and class."""
+        """Say every difference, refuse what cannot load (``module_state``: the module's weights, for a checkpoint that
+        holds a ``state_dict``); remember the optimizer's saved groups and class."""
         self.resumed = True
         changes = hyperparameter_changes(checkpoint.get("hyper_parameters") or {}, hparams)
         changes += objective_changes((record or {}).get("objective"), objective)
         refusal = refused_adapter_change(changes)
         if refusal is not None:
             raise InputError(refusal)
-        if module_state is not None and "state_dict" in checkpoint:
+        if module_state is not None:
             mismatch = state_mismatch(checkpoint["state_dict"], module_state)
             if mismatch is not None:
                 weight, problem = mismatch
@@ -185,7 +182,7 @@ class ResumeCheck:
         """Once both the checkpoint and the optimizer are known (either comes first, by strategy)."""
         if self._optimizer is None or not self.resumed:
             return
-        configured = class_name(self._optimizer)
+        configured = class_path(type(self._optimizer))
         if self._saved_optimizer is not None and self._saved_optimizer != configured:
             raise InputError(
                 f"optimizer: {configured} cannot resume the state of {self._saved_optimizer} the checkpoint was"
