@@ -56,18 +56,7 @@ def _update_with_bytes(digest, tensor: Tensor) -> None:
 def weights_digest(model: nn.Module | Mapping[str, Tensor]) -> str:
     """A digest of the model's weights (or of a state dict): blake2b over each tensor's name, dtype and shape, and the
     bytes of each storage once (an alias names the entry whose bytes it shares)."""
-    digest = hashlib.blake2b(digest_size=16)
-    first: dict[tuple, str] = {}
-    for name, tensor in _state(model).items():
-        digest.update(_header(name, tensor))
-        key = _alias_key(tensor)
-        if key is not None and key in first:
-            digest.update(f"=alias of {first[key]}".encode())
-            continue
-        if key is not None:
-            first[key] = name
-        _update_with_bytes(digest, tensor)
-    return digest.hexdigest()
+    return _digest(_state(model), aliases_once=True)
 
 
 def has_aliases(model: nn.Module | Mapping[str, Tensor]) -> bool:
@@ -78,9 +67,20 @@ def has_aliases(model: nn.Module | Mapping[str, Tensor]) -> bool:
 def legacy_weights_digest(model: nn.Module | Mapping[str, Tensor]) -> str:
     """The digest before storages were hashed once: every entry's bytes, aliases again (what older adapter-only
     checkpoints record of a tied base). Equal to :func:`weights_digest` for a state without aliases."""
+    return _digest(_state(model), aliases_once=False)
+
+
+def _digest(state: Mapping[str, Tensor], aliases_once: bool) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in _state(model).items():
+    first: dict[tuple, str] = {}
+    for name, tensor in state.items():
         digest.update(_header(name, tensor))
+        key = _alias_key(tensor) if aliases_once else None
+        if key is not None and key in first:
+            digest.update(f"=alias of {first[key]}".encode())
+            continue
+        if key is not None:
+            first[key] = name
         _update_with_bytes(digest, tensor)
     return digest.hexdigest()
 
