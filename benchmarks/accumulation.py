@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from benchmarks.scale import (  # noqa: E402
     fixed_pairs,
     gpu_settings,
     launch_worker,
+    machine,
     peak_rss_kib,
     prepare,
     publish,
@@ -197,14 +197,6 @@ def run_fresh(name: str, settings: Settings, micro_batch: int, paths: dict[str, 
     peak = result["cuda_peak_bytes"] / 2**30 if "cuda_peak_bytes" in result else result["peak_rss_kib"] / 2**20
     return {"step_s": sum(times) / len(times), "cpu_s": sum(cpu) / len(cpu), "peak_gib": peak,
             "load": max(result["load"]), "device_name": result.get("device_name")}  # fmt: skip
-
-
-def machine() -> str:
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def render(
