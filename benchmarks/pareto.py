@@ -25,9 +25,18 @@ Scenarios (``--scenario``)
   same mixtures (DPO on labels averaged over the set), without which a gain cannot be told from seeing more mixtures.
   Both use Bradley–Terry labels at the data's own ``--label-temperature``. Also judged: MixtureDRO against Mean at
   each radius.
+* ``simplex``: the label shift beyond a line: a world of three attributes (``--simplex-attributes``, default
+  anger, fear, joy), trained at α₀ = ``--simplex-alpha`` (default (0.8, 0.1, 0.1), near a corner) and judged at the
+  simplex's corners, edge midpoints and centre. Methods: DPO, KLDPO, WDPO, and at each radius of ``--radii`` (the
+  simplex ball, ``family: simplex``) MixtureDRO with ``aggregate: max`` and ``smooth`` and its control Mean. A small
+  radius leaves most judged mixtures *outside* the set (what a user who guesses the radius too small gets); the report
+  says, per radius, which judged mixtures the set holds. Also judged: MixtureDRO max and smooth against Mean.
 
     PYTHONPATH=$PWD python benchmarks/pareto.py --scenario label     # default size: see benchmarks/README.md
     PYTHONPATH=$PWD python benchmarks/pareto.py --scenario group --tiny   # smoke test ($TMPDIR/rdpo_lightning_tiny)
+
+A long run can be split over processes that share ``--runs``: each trains its ``--train-seeds``, a fit already done
+there (its ``done`` marker) is not trained again, and a last call with ``--train-seeds ''`` only judges.
 """
 
 from __future__ import annotations
@@ -47,9 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: shi
 
 import shift  # noqa: E402
 
-SCENARIOS = ("label", "group", "input", "mixture")
+SCENARIOS = ("label", "group", "input", "mixture", "simplex")
 #: scenarios trained at one mixture α₀ and judged across ``--alphas``
 LABEL_SHIFT = ("label", "mixture")
+#: scenarios with the methods that read each pair's attribute scores (MixtureDRO, Mean)
+SCORED = ("mixture", "simplex")
 TRAIN = "alpha=0.10"
 MINORITY = "alpha=0.90"
 #: the input shifts of the ``input`` scenario: each a change of the world's prompt/response generator
@@ -83,7 +94,7 @@ def configurations(args: argparse.Namespace) -> list[Config]:
 
     configs = [Config("DPO", "", robust.NoRobust)]
     configs += [Config("KLDPO", f"tau={t:g}", lambda t=t: robust.KLReweighter(tau=t)) for t in args.taus]
-    if args.scenario in ("label", "input", "mixture"):
+    if args.scenario in ("label", "input", *SCORED):
         configs += [
             Config("WDPO", f"rho={r:g}", lambda r=r: robust.WassersteinPenalty(rho=r, mode="exact")) for r in args.rhos
         ]
@@ -98,31 +109,43 @@ def configurations(args: argparse.Namespace) -> list[Config]:
             configs += [
                 Config("ChiSquare", f"rho={r:g}", lambda r=r: robust.ChiSquareDRO(rho=r)) for r in args.chi_rhos
             ]
-    if args.scenario == "mixture":
+    if args.scenario in SCORED:
         configs += [mixture_config("MixtureDRO", "max", r, args) for r in args.radii]
         configs += [mixture_config("Mean", "mean", r, args) for r in args.radii if r > 0]  # at r = 0 both are one
+    if args.scenario == "simplex":
+        configs += [mixture_config("Smooth", "smooth", r, args) for r in args.radii if r > 0]
     return configs
 
 
 def mixture_config(family: str, aggregate: str, radius: float, args: argparse.Namespace) -> Config:
-    """MixtureDRO over the interval of ``radius`` around α₀ with the data's own Bradley–Terry labels."""
+    """MixtureDRO over the ball of ``radius`` around α₀ (the interval, or the simplex ball of the ``simplex``
+    scenario) with the data's own Bradley–Terry labels."""
     import rdpo_lightning.robust as robust
+
+    family_of_set = "simplex" if args.scenario == "simplex" else None
 
     def make() -> object:
         return robust.MixtureDRO(
-            radius=radius, steps=args.mixture_steps, label_temperature=args.label_temperature, aggregate=aggregate
+            radius=radius,
+            steps=args.mixture_steps,
+            family=family_of_set,
+            label_temperature=args.label_temperature,
+            aggregate=aggregate,
         )
 
     return Config(family, f"r={radius:g}", make)
 
 
-def metric_axes(scenario: str) -> list:
+def metric_axes(args: argparse.Namespace) -> list:
     """The (in-distribution, worst-case) axes of each metric, as tags and weighted sums of tags."""
     from rdpo_lightning.pareto.events import Axis
     from rdpo_lightning.pareto.report import MetricAxes, preset
 
+    scenario = args.scenario
     if scenario in LABEL_SHIFT:
         return [preset("loss"), preset("accuracy"), preset("reward", TRAIN)]
+    if scenario == "simplex":
+        return [preset("loss"), preset("accuracy"), preset("reward", simplex_mixtures(args)[0])]
     if scenario == "group":
 
         def population(tag: str) -> str:
@@ -140,11 +163,53 @@ def metric_axes(scenario: str) -> list:
     ]
 
 
+# --- the simplex scenario's mixtures -------------------------------------------------------------------------------
+def judged_simplex_weights(k: int) -> list[list[float]]:
+    """The mixtures the ``simplex`` scenario is judged at: the K corners, the K(K−1)/2 edge midpoints, the centre."""
+    corners = [[float(i == j) for j in range(k)] for i in range(k)]
+    midpoints = [[0.5 * (j in (a, b)) for j in range(k)] for a in range(k) for b in range(a + 1, k)]
+    return corners + midpoints + [[1.0 / k] * k]
+
+
+def simplex_mixtures(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The training mixture's logged name and the judged mixtures' names (as the DataModule names them)."""
+    from rdpo_lightning.mixtures import vector_name
+
+    attributes = args.simplex_attributes
+    return vector_name(args.simplex_alpha, attributes), [
+        vector_name(w, attributes) for w in judged_simplex_weights(len(attributes))
+    ]
+
+
+def set_coverage(args: argparse.Namespace) -> str:
+    """Per radius, which judged mixtures the simplex ball around α₀ holds (total variation ½‖α − α₀‖₁ ≤ r): the
+    mixtures outside a set are those its worst case never saw."""
+    import numpy as np
+
+    alpha0 = np.asarray(args.simplex_alpha)
+    judged = judged_simplex_weights(len(alpha0))
+    names = simplex_mixtures(args)[1]
+    distance = [0.5 * float(np.abs(np.asarray(w) - alpha0).sum()) for w in judged]
+    lines = ["Judged mixtures and their distance to alpha_0 (total variation); 'in' = inside the set of that radius"]
+    lines.append(f"{'mixture':<36}{'distance':>9}" + "".join(f"{'r=' + format(r, 'g'):>8}" for r in args.radii))
+    for name, d in zip(names, distance, strict=True):
+        lines.append(f"{name:<36}{d:>9.3f}" + "".join(f"{'in' if d <= r + 1e-9 else 'OUT':>8}" for r in args.radii))
+    return "\n".join(lines)
+
+
 # --- one fit, logged to TensorBoard -------------------------------------------------------------------------------
 def make_datamodule(args: argparse.Namespace, seed: int, cache_dir: str):
     """shift.py's world with the scenario's training and validation sets (longer sequences: the input shift's)."""
     if args.scenario in LABEL_SHIFT:
         return shift.make_datamodule(args, seed, cache_dir, max_length=48)
+    if args.scenario == "simplex":
+        from rdpo_lightning.data.world import AttributeWorld
+
+        world = AttributeWorld(attributes=tuple(args.simplex_attributes))
+        mixtures = dict(attribute_a=None, attribute_b=None, train_alpha=None, val_alphas=None)
+        judged = judged_simplex_weights(len(world.attributes))
+        mixtures |= dict(train_mixtures=[list(args.simplex_alpha)], val_mixtures=judged)
+        return shift.make_datamodule(args, seed, cache_dir, world=world, max_length=48, **mixtures)
     if args.scenario == "group":
         groups = dict(train_alpha=None, train_mixtures=[0.1, 0.9], train_shares=[0.9, 0.1])
         return shift.make_datamodule(args, seed, cache_dir, val_alphas=[], max_length=48, **groups)
@@ -183,6 +248,11 @@ def fit(args: argparse.Namespace, config: Config, seed: int, runs: Path, cache_d
     return time.perf_counter() - start
 
 
+def done_marker(runs: Path, config: Config, seed: int) -> Path:
+    """The file a finished fit leaves in its run directory (a killed fit leaves none and is trained again)."""
+    return runs / config.directory / f"seed{seed}" / "done"
+
+
 # --- reading the runs back and judging them --------------------------------------------------------------------------
 def judge_runs(args: argparse.Namespace, configs: list[Config], runs: Path) -> dict:
     """Per metric: every point (per configuration and seed), and the verdicts of each configuration and of each
@@ -192,7 +262,7 @@ def judge_runs(args: argparse.Namespace, configs: list[Config], runs: Path) -> d
     specs = [RunSpec(c.name, seed, runs / c.directory / f"seed{seed}") for c in configs for seed in range(args.seeds)]
     family = {c.name: c.family for c in configs}
     out = {}
-    for metric in metric_axes(args.scenario):
+    for metric in metric_axes(args):
         by_config = collect(specs, metric)
         by_family: dict[str, dict[int, list]] = {}
         for name, seeds in by_config.items():
@@ -210,15 +280,18 @@ def judge_runs(args: argparse.Namespace, configs: list[Config], runs: Path) -> d
 
 
 def against_mean(by_config: dict, args: argparse.Namespace) -> list:
-    """MixtureDRO's front against Mean's at each radius: the gain of the worst case over seeing the same mixtures."""
+    """MixtureDRO's front (and Smooth's) against Mean's at each radius: the gain of the worst case over seeing the
+    same mixtures."""
     from rdpo_lightning.pareto.report import verdicts
 
-    if args.scenario != "mixture":
+    if args.scenario not in SCORED:
         return []
     judged = []
     for r in (r for r in args.radii if r > 0):
-        pair = {name: by_config[name] for name in (f"MixtureDRO r={r:g}", f"Mean r={r:g}")}
-        judged += verdicts(pair, f"Mean r={r:g}", args.confidence)
+        for family in ("MixtureDRO", "Smooth"):
+            if f"{family} r={r:g}" in by_config:
+                pair = {name: by_config[name] for name in (f"{family} r={r:g}", f"Mean r={r:g}")}
+                judged += verdicts(pair, f"Mean r={r:g}", args.confidence)
     return judged
 
 
@@ -261,13 +334,19 @@ def format_report(args: argparse.Namespace, configs: list[Config], judged: dict,
         f"{os.cpu_count()} CPUs ({args.cpu_name}); every validation pass of every run is a point"
     )
     sections = [head]
+    if args.scenario == "simplex":
+        sections.append(
+            f"Attributes {', '.join(args.simplex_attributes)}; alpha_0 = {simplex_mixtures(args)[0]}; MixtureDRO's sets"
+            f" are simplex balls ({args.mixture_steps} lattice steps per radius, extreme points included)\n"
+            + set_coverage(args)
+        )
     for entry in judged.values():
         sections.append("Families (all hyperparameter values pooled) against DPO's early-stopping front\n"
                         + format_verdicts(entry["axes"], entry["family_verdicts"]))  # fmt: skip
         sections.append("Each configuration against DPO's early-stopping front\n"
                         + format_verdicts(entry["axes"], entry["config_verdicts"]))  # fmt: skip
         if entry["against_mean"]:
-            sections.append("MixtureDRO against the mean over the same mixtures (Mean r = the baseline)\n"
+            sections.append("MixtureDRO (max, smooth) against the mean over the same mixtures (Mean r = the baseline)\n"
                             + format_verdicts(entry["axes"], entry["against_mean"]))  # fmt: skip
     sections.append(
         "Last validation pass of each configuration (mean ± std over seeds)\n" + final_pass_table(judged, configs)
@@ -336,8 +415,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--etas", type=shift.float_list, default=[0.01, 0.1, 1.0], help="GroupDRO step size η")
     p.add_argument("--worst-fractions", type=shift.float_list, default=[0.1, 0.5], help="CVaR worst fraction")
     p.add_argument("--chi-rhos", type=shift.float_list, default=[0.1, 0.5], help="chi-square DRO radius rho")
-    p.add_argument("--radii", type=shift.float_list, default=[0.25, 0.5, 0.9], help="MixtureDRO / Mean radius r")
-    p.add_argument("--mixture-steps", type=int, default=4, help="MixtureDRO mixtures per radius on each side of α₀")
+    p.add_argument(
+        "--radii", type=shift.float_list, default=None, help="MixtureDRO / Mean radius r (simplex: 0.2, 0.5, 0.9)"
+    )
+    p.add_argument("--mixture-steps", type=int, default=4, help="MixtureDRO lattice steps per radius")
+    p.add_argument(
+        "--simplex-attributes", type=lambda t: [a for a in t.split(",") if a], default=["anger", "fear", "joy"],
+        help="the simplex scenario's world (K >= 3 of sadness, joy, love, anger, fear)",
+    )  # fmt: skip
+    p.add_argument("--simplex-alpha", type=shift.float_list, default=None, help="simplex α₀ (default 0.8, 0.1, ...)")
     p.add_argument("--train-alpha", type=float, default=0.1, help="training α of the label and input scenarios")
     p.add_argument("--alphas", type=shift.float_list, default=[0.0, 0.5, 1.0], help="label scenario's evaluation α")
     p.add_argument("--label-temperature", type=float, default=0.05)
@@ -358,18 +444,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--accelerator", default="cpu")
-    p.add_argument("--cpu-name", default="2-core AMD EPYC with AVX512-BF16, shared", help="named in the report")
+    p.add_argument("--cpu-name", default=None, help="named in the report (default: /proc/cpuinfo's model name)")
     p.add_argument("--label", default="", help="say in the report that this is a reduced configuration, and how")
     p.add_argument(
         "--out", type=Path, default=None, help="default benchmarks/results; --tiny: $TMPDIR/rdpo_lightning_tiny"
     )
     p.add_argument("--runs", type=Path, default=None, help="keep the TensorBoard runs here (default: temporary)")
+    p.add_argument(
+        "--train-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=None,
+        help="train only these seeds (default: all); fits already done in --runs are kept; '' only judges",
+    )  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run; never writes results/")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.cpu_name is None:
+        from scale import machine  # beside this script, like shift.py
+
+        args.cpu_name = machine()
+    if args.radii is None:
+        args.radii = [0.2, 0.5, 0.9] if args.scenario == "simplex" else [0.25, 0.5, 0.9]
+    k = len(args.simplex_attributes)
+    if args.simplex_alpha is None:
+        args.simplex_alpha = [0.8] + [0.2 / (k - 1)] * (k - 1) if k > 1 else [1.0]
+    if args.scenario == "simplex" and (k < 3 or len(args.simplex_alpha) != k):
+        p.error(f"--simplex-attributes needs 3 or more attributes and --simplex-alpha one weight each (got {k})")
     if args.tiny:
         args.seeds = 2
-        args.taus, args.rhos, args.beta_primes, args.etas, args.radii = [0.5], [1.0], [1.0], [0.1], [0.5]
+        args.taus, args.rhos, args.beta_primes, args.etas = [0.5], [1.0], [1.0], [0.1]
+        args.radii = [0.2, 0.9] if args.scenario == "simplex" else [0.5]
         args.alphas = [1.0]
         args.num_train, args.num_val, args.epochs, args.batch_size, args.val_every = 48, 24, 1, 16, 1
         args.layers, args.hidden, args.warmup_steps = 1, 32, 1
@@ -378,6 +480,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--seeds must be >= 1")
     if args.accumulate < 1 or args.batch_size % args.accumulate:
         p.error("--accumulate must divide --batch-size")
+    if args.train_seeds is not None and args.runs is None:
+        p.error("--train-seeds splits a run over processes that share --runs: give --runs")
+    if args.train_seeds is not None and not set(args.train_seeds) <= set(range(args.seeds)):
+        p.error(f"--train-seeds {args.train_seeds} must lie in 0 ... {args.seeds - 1} (--seeds {args.seeds})")
     return args
 
 
@@ -389,13 +495,15 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(args.threads)
     shift.silence_libraries()
     configs = configurations(args)
-    plan = [(c, s) for s in range(args.seeds) for c in configs]
+    seeds = range(args.seeds) if args.train_seeds is None else args.train_seeds
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rdpo-pareto-") as scratch:
         runs = args.runs or Path(scratch) / "runs"
+        plan = [(c, s) for s in seeds for c in configs if not done_marker(runs, c, s).exists()]
         cache = str(Path(scratch) / "cache")
         for done, (config, seed) in enumerate(plan, start=1):
             seconds = fit(args, config, seed, runs, cache)
+            done_marker(runs, config, seed).touch()  # the fit's logger made the directory
             if not args.quiet:
                 elapsed = time.perf_counter() - started
                 print(
@@ -404,6 +512,11 @@ def main(argv: list[str] | None = None) -> str:
                     file=sys.stderr,
                     flush=True,
                 )
+        if args.train_seeds is not None:
+            missing = [(c, s) for s in range(args.seeds) for c in configs if not done_marker(runs, c, s).exists()]
+            if missing:  # another process is still training: judge when all are done
+                print(f"trained seeds {args.train_seeds}; {len(missing)} fits not yet done in {runs}", file=sys.stderr)
+                return ""
         judged = judge_runs(args, configs, runs)
     seconds = time.perf_counter() - started
     report = format_report(args, configs, judged, seconds)
