@@ -21,10 +21,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rdpo_lightning.callbacks.metrics import GroupedMean
 from rdpo_lightning.data.mixture import Mixture
 from rdpo_lightning.data.sampler import data_parallel_replicas
-from rdpo_lightning.known_warnings import dropped_log_message
+from rdpo_lightning.models.sampling import generate_left_padded
 from rdpo_lightning.rewards import AttributeWorldReward, RewardFunction
-
-NO_MASK_NOTICE = "We strongly recommend passing in an `attention_mask`"
 
 
 @dataclass
@@ -212,19 +210,9 @@ class GenerationEvaluation:
     def _generate(
         self, policy: torch.nn.Module, rows: list[list[int]], tokenizer: Any, config: Any, device, synced: bool
     ) -> tuple[list[str], list[str]]:
-        """Left-pad ``rows`` (the tokenizer's own padding; its ``padding_side`` setting is left alone, since the
-        DataModule shares it), generate, and return the texts to score and the completions."""
-        batch = tokenizer.pad({"input_ids": rows}, padding=True, padding_side="left", return_tensors="pt")
-        width = batch["input_ids"].shape[1]
-        # the mask is passed; transformers' padding check misfires on the decoding steps that feed finished rows
-        # their pad token (GPT-2 checks the step's input_ids without the mask generate keeps in its cache)
-        with dropped_log_message("transformers.modeling_utils", NO_MASK_NOTICE):
-            output = policy.generate(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                generation_config=config,
-                synced_gpus=synced,
-            )
+        """Generate from the prompt ids ``rows`` (:func:`~rdpo_lightning.models.sampling.generate_left_padded`) and
+        return the texts to score and the completions."""
+        output, width = generate_left_padded(policy, rows, tokenizer, config, device, synced)
         completions = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         if not self.include_prompt:
             return completions, completions

@@ -349,6 +349,7 @@ class ReferenceSource:
         }
         self._pending: ReferencePrecomputation | None = None
         self._restored = False  # a checkpoint's weights replaced the policy's initial ones
+        self.live = False  # training pairs are drawn during the fit (online): the reference model stays
 
     def build(self, trainer, policy: nn.Module, length_normalized: bool, digest: str | None = None) -> nn.Module | None:
         """The resident reference model to prepare alongside the policy, or None.
@@ -366,10 +367,13 @@ class ReferenceSource:
             reference = load_causal_lm(self.name, None, None, self.torch_dtype, key="model.reference")
             digest = None
         precomputation = self._plan(trainer, policy if reference is None else reference, digest)
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        self.live = fitting and bool(getattr(getattr(trainer, "datamodule", None), "live_training_pairs", False))
+        if self.live:  # training pairs drawn during the fit: a reference scores them as they come
+            return self._live_reference(trainer, policy, reference, precomputation, length_normalized)
         if precomputation is not None and not precomputation.needs_model:  # every split cached: no reference model
             precomputation.run(trainer, length_normalized)
             return None
-        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
         if reference is None and is_adapted(policy):  # the policy computes the reference: no second model
             if precomputation is not None and fitting:
                 self._pending = precomputation
@@ -378,6 +382,22 @@ class ReferenceSource:
             self._pending = precomputation
             return None if reference is None else frozen_copy(reference)  # None: the initial policy computes them
         return frozen_copy(policy if reference is None else reference)  # a resident reference model
+
+    def _live_reference(self, trainer, policy, reference, precomputation, length_normalized) -> nn.Module | None:
+        """An online fit: the validation splits' log-probs as usual (cached, or computed in :meth:`equip`), and a
+        reference that stays for the training pairs each round draws: the base with adapters off (no copy), the named
+        reference, or a frozen copy of the initial policy."""
+        if precomputation is not None and not precomputation.needs_model:
+            precomputation.run(trainer, length_normalized)
+        elif precomputation is not None:
+            self._pending = precomputation
+        rank_zero_info(
+            f"online: the reference log-probs of each round's pairs are computed live by {self.weights_name(policy)}"
+            + (" (the validation sets' are precomputed)" if precomputation is not None else "")
+        )
+        if reference is None and is_adapted(policy):
+            return None
+        return frozen_copy(policy if reference is None else reference)
 
     def weights_name(self, policy: nn.Module) -> str:
         """What the reference log-probs are of, in words: named in the cache's lines and entries."""
@@ -451,7 +471,7 @@ class ReferenceSource:
                 precomputation.run(trainer, length_normalized, compute)
         finally:
             model.train(was_training)
-        return True
+        return not self.live  # online: the model scores every round's pairs, it stays
 
 
 NO_RESIDENT_REFERENCE = (

@@ -1,0 +1,101 @@
+"""k completions per prompt from the policy as it is now: eval mode, no gradients, adapters on, then back to training.
+
+The sampling draws from its own seed (the round's), inside ``torch.random.fork_rng``: the training's random state is
+left as it was, and a round is drawn again exactly when a resumed fit reaches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rdpo_lightning.checks import check_int_at_least
+from rdpo_lightning.models.sampling import generate_left_padded
+
+
+@dataclass
+class OnlineSampling:
+    """How the policy writes its completions (``generate`` with sampling; YAML ``data.init_args.sampling``).
+
+    ``completions``: k per prompt (>= 2, to make pairs); ``batch_size``: prompts per ``generate`` call; ``top_k=0``
+    and ``top_p=1`` sample from the policy's full distribution.
+    """
+
+    completions: int = 2
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_int_at_least("data.sampling.completions", self.completions, 2)
+        check_int_at_least("data.sampling.max_new_tokens", self.max_new_tokens, 1)
+        check_int_at_least("data.sampling.batch_size", self.batch_size, 1)
+        check_int_at_least("data.sampling.top_k", self.top_k, 0)
+        if not self.temperature > 0:
+            raise ValueError(f"data.sampling.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"data.sampling.top_p must lie in (0, 1], got {self.top_p}")
+
+
+@contextmanager
+def generating(policy: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no gradients for the duration; the policy's mode as it was afterwards."""
+    was_training = policy.training
+    policy.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        policy.train(was_training)
+
+
+def generate_completions(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    sampling: OnlineSampling,
+    seed: int,
+    device: torch.device,
+    synced: bool = False,
+    progress: Any = None,
+) -> tuple[list[list[str]], int]:
+    """``sampling.completions`` decoded completions for each prompt (token ids), and the number of tokens generated.
+
+    ``synced``: every data-parallel rank generates in lockstep (a sharded model needs every rank in every forward).
+    ``progress``: a tqdm bar advanced by the prompts done."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        num_return_sequences=sampling.completions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    k = sampling.completions
+    out: list[list[str]] = []
+    tokens = 0
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with generating(policy), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompt_ids), sampling.batch_size):
+            rows = [list(ids) for ids in prompt_ids[start : start + sampling.batch_size]]
+            output, width = generate_left_padded(policy, rows, tokenizer, config, device, synced)
+            new = output[:, width:]
+            finished = (new != tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else torch.ones_like(new)
+            tokens += int(finished.sum())
+            texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+            out.extend(texts[i * k : (i + 1) * k] for i in range(len(rows)))
+            if progress is not None:
+                progress.update(len(rows))
+    return out, tokens
