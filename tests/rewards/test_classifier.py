@@ -20,19 +20,23 @@ from tests.conftest import CHAT_TEMPLATE, world_gpt2_config
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 
-@pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer_dir: Path) -> Path:
-    """A tiny randomly initialised GPT-2 emotion classifier saved like the paper's (6 labels)."""
-    tokenizer = load_tokenizer(world_tokenizer_dir)
-    torch.manual_seed(0)
+def _save_classifier(tokenizer, labels: list[str], seed: int, directory: Path) -> Path:
+    """A tiny randomly initialised GPT-2 classifier over ``labels`` and ``tokenizer``, saved like a user's."""
+    torch.manual_seed(seed)
     config = world_gpt2_config(
-        tokenizer, n_layer=1, n_head=2, n_embd=16, n_positions=64, num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)), label2id={name: i for i, name in enumerate(LABELS)},
+        tokenizer, n_layer=1, n_head=2, n_embd=16, n_positions=64, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny_emotion_classifier")
     GPT2ForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer_dir: Path) -> Path:
+    """A tiny emotion classifier saved like the paper's (6 labels)."""
+    tokenizer = load_tokenizer(world_tokenizer_dir)
+    return _save_classifier(tokenizer, LABELS, 0, tmp_path_factory.mktemp("tiny_emotion_classifier"))
 
 
 def _unpadded(directory: Path, texts: list[str]) -> torch.Tensor:
@@ -81,15 +85,7 @@ def chat_classifier_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenize
     tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
         single="<bos> $A", special_tokens=[("<bos>", tokenizer.bos_token_id)]
     )
-    torch.manual_seed(1)
-    config = world_gpt2_config(
-        tokenizer, n_layer=1, n_head=2, n_embd=16, n_positions=64, num_labels=len(JUDGED),
-        id2label=dict(enumerate(JUDGED)), label2id={name: i for i, name in enumerate(JUDGED)},
-    )  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny_chat_reward_model")
-    GPT2ForSequenceClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save_classifier(tokenizer, JUDGED, 1, tmp_path_factory.mktemp("tiny_chat_reward_model"))
 
 
 PROMPTS = ["rage fury", "the day", "tears"]
