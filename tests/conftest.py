@@ -133,6 +133,27 @@ def chat_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, world_tokenizer
     return directory
 
 
+@pytest.fixture()
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``user_module(name, source)`` writes ``source`` as module ``name`` in a folder put on ``sys.path`` for the
+    test, and returns ``name``: a user's own code that a config names by import path."""
+    import importlib
+    import sys
+    import textwrap
+
+    folder = tmp_path / "user_code"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+
+    def write(name: str, source: str) -> str:
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        monkeypatch.delitem(sys.modules, name, raising=False)  # a module of that name from an earlier test
+        importlib.invalidate_caches()
+        return name
+
+    return write
+
+
 @pytest.fixture(scope="session")
 def tiny_reference_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """Another 2-layer GPT-2 like ``tiny_model_dir`` but initialised with another seed: a reference that differs
