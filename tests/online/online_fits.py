@@ -13,11 +13,14 @@ from rdpo_lightning.training.module import RobustDPO
 from rdpo_lightning.training.quiet import quiet_trainer
 
 
-def build(model_dir: Path, cache: Path, robust=None, steps_per_round: int = 1, batch_size: int = 4, **data: Any):
+def build(
+    model_dir: Path, cache: Path, robust=None, steps_per_round: int = 1, batch_size: int = 4, peft=None, **data: Any
+):
     L.seed_everything(0, verbose=False)
     module = RobustDPO(
-        model=str(model_dir), robust=robust, torch_dtype="float64", reference_cache_dir=str(cache), warmup_steps=0
-    )
+        model=str(model_dir), robust=robust, torch_dtype="float64", reference_cache_dir=str(cache), warmup_steps=0,
+        peft=peft,
+    )  # fmt: skip
     settings = dict(
         num_train=16, num_val=4, val_alphas=[1.0], batch_size=batch_size, max_length=24, tokenizer_dir=str(model_dir),
         steps_per_round=steps_per_round, generation=OnlineSampling(completions=3, max_new_tokens=6, batch_size=8),

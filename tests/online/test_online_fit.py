@@ -92,6 +92,58 @@ class StopAfter(L.Callback):
         trainer.should_stop = trainer.should_stop or trainer.global_step >= self.steps
 
 
+def test_under_lora_the_base_with_adapters_off_is_the_live_reference(tiny_model_dir: Path, tmp_path):
+    from peft import LoraConfig
+
+    module, data = build(tiny_model_dir, tmp_path, peft=LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"]))
+    record = RecordBatches()
+    fit(module, data, max_steps=2, callbacks=[record])
+    assert module.reference is None  # no copy of the base: it scores the pairs with its adapters off
+    assert record.losses[0] == pytest.approx(math.log(2), abs=1e-12)  # fresh adapters: the policy is its base
+    assert record.losses[1] != pytest.approx(math.log(2), abs=1e-9)
+
+
+def test_a_classifier_scores_each_completion_after_its_prompt_through_its_own_chat_template(
+    tiny_model_dir: Path, tmp_path
+):
+    """The user's reward model case: a sequence classifier with one output per attribute, loaded with
+    ``from_pretrained``, reading the prompt and completion rendered by its own tokenizer's chat template."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
+
+    from rdpo_lightning.rewards import SequenceClassifierReward
+    from tests.conftest import CHAT_TEMPLATE, world_gpt2_config
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    names = list(AttributeWorld().attributes)
+    torch.manual_seed(5)
+    labels = dict(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    config = world_gpt2_config(tokenizer, n_layer=1, n_head=2, n_embd=16, n_positions=64, num_labels=5, **labels)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    scorer = SequenceClassifierReward(str(tmp_path / "rm"), output="logits", chat_template=True)
+    module, data = build(tiny_model_dir, tmp_path / "run", scorer=scorer)
+    record = RecordBatches()
+    fit(module, data, max_steps=2, callbacks=[record])
+
+    rm_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+
+    def logits(prompt: str, completion: str) -> np.ndarray:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        text = rm_tokenizer.apply_chat_template(messages, tokenize=False)
+        with torch.no_grad():
+            return model(**rm_tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0].double().numpy()
+
+    for batch in record.batches:
+        chosen, rejected = responses(batch, tokenizer)
+        half = len(chosen)
+        prompts = [tokenizer.decode(ids[labels == IGNORE_INDEX].tolist(), skip_special_tokens=True).strip()
+                   for ids, labels in zip(batch["input_ids"][:half], batch["labels"][:half], strict=True)]  # fmt: skip
+        expected = [logits(p, c) - logits(p, r) for p, c, r in zip(prompts, chosen, rejected, strict=True)]
+        np.testing.assert_allclose(batch["columns"]["score_margins"].numpy(), expected, rtol=0, atol=1e-5)
+
+
 def test_a_scorer_for_other_attributes_is_refused_in_one_line(tiny_model_dir: Path, tmp_path):
     from rdpo_lightning.rewards import AttributeWorldReward
 
