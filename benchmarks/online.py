@@ -110,7 +110,7 @@ def make_datamodule(args: argparse.Namespace, scenario: str, mode: str, seed: in
         batch_size=args.batch_size, val_batch_size=256, max_length=48, tokenizer_dir=str(model_dir),
         cache_dir=str(cache), label_temperature=None, pairing="best_vs_worst", responses_per_prompt=args.completions,
         response_policy=str(model_dir), sampling=SamplingConfig(max_new_tokens=args.gen_tokens, batch_size=64,
-                                                                device="cpu"),
+                                                                device="cuda" if args.accelerator == "gpu" else "cpu"),
     )  # fmt: skip
     if mode == "offline":
         return AttributeWorldDataModule(**common)
@@ -170,7 +170,7 @@ def fit_one(args: argparse.Namespace, scenario: str, method: str, mode: str, see
     logger = Capture()
     steps = args.epochs * args.num_train // args.batch_size  # offline loses its tied pairs: steps, not epochs, equal
     trainer = quiet_trainer(
-        accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, logger=logger,
+        accelerator=args.accelerator, devices=1, max_steps=steps, limit_val_batches=0, logger=logger,
         callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
     )  # fmt: skip
     started = time.perf_counter()
@@ -222,7 +222,11 @@ def report(args: argparse.Namespace, results: list[dict], seconds: float) -> str
         f"{args.epochs} epoch(s), batch {args.batch_size} pairs (online: a round per optimizer step), "
         f"{args.num_val} held-out prompts per mixture; GPT-2 {args.layers} layers d={args.hidden}, lr {args.lr:g}, "
         f"beta {args.beta:g}; Mean/MixtureDRO radius {args.radius:g}, hard labels; wall time {seconds / 60:.1f} min on "
-        f"{platform.machine()} with {os.cpu_count()} CPUs ({args.cpu_name})"
+        + (
+            args.gpu_name
+            if args.accelerator == "gpu"
+            else f"{platform.machine()} with {os.cpu_count()} CPUs ({args.cpu_name})"
+        )
     ]
     for scenario in args.scenarios:
         rows = [r for r in results if r["scenario"] == scenario]
@@ -230,9 +234,9 @@ def report(args: argparse.Namespace, results: list[dict], seconds: float) -> str
             continue
         lines += ["", f"Scenario '{scenario}': final values (mean ± std over seeds)"]
         header = f"{'method':<12}{'mode':<9}" + "".join(f"{name:>26}" for name, _, _ in MEASURES)
-        header += f"{'steps':>7}{'fit s':>9}{'gen s':>8}{'prep s':>8}"
+        header += f"{'steps':>7}{'fit s':>9}{'gen s':>8}{'gen tok/s':>10}{'prep s':>8}"
         lines += [header, "-" * len(header)]
-        for method in METHODS:
+        for method in args.methods:
             for mode in MODES:
                 runs = [r for r in rows if (r["method"], r["mode"]) == (method, mode)]
                 if not runs:
@@ -242,10 +246,14 @@ def report(args: argparse.Namespace, results: list[dict], seconds: float) -> str
                 )
                 row += f"{runs[0]['steps']:>7}{sum(r['fit_seconds'] for r in runs) / len(runs):>9.1f}"
                 row += f"{sum(r['generation_seconds'] for r in runs) / len(runs):>8.1f}"
+                generated = sum(r["generated_tokens"] for r in runs)
+                rate = generated / max(sum(r["generation_seconds"] for r in runs), 1e-9) if generated else math.nan
+                row += f"{rate:>10.0f}"
                 row += f"{sum(r['prepare_seconds'] for r in runs) / len(runs):>8.1f}"
                 lines.append(row)
-        comparisons = [(m, (m, "offline"), f"{m} online - {m} offline") for m in METHODS]
-        comparisons += [(m, ("DPO", "online"), f"{m} online - DPO online") for m in METHODS if m != "DPO"]
+        comparisons = [(m, (m, "offline"), f"{m} online - {m} offline") for m in args.methods]
+        if "DPO" in args.methods:
+            comparisons += [(m, ("DPO", "online"), f"{m} online - DPO online") for m in args.methods if m != "DPO"]
         for name, _, higher in MEASURES:
             lines += ["", f"Scenario '{scenario}', {name}: paired by seed (positive = better), 95% t-interval"]
             for method, baseline, label in comparisons:
@@ -261,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scenarios", type=lambda t: [s for s in t.split(",") if s], default=list(SCENARIOS))
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], default=list(METHODS))
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--radius", type=float, default=0.9, help="Mean and MixtureDRO radius (0.9: every judged mixture)")
     p.add_argument("--num-train", type=int, default=2048, help="training prompts")
     p.add_argument("--num-val", type=int, default=128)
@@ -286,10 +296,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         p.error(f"--scenarios: unknown {unknown}; choose from {SCENARIOS}")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; choose from {METHODS}")
     if args.cpu_name is None:
         from scale import machine  # beside this script
 
         args.cpu_name = machine()
+    args.gpu_name = ""
+    if args.accelerator == "gpu":
+        import torch
+
+        args.gpu_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU found"
     if args.tiny:
         args.seeds, args.num_train, args.num_val, args.epochs, args.batch_size = 2, 16, 8, 1, 4
         args.layers, args.hidden, args.warmup_steps, args.gen_prompts, args.gen_tokens = 1, 32, 1, 4, 4
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> str:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rdpo-online-") as scratch:
         root = args.runs or Path(scratch)
-        plan = [(sc, m, mode, s) for s in seeds for sc in args.scenarios for m in METHODS for mode in MODES]
+        plan = [(sc, m, mode, s) for s in seeds for sc in args.scenarios for m in args.methods for mode in MODES]
         for done, (scenario, method, mode, seed) in enumerate(plan, start=1):
             path = root / "results" / f"{scenario}_{method}_{mode}_seed{seed}.json"
             if path.exists():

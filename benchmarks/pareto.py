@@ -461,6 +461,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         from scale import machine  # beside this script, like shift.py
 
         args.cpu_name = machine()
+    radii_given = args.radii is not None
     if args.radii is None:
         args.radii = [0.2, 0.5, 0.9] if args.scenario == "simplex" else [0.25, 0.5, 0.9]
     k = len(args.simplex_attributes)
@@ -468,10 +469,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.simplex_alpha = [0.8] + [0.2 / (k - 1)] * (k - 1) if k > 1 else [1.0]
     if args.scenario == "simplex" and (k < 3 or len(args.simplex_alpha) != k):
         p.error(f"--simplex-attributes needs 3 or more attributes and --simplex-alpha one weight each (got {k})")
-    if args.tiny:
+    if args.tiny:  # smaller sweeps, unless given on the command line
         args.seeds = 2
-        args.taus, args.rhos, args.beta_primes, args.etas = [0.5], [1.0], [1.0], [0.1]
-        args.radii = [0.2, 0.9] if args.scenario == "simplex" else [0.5]
+        for key, tiny in (("taus", [0.5]), ("rhos", [1.0]), ("beta_primes", [1.0]), ("etas", [0.1])):
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, tiny)
+        if not radii_given:
+            args.radii = [0.2, 0.9] if args.scenario == "simplex" else [0.5]
         args.alphas = [1.0]
         args.num_train, args.num_val, args.epochs, args.batch_size, args.val_every = 48, 24, 1, 16, 1
         args.layers, args.hidden, args.warmup_steps = 1, 32, 1

@@ -79,8 +79,9 @@ def test_every_part_parses_and_a_bad_argument_is_named():
     modules = {module for part in gpu_session.PARTS for module, _ in part.parses}
     assert modules == {
         f"benchmarks.{m}"
-        for m in ("profile_step", "gpu_check", "largest_batch", "scale", "accumulation", "varlen_check", "output_layer")
-    }
+        for m in ("profile_step", "gpu_check", "largest_batch", "scale", "accumulation", "varlen_check", "output_layer",
+                  "online")
+    }  # fmt: skip
     bad = gpu_session.Part("bad", [], [], 1, 1, parses=[("benchmarks.scale", ["--gpu", "--resolutions", "0.1"])])
     assert gpu_session.check_arguments([bad]) == ["bad: benchmarks.scale refuses --gpu --resolutions 0.1 (exit 2)"]
 
@@ -90,7 +91,7 @@ def test_the_parts_fit_two_device_commands_most_valuable_first():
     its install, and together they fit a session's 15 minutes of device time with one start (about 90 s)."""
     assert [part.name for part in gpu_session.PARTS] == [
         "install", "profile", "scale", "scale32", "gpu_check", "varlen_check", "output_layer", "robust_steps",
-        "largest_batch",
+        "largest_batch", "online",
     ]  # fmt: skip
     install = gpu_session.PARTS[0]
     calls = {call: [p for p in gpu_session.PARTS[1:] if p.call == call] for call in (1, 2)}
@@ -102,7 +103,9 @@ def test_the_parts_fit_two_device_commands_most_valuable_first():
 
 def test_a_call_runs_its_own_parts_after_the_install(tmp_path):
     second = gpu_session.Session(tmp_path, tmp_path, tiny=False, budget=1, site=tmp_path, call=2)
-    assert [part.name for part in second.parts] == ["install", "output_layer", "robust_steps", "largest_batch"]
+    assert [part.name for part in second.parts] == [
+        "install", "output_layer", "robust_steps", "largest_batch", "online"
+    ]  # fmt: skip
     everything = gpu_session.Session(tmp_path, tmp_path, tiny=True, budget=1, site=tmp_path, call=None)
     assert everything.parts == gpu_session.PARTS
 
