@@ -26,6 +26,7 @@ from rdpo_lightning.checkpoints.run_record import KEY
 from rdpo_lightning.checks import constructor_parameters
 from rdpo_lightning.cli import aliases, yaml_config
 from rdpo_lightning.cli.errors import explain
+from rdpo_lightning.cli.sources import value_sources, with_sources
 from rdpo_lightning.data import PreferenceDataModule
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.known_warnings import silence_library_noise, validating_a_checkpoint
@@ -142,7 +143,10 @@ class RDPOCLI(LightningCLI):
         except (ValueError, TypeError) as error:
             root = innermost_cause(error)
             config = self.config.get(self.subcommand) if self.subcommand else self.config
-            fail(key_and_message(*config_key_of(root, config), str(root)))
+            line = key_and_message(*config_key_of(root, config), str(root))
+            if "null clears" in line and getattr(self, "_argv", None):  # a stacked value: say which file set it
+                line = with_sources(line, value_sources(self._argv))
+            fail(line)
         if self.subcommand is not None:  # recorded in checkpoints, for the exported model's card
             self.model.run_config_yaml = self._parser(self.subcommand).dump(self.config[self.subcommand])
 

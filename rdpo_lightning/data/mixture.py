@@ -80,8 +80,8 @@ def resolve_mixture_grid(
     if train_alpha is not None and train_mixtures is not None:
         raise ValueError(
             f"give one of {prefix}train_alpha ({train_alpha!r}) and {prefix}train_mixtures ({list(train_mixtures)!r}),"
-            f" not both: a value an earlier -c file set (configs/quickstart.yaml sets train_alpha) stays until null"
-            f" clears it: {_clearing(prefix, 'train_alpha')} (or {_clearing(prefix, 'train_mixtures')})"
+            f" not both: a value an earlier -c file or flag set stays until null clears it:"
+            f" {_clearing(prefix, 'train_alpha')} (or {_clearing(prefix, 'train_mixtures')})"
         )
     if train_mixtures is not None:
         if len(train_mixtures) == 0:

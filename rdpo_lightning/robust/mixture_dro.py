@@ -77,8 +77,8 @@ class MixtureDRO(RobustLoss):
         if radius is not None and mixtures is not None:
             raise ValueError(
                 f"give one of radius ({radius!r}: a ball around α₀) and mixtures ({mixtures!r}: an explicit list), not"
-                " both: a value an earlier -c file set (configs/robust/mixture_dro.yaml sets radius) stays until null"
-                " clears it: --model.robust.init_args.radius=null"
+                " both: a value an earlier -c file or flag set stays until null clears it:"
+                " --model.robust.init_args.radius=null (or --model.robust.init_args.mixtures=null)"
             )
         if radius is not None:
             check_non_negative("radius", radius)

@@ -79,8 +79,9 @@ BAD = [
         [*MIXTURE, "--model.robust.radius=0.1", "--model.robust.mixtures=[0.1]"],
         "model.robust",
         "give one of radius (0.1: a ball around α₀) and mixtures ([0.1]: an explicit list), not both: a value an"
-        " earlier -c file set (configs/robust/mixture_dro.yaml sets radius) stays until null clears it:"
-        " --model.robust.init_args.radius=null",
+        " earlier -c file or flag set stays until null clears it: --model.robust.init_args.radius=null (or"
+        " --model.robust.init_args.mixtures=null) (model.robust.radius from --model.robust.radius;"
+        " model.robust.mixtures from --model.robust.mixtures)",
     ),
     (MIXTURE, "model.robust", "give radius (a ball around α₀) or mixtures (an explicit list of mixtures)"),
     ([*MIXTURE, "--model.robust.radius=0.1", "--model.robust.aggregate=min"], "model.robust", "aggregate must be"),
@@ -115,9 +116,9 @@ BAD = [
     (
         ["--data.init_args.train_mixtures=[0.2]"],
         "data",
-        "give one of data.train_alpha (0.1) and data.train_mixtures ([0.2]), not both: a value an earlier -c file set"
-        " (configs/quickstart.yaml sets train_alpha) stays until null clears it: --data.init_args.train_alpha=null"
-        " (or --data.init_args.train_mixtures=null)",
+        "give one of data.train_alpha (0.1) and data.train_mixtures ([0.2]), not both: a value an earlier -c file or"
+        " flag set stays until null clears it: --data.init_args.train_alpha=null (or"
+        " --data.init_args.train_mixtures=null) (data.train_alpha from ",
     ),
     (
         ["--data.init_args.attribute_b=null"],
@@ -179,3 +180,28 @@ def test_the_null_an_exclusive_pair_error_names_clears_it(tmp_path, capsys):
         pytest.fail("the flags the errors named did not clear them")
     assert args[-2:] == ["--data.init_args.train_alpha=null", "--data.init_args.val_alphas=null"]
     assert "MixtureDRO set: family simplex, radius 0.2 around alpha_0 = joy=0.50,fear=0.50" in capsys.readouterr().out
+
+
+def test_a_stacked_pair_error_names_the_file_and_the_flag_that_set_each_side(tmp_path, capsys):
+    """The quickstart sets data.train_alpha; a scenario file stacked after it sets data.train_mixtures; a flag after
+    both sets the radius the MixtureDRO file's mixtures clash with: each side is named with its source, the last
+    one that set it."""
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump({"data": {"init_args": {"train_mixtures": [0.3]}}}))
+    quickstart = str(CONFIGS / "quickstart.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", quickstart, "-c", str(scenario), f"--trainer.default_root_dir={tmp_path}"])
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rdpo: error:")]
+    assert line.endswith(f"(data.train_alpha from {quickstart}; data.train_mixtures from {scenario})"), line
+
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(
+        yaml.safe_dump({"model": {"robust": {"class_path": "MixtureDRO", "init_args": {"mixtures": [0.1]}}}})
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", quickstart, "-c", str(listed), "--model.robust.init_args.radius=0.3",
+              f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rdpo: error:")]
+    assert line.endswith(
+        f"(model.robust.radius from --model.robust.init_args.radius; model.robust.mixtures from {listed})"
+    ), line
