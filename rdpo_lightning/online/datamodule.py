@@ -76,6 +76,7 @@ class OnlineWorldDataModule(AttributeWorldDataModule):
         self.samples_logged = samples_logged
         self.train_prompts: list[str] = []
         self._loader: OnlineLoader | None = None
+        self._loader_trainer: Any = None
 
     # --- the prompts ---------------------------------------------------------------------------------------------
     def prompt_splits(self) -> PromptSplits:
@@ -115,8 +116,10 @@ class OnlineWorldDataModule(AttributeWorldDataModule):
 
     # --- the loader ----------------------------------------------------------------------------------------------
     def train_dataloader(self) -> OnlineLoader:
-        if self._loader is None:
-            self._loader = self._build_loader()
+        """One loader per fit (Lightning asks more than once: the schedule's step count, then the loop), so the state a
+        checkpoint restores is the state the loop iterates."""
+        if self._loader is None or self._loader_trainer is not self.trainer:
+            self._loader, self._loader_trainer = self._build_loader(), self.trainer
         return self._loader
 
     def _build_loader(self) -> OnlineLoader:
