@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> str:
                       f" (generation {result['generation_seconds']:.1f} s); elapsed {elapsed / 60:.1f} min",
                       file=sys.stderr, flush=True)  # fmt: skip
         wanted = [
-            (sc, m, mode, s) for s in range(args.seeds) for sc in args.scenarios for m in METHODS for mode in MODES
+            (sc, m, mode, s) for s in range(args.seeds) for sc in args.scenarios for m in args.methods for mode in MODES
         ]
         paths = [root / "results" / f"{sc}_{m}_{mode}_seed{s}.json" for sc, m, mode, s in wanted]
         missing = [p for p in paths if not p.exists()]
