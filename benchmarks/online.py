@@ -24,6 +24,7 @@ initial weights) with the package's t-interval (``rdpo_lightning.pareto.interval
 
     PYTHONPATH=$PWD python benchmarks/online.py                 # default size: see benchmarks/README.md
     PYTHONPATH=$PWD python benchmarks/online.py --tiny          # smoke test; writes to $TMPDIR/rdpo_lightning_tiny
+    PYTHONPATH=$PWD python benchmarks/online.py --trl --completions 2   # adds DPO by TRL's OnlineDPOTrainer
 
 A long run can be split over processes sharing ``--runs`` (``--train-seeds``; a fit already done there is kept).
 """
@@ -46,6 +47,8 @@ import shift  # noqa: E402
 
 SCENARIOS = ("pair", "simplex")
 MODES = ("offline", "online")
+#: ``--trl``: DPO at α₀ trained by TRL's OnlineDPOTrainer (benchmarks/online_trl.py), evaluated as ours are
+TRL = ("DPO", "trl")
 METHODS = ("DPO", "Mean", "MixtureDRO")
 #: what each run reports at its end: (name, logged tag, higher is better)
 MEASURES = (
@@ -142,12 +145,32 @@ class Capture:
         return _Capture()
 
 
+def optimizer_steps(args: argparse.Namespace) -> int:
+    """Every mode's optimizer steps: offline loses its tied pairs, so steps, not epochs, are made equal."""
+    return args.epochs * args.num_train // args.batch_size
+
+
+def evaluation(args: argparse.Namespace, seed: int) -> list:
+    """The callbacks that judge a final policy (worst case over the judged mixtures, with generation)."""
+    from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
+
+    generation = GenerationEvaluation(
+        num_prompts=args.gen_prompts, batch_size=args.gen_prompts, max_new_tokens=args.gen_tokens, seed=seed
+    )
+    return [WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)]
+
+
+def measured(trainer, datamodule) -> dict:
+    """:data:`MEASURES` as the last validation logged them."""
+    train = datamodule.train_mixtures[0].name
+    return {name: float(trainer.callback_metrics[tag.format(train=train)]) for name, tag, _ in MEASURES}
+
+
 def fit_one(args: argparse.Namespace, scenario: str, method: str, mode: str, seed: int, root: Path) -> dict:
     """One fit, validated (with generation) at its end; returns what it measured and how long each part took."""
     import lightning as L
     import torch
 
-    from rdpo_lightning.callbacks import GenerationEvaluation, WorstCaseEvaluation
     from rdpo_lightning.training.module import RobustDPO
     from rdpo_lightning.training.quiet import quiet_trainer
 
@@ -164,25 +187,18 @@ def fit_one(args: argparse.Namespace, scenario: str, method: str, mode: str, see
         optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
         robust=make_robust(method, scenario, args.radius), reference_cache_dir=str(cache / "reference"),
     )  # fmt: skip
-    generation = GenerationEvaluation(
-        num_prompts=args.gen_prompts, batch_size=args.gen_prompts, max_new_tokens=args.gen_tokens, seed=seed
-    )
     logger = Capture()
-    steps = args.epochs * args.num_train // args.batch_size  # offline loses its tied pairs: steps, not epochs, equal
     trainer = quiet_trainer(
-        accelerator=args.accelerator, devices=1, max_steps=steps, limit_val_batches=0, logger=logger,
-        callbacks=[WorstCaseEvaluation(generation=generation, plot_name=None, print_table=False)],
+        accelerator=args.accelerator, devices=1, max_steps=optimizer_steps(args), limit_val_batches=0, logger=logger,
+        callbacks=evaluation(args, seed),
     )  # fmt: skip
     started = time.perf_counter()
     trainer.fit(module, datamodule)
     seconds = time.perf_counter() - started
     trainer.limit_val_batches = 1.0
     trainer.validate(module, datamodule, verbose=False)  # the final policy, with generation
-    train = datamodule.train_mixtures[0].name
     out = {"scenario": scenario, "method": method, "mode": mode, "seed": seed, "steps": trainer.global_step,
-           "fit_seconds": seconds, "prepare_seconds": prepared}  # fmt: skip
-    for name, tag, _ in MEASURES:
-        out[name] = float(trainer.callback_metrics[tag.format(train=train)])
+           "fit_seconds": seconds, "prepare_seconds": prepared, **measured(trainer, datamodule)}  # fmt: skip
     rounds = logger.values
     out["generation_seconds"] = sum(v for _, v in rounds.get("online/generation_seconds", []))
     out["generated_tokens"] = sum(v for _, v in rounds.get("online/generated_tokens", []))
@@ -190,6 +206,46 @@ def fit_one(args: argparse.Namespace, scenario: str, method: str, mode: str, see
         sum(v for _, v in rounds.get("online/pairs", [])) if mode == "online" else len(datamodule.train_dataset)
     )
     out["ties"] = sum(v for _, v in rounds.get("online/ties", []))
+    return out
+
+
+def fit_trl(args: argparse.Namespace, scenario: str, seed: int, root: Path) -> dict:
+    """DPO at α₀ by TRL's OnlineDPOTrainer from the same initial policy, prompts and steps as ``fit_one``'s online
+    DPO; the saved policy judged by the same validation (against the initial policy as the loss's reference)."""
+    import inspect
+
+    import lightning as L
+    from online_trl import train_trl  # beside this script; imported here: TRL is needed only with --trl
+
+    from rdpo_lightning.rewards import AttributeWorldReward
+    from rdpo_lightning.training.module import RobustDPO
+    from rdpo_lightning.training.quiet import quiet_trainer
+
+    model_dir, _ = initial_policy(args, scenario, seed, root)
+    cache = root / "cache"
+    L.seed_everything(seed, verbose=False)
+    datamodule = make_datamodule(args, scenario, "online", seed, model_dir, cache)
+    started = time.perf_counter()
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # the training prompts, and the validation sets ours are judged on
+    prepared = time.perf_counter() - started
+    trained = root / "models" / f"{scenario}_seed{seed}_trl"
+    min_lr_ratio = inspect.signature(RobustDPO).parameters["min_lr_ratio"].default  # ours: fit_one leaves it
+    run = train_trl(
+        model_dir, trained, datamodule.train_prompts, AttributeWorldReward(datamodule.world),
+        datamodule.train_mixtures[0], steps=optimizer_steps(args), batch_size=args.batch_size, lr=args.lr,
+        beta=args.beta, warmup_steps=args.warmup_steps, min_lr_ratio=min_lr_ratio,
+        max_new_tokens=args.gen_tokens, temperature=1.0, seed=seed,
+    )  # fmt: skip
+    module = RobustDPO(
+        model=str(trained), reference=str(model_dir), beta=args.beta, robust=make_robust("DPO", scenario, 0)
+    )
+    trainer = quiet_trainer(accelerator=args.accelerator, devices=1, logger=False, callbacks=evaluation(args, seed))
+    trainer.validate(module, datamodule, verbose=False)
+    out = {"scenario": scenario, "method": "DPO", "mode": "trl", "seed": seed, "steps": run.steps,
+           "fit_seconds": run.fit_seconds, "prepare_seconds": prepared, **measured(trainer, datamodule),
+           "generation_seconds": run.generation_seconds, "generated_tokens": run.generated_tokens,
+           "pairs": run.pairs, "ties": run.ties}  # fmt: skip
     return out
 
 
@@ -228,6 +284,12 @@ def report(args: argparse.Namespace, results: list[dict], seconds: float) -> str
             else f"{platform.machine()} with {os.cpu_count()} CPUs ({args.cpu_name})"
         )
     ]
+    if args.trl:
+        lines.append(
+            f"DPO trl: TRL's OnlineDPOTrainer on CPU, same initial policy, prompts, steps, batch, lr schedule and beta;"
+            f" it samples 2 completions per prompt (ours {args.completions}: --completions 2 for a like-for-like row)"
+            f" and keeps tied pairs (the first sample chosen), where ours drops them"
+        )
     for scenario in args.scenarios:
         rows = [r for r in results if r["scenario"] == scenario]
         if not rows:
@@ -236,24 +298,22 @@ def report(args: argparse.Namespace, results: list[dict], seconds: float) -> str
         header = f"{'method':<12}{'mode':<9}" + "".join(f"{name:>26}" for name, _, _ in MEASURES)
         header += f"{'steps':>7}{'fit s':>9}{'gen s':>8}{'gen tok/s':>10}{'prep s':>8}"
         lines += [header, "-" * len(header)]
-        for method in args.methods:
-            for mode in MODES:
-                runs = [r for r in rows if (r["method"], r["mode"]) == (method, mode)]
-                if not runs:
-                    continue
-                row = f"{method:<12}{mode:<9}" + "".join(
-                    f"{shift.cell([r[n] for r in runs]):>26}" for n, _, _ in MEASURES
-                )
-                row += f"{runs[0]['steps']:>7}{sum(r['fit_seconds'] for r in runs) / len(runs):>9.1f}"
-                row += f"{sum(r['generation_seconds'] for r in runs) / len(runs):>8.1f}"
-                generated = sum(r["generated_tokens"] for r in runs)
-                rate = generated / max(sum(r["generation_seconds"] for r in runs), 1e-9) if generated else math.nan
-                row += f"{rate:>10.0f}"
-                row += f"{sum(r['prepare_seconds'] for r in runs) / len(runs):>8.1f}"
-                lines.append(row)
+        for method, mode in fits(args):
+            runs = [r for r in rows if (r["method"], r["mode"]) == (method, mode)]
+            if not runs:
+                continue
+            row = f"{method:<12}{mode:<9}" + "".join(f"{shift.cell([r[n] for r in runs]):>26}" for n, _, _ in MEASURES)
+            row += f"{runs[0]['steps']:>7}{sum(r['fit_seconds'] for r in runs) / len(runs):>9.1f}"
+            row += f"{sum(r['generation_seconds'] for r in runs) / len(runs):>8.1f}"
+            generated = sum(r["generated_tokens"] for r in runs)
+            rate = generated / max(sum(r["generation_seconds"] for r in runs), 1e-9) if generated else math.nan
+            row += f"{rate:>10.0f}"
+            row += f"{sum(r['prepare_seconds'] for r in runs) / len(runs):>8.1f}"
+            lines.append(row)
         comparisons = [(m, (m, "offline"), f"{m} online - {m} offline") for m in args.methods]
         if "DPO" in args.methods:
             comparisons += [(m, ("DPO", "online"), f"{m} online - DPO online") for m in args.methods if m != "DPO"]
+            comparisons += [("DPO", TRL, "DPO online - DPO trl")] if args.trl else []
         for name, _, higher in MEASURES:
             lines += ["", f"Scenario '{scenario}', {name}: paired by seed (positive = better), 95% t-interval"]
             for method, baseline, label in comparisons:
@@ -290,6 +350,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=Path, default=None, help="keep each fit's result here (default: temporary)")
     p.add_argument("--train-seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=None,
                    help="fit only these seeds (default: all); fits in --runs are kept; '' only judges")  # fmt: skip
+    p.add_argument("--trl", action="store_true", help="add DPO by TRL's OnlineDPOTrainer (it samples 2 completions a"
+                   " prompt: --completions 2 to match)")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="smoke-test size: seconds per run; never writes results/")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -319,6 +381,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def fits(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Each (method, mode) a seed fits, in the report's order: every method in both modes, TRL's DPO after ours."""
+    out = []
+    for method in args.methods:
+        out += [(method, mode) for mode in MODES] + ([TRL] if args.trl and method == TRL[0] else [])
+    return out
+
+
 def main(argv: list[str] | None = None) -> str:
     import torch
 
@@ -330,12 +400,15 @@ def main(argv: list[str] | None = None) -> str:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rdpo-online-") as scratch:
         root = args.runs or Path(scratch)
-        plan = [(sc, m, mode, s) for s in seeds for sc in args.scenarios for m in args.methods for mode in MODES]
+        plan = [(sc, m, mode, s) for s in seeds for sc in args.scenarios for m, mode in fits(args)]
         for done, (scenario, method, mode, seed) in enumerate(plan, start=1):
             path = root / "results" / f"{scenario}_{method}_{mode}_seed{seed}.json"
             if path.exists():
                 continue
-            result = fit_one(args, scenario, method, mode, seed, root)
+            if mode == "trl":
+                result = fit_trl(args, scenario, seed, root)
+            else:
+                result = fit_one(args, scenario, method, mode, seed, root)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result) + "\n")
             if not args.quiet:
@@ -343,9 +416,7 @@ def main(argv: list[str] | None = None) -> str:
                 print(f"[{done:>3}/{len(plan)}] {scenario} {method} {mode}, seed {seed}: {result['fit_seconds']:.1f} s"
                       f" (generation {result['generation_seconds']:.1f} s); elapsed {elapsed / 60:.1f} min",
                       file=sys.stderr, flush=True)  # fmt: skip
-        wanted = [
-            (sc, m, mode, s) for s in range(args.seeds) for sc in args.scenarios for m in METHODS for mode in MODES
-        ]
+        wanted = [(sc, m, mode, s) for s in range(args.seeds) for sc in args.scenarios for m, mode in fits(args)]
         paths = [root / "results" / f"{sc}_{m}_{mode}_seed{s}.json" for sc, m, mode, s in wanted]
         missing = [p for p in paths if not p.exists()]
         if missing:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from pathlib import Path
 
@@ -40,3 +41,20 @@ def test_tiny_online_benchmark_compares_every_method_online_and_offline(tmp_path
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{method} online - {method} offline")
                     and "worst-case reward" in text.split(ln)[0].rsplit("Scenario", 1)[1])  # fmt: skip
         assert [float(g) for g in re.findall(r"[+-]\d\.\d{4}", line)[:2]] == pytest.approx(gaps, abs=6e-5)
+
+
+def test_tiny_online_benchmark_adds_trl_online_dpo_at_equal_steps(tmp_path: Path):
+    """``--trl``: TRL's OnlineDPOTrainer trains DPO from the same initial policy for as many optimizer steps as ours,
+    judged by the same validation; the report pairs it with our online DPO."""
+    run = run_tiny_here(
+        "online", "--trl", "--scenarios", "pair", "--methods", "DPO", "--out", str(tmp_path), cwd=tmp_path
+    )
+    results = json.loads((tmp_path / "online.json").read_text())["runs"]
+    assert {(r["mode"], r["seed"]) for r in results} == {(m, s) for m in (*online.MODES, "trl") for s in (0, 1)}
+    by = {(r["mode"], r["seed"]): r for r in results}
+    for seed in (0, 1):
+        trl = by[("trl", seed)]
+        assert trl["steps"] == by[("online", seed)]["steps"] == 4
+        assert trl["pairs"] == 16 and trl["generated_tokens"] > 0  # 4 steps of 4 prompts, 2 completions each
+        assert all(math.isfinite(trl[name]) for name, _, _ in online.MEASURES)
+    assert re.search(r"^DPO\s+trl\s", run.stdout, re.M) and "DPO online - DPO trl" in run.stdout
