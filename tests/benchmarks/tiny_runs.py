@@ -78,5 +78,9 @@ def _restored_process_state():
         for logger, (level, disabled) in levels.items():
             logger.setLevel(level)
             logger.disabled = disabled
+        for logger in list(logging.Logger.manager.loggerDict.values()):  # made during the run (e.g. "rdpo_lightning"
+            if isinstance(logger, logging.Logger) and logger not in levels:  # set to ERROR by a benchmark): as new
+                logger.setLevel(logging.NOTSET)
+                logger.disabled = False
         for enabled, library in zip(bars, (datasets.utils.logging, transformers.utils.logging), strict=True):
             (library.enable_progress_bar if enabled else library.disable_progress_bar)()
