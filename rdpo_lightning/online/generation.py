@@ -55,6 +55,26 @@ def generating(policy: torch.nn.Module) -> Iterator[None]:
         policy.train(was_training)
 
 
+@dataclass
+class Completions:
+    """Per prompt, its k completions: the token ids the policy wrote (up to and including its EOS, which a completion
+    cut at ``max_new_tokens`` does not have: the pair trains on exactly what was sampled, as TRL does) and their text
+    (what the scorers read); and the tokens generated in all."""
+
+    ids: list[list[list[int]]]
+    texts: list[list[str]]
+    tokens: int
+
+
+def written_ids(row: torch.Tensor, eos: int | None) -> list[int]:
+    """The ids a completion's row holds up to its first EOS (kept; ``generate`` pads a finished row after it), or all
+    of them when it ran to ``max_new_tokens`` (no padding then: a pad id inside is a token the policy sampled)."""
+    ids = row.tolist()
+    if eos is not None and eos in ids:
+        return ids[: ids.index(eos) + 1]
+    return ids
+
+
 def generate_completions(
     policy: torch.nn.Module,
     tokenizer: Any,
@@ -64,8 +84,8 @@ def generate_completions(
     device: torch.device,
     synced: bool = False,
     progress: Any = None,
-) -> tuple[list[list[str]], int]:
-    """``sampling.completions`` decoded completions for each prompt (token ids), and the number of tokens generated.
+) -> Completions:
+    """``sampling.completions`` completions for each prompt (token ids).
 
     ``synced``: every data-parallel rank generates in lockstep (a sharded model needs every rank in every forward).
     ``progress``: a tqdm bar advanced by the prompts done."""
@@ -83,7 +103,8 @@ def generate_completions(
         bos_token_id=tokenizer.bos_token_id,
     )
     k = sampling.completions
-    out: list[list[str]] = []
+    ids: list[list[list[int]]] = []
+    texts: list[list[str]] = []
     tokens = 0
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with generating(policy), torch.random.fork_rng(devices=cuda):
@@ -91,11 +112,11 @@ def generate_completions(
         for start in range(0, len(prompt_ids), sampling.batch_size):
             rows = [list(ids) for ids in prompt_ids[start : start + sampling.batch_size]]
             output, width = generate_left_padded(policy, rows, tokenizer, config, device, synced)
-            new = output[:, width:]
-            finished = (new != tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else torch.ones_like(new)
-            tokens += int(finished.sum())
-            texts = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-            out.extend(texts[i * k : (i + 1) * k] for i in range(len(rows)))
+            written = [written_ids(row, tokenizer.eos_token_id) for row in output[:, width:]]
+            tokens += sum(len(w) for w in written)
+            decoded = [t.strip() for t in tokenizer.batch_decode(written, skip_special_tokens=True)]
+            ids.extend(written[i * k : (i + 1) * k] for i in range(len(rows)))
+            texts.extend(decoded[i * k : (i + 1) * k] for i in range(len(rows)))
             if progress is not None:
                 progress.update(len(rows))
-    return out, tokens
+    return Completions(ids, texts, tokens)

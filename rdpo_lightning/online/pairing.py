@@ -37,10 +37,12 @@ def pairs_per_prompt(pairing: str, completions: int) -> int:
 
 @dataclass
 class OnlinePairs:
-    """Rows in the offline schema (prompt, chosen, rejected, group, score_margins) and the ties dropped."""
+    """Rows in the offline schema (prompt, chosen, rejected, group, score_margins), which completions each row pairs
+    ((prompt index, chosen index, rejected index) into ``groups``), and the ties dropped."""
 
     rows: dict[str, list]
     tied: int
+    picks: list[tuple[int, int, int]]
 
     def __len__(self) -> int:
         return len(self.rows["prompt"])
@@ -63,7 +65,8 @@ def online_pairs(
     check_online_pairing(pairing)
     rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group": [], SCORE_MARGINS: []}
     ties = 0
-    for group in groups:
+    picks: list[tuple[int, int, int]] = []
+    for index, group in enumerate(groups):
         reward = alpha0.combine(group.scores)
         candidates = _candidates(pairing, len(group.responses), rng)
         if candidates is None:  # the first of the best and of the worst (equal up to rounding: the same score)
@@ -81,4 +84,5 @@ def online_pairs(
             rows["rejected"].append(group.responses[rejected])
             rows["group"].append(0)
             rows[SCORE_MARGINS].append(margins)
-    return OnlinePairs(rows, ties)
+            picks.append((index, chosen, rejected))
+    return OnlinePairs(rows, ties, picks)

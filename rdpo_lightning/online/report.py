@@ -39,6 +39,7 @@ class RoundLog:
             "online/ties": float(report.ties),
             "online/dropped": float(sum(report.dropped.values())),
             "online/unused_pairs": float(report.unused),
+            "online/truncated_responses": float(report.truncated),
             "online/generated_tokens": float(report.generated_tokens),
             "online/generation_seconds": report.generation_seconds,
             "online/scoring_seconds": report.scoring_seconds,
@@ -54,7 +55,7 @@ class RoundLog:
         values = self.metrics(report, trained_seconds)
         names = list(values)
         summed = ("online/prompts", "online/pairs", "online/ties", "online/dropped", "online/unused_pairs",
-                  "online/generated_tokens")  # fmt: skip
+                  "online/truncated_responses", "online/generated_tokens")  # fmt: skip
         strategy = self.trainer.strategy
         if self.trainer.world_size > 1:
             tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=strategy.root_device)

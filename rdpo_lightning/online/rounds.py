@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from rdpo_lightning.data.pairing import PromptCompletions
-from rdpo_lightning.data.rows import check_and_tokenize
+from rdpo_lightning.data.rows import EMPTY_RESPONSE, IDENTICAL
 from rdpo_lightning.data.score_margins import SCORE_MARGINS
-from rdpo_lightning.data.tokenize import DROP_COLUMN
+from rdpo_lightning.data.tokenize import IDENTICAL_AFTER_TRUNCATION, NO_ROOM
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.mixtures import Mixture
 from rdpo_lightning.online.generation import OnlineSampling, generate_completions
@@ -44,6 +44,8 @@ class RoundReport:
     ties: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     unused: int = 0
+    #: kept pairs' responses cut to fit max_length with their prompt
+    truncated: int = 0
     generation_seconds: float = 0.0
     scoring_seconds: float = 0.0
     #: (completions, K) scores of every completion of the round, for the mean per attribute and per mixture
@@ -65,7 +67,7 @@ class RoundPlan:
     seed: int
     rank: int
     replicas: int
-    tokenize_kwargs: dict[str, Any]
+    max_length: int
     samples_logged: int = 4
 
     @property
@@ -82,6 +84,29 @@ class RoundPlan:
     def rounds_per_epoch(self) -> int:
         """Rounds in one epoch: one pass over this rank's shard (at least one)."""
         return max(1, math.ceil(len(self.prompt_ids) / self.replicas) // self.prompts_per_pass)
+
+
+def pair_row(
+    prompt_ids: Sequence[int],
+    chosen: Sequence[int],
+    rejected: Sequence[int],
+    chosen_text: str,
+    rejected_text: str,
+    max_length: int,
+) -> tuple[dict[str, list[int]] | None, str, int]:
+    """The tokenised row of a pair from the ids the policy wrote, or None and why it is dropped; and how many of its
+    responses were cut. As offline: responses keep their start within ``max_length`` with the prompt; a pair with an
+    empty response (no text to score) or two identical responses is dropped."""
+    if not chosen_text.strip() or not rejected_text.strip():
+        return None, EMPTY_RESPONSE, 0
+    room = max_length - len(prompt_ids)
+    if room < 1:
+        return None, NO_ROOM, 0
+    cut = int(len(chosen) > room) + int(len(rejected) > room)
+    chosen, rejected = list(chosen[:room]), list(rejected[:room])
+    if chosen == rejected:
+        return None, IDENTICAL if not cut else IDENTICAL_AFTER_TRUNCATION, 0
+    return {"prompt_ids": list(prompt_ids), "chosen_ids": chosen, "rejected_ids": rejected}, "", cut
 
 
 def run_round(
@@ -110,7 +135,7 @@ def run_round(
         bar = progress(round_index, per_pass) if progress is not None else None
         started = time.perf_counter()
         seed = int(np.random.default_rng([plan.seed, 31, round_index, plan.rank, passes]).integers(2**31))
-        completions, tokens = generate_completions(
+        completions = generate_completions(
             policy, tokenizer, [plan.prompt_ids[i] for i in chosen], plan.sampling, seed, device,
             synced=plan.replicas > 1, progress=bar,
         )  # fmt: skip
@@ -120,36 +145,30 @@ def run_round(
         started = time.perf_counter()
         prompts = [plan.prompts[i] for i in chosen]
         flat_prompts = [p for p in prompts for _ in range(plan.sampling.completions)]
-        flat = [c for row in completions for c in row]
+        flat = [c for row in completions.texts for c in row]
         scores = plan.scorer.score_completions(flat_prompts, flat).reshape(len(chosen), plan.sampling.completions, -1)
         report.scoring_seconds += time.perf_counter() - started
         report.prompts += len(chosen)
         report.completions += len(flat)
-        report.generated_tokens += tokens
+        report.generated_tokens += completions.tokens
         report.scores.append(scores.reshape(len(flat), -1))
-        groups = [PromptCompletions(p, c, s) for p, c, s in zip(prompts, completions, scores, strict=True)]
+        groups = [PromptCompletions(p, c, s) for p, c, s in zip(prompts, completions.texts, scores, strict=True)]
         pairs = online_pairs(groups, plan.alpha0, plan.pairing, rng)
         report.ties += pairs.tied
         usable = 0
-        for i in range(len(pairs)):
-            row = {column: values[i] for column, values in pairs.rows.items()}
-            tokenized = check_and_tokenize(row, i, f"online round {round_index}", **plan.tokenize_kwargs)
-            reason = tokenized.get(DROP_COLUMN)
-            if reason:
+        for i, (group, best, worst) in enumerate(pairs.picks):
+            written, texts = completions.ids[group], (pairs.rows["chosen"][i], pairs.rows["rejected"][i])
+            row, reason, cut = pair_row(
+                plan.prompt_ids[chosen[group]], written[best], written[worst], *texts, plan.max_length
+            )
+            if row is None:
                 report.dropped[reason] = report.dropped.get(reason, 0) + 1
                 continue
             usable += 1
+            report.truncated += cut
             if len(report.samples) < plan.samples_logged:
-                report.samples.append((row["prompt"], row["chosen"], row["rejected"]))
-            kept.append(
-                {
-                    "prompt_ids": tokenized["prompt_ids"],
-                    "chosen_ids": tokenized["chosen_ids"],
-                    "rejected_ids": tokenized["rejected_ids"],
-                    "group": 0,
-                    SCORE_MARGINS: row[SCORE_MARGINS],
-                }
-            )
+                report.samples.append((pairs.rows["prompt"][i], pairs.rows["chosen"][i], pairs.rows["rejected"][i]))
+            kept.append({**row, "group": 0, SCORE_MARGINS: pairs.rows[SCORE_MARGINS][i]})
         passes += 1
         fruitless = 0 if any_rank(usable > 0) else fruitless + 1
         if fruitless >= FRUITLESS_PASSES:
@@ -157,8 +176,8 @@ def run_round(
                 f"online round {round_index}: {FRUITLESS_PASSES} passes of {per_pass} prompts x"
                 f" {plan.sampling.completions} completions gave no usable pair ({report.ties} tied under"
                 f" {plan.alpha0.name}, dropped: {report.dropped or 'none'}): the policy's completions are all empty"
-                " or all score alike; raise data.init_args.sampling.temperature or max_new_tokens, or"
-                " sampling.completions"
+                " or all score alike; raise data.init_args.generation.temperature or max_new_tokens, or"
+                " generation.completions"
             )
     report.pairs = min(len(kept), plan.pairs_needed)
     report.unused = max(0, len(kept) - plan.pairs_needed)

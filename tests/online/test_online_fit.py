@@ -42,12 +42,20 @@ def test_each_pair_is_two_of_the_policys_completions_ordered_by_the_world_at_alp
     world = AttributeWorld()
     alpha0 = np.asarray(data.train_mixture.weights)
     assert len(record.batches) == 3
+    cut_short = 0
     for batch in record.batches:
         chosen, rejected = responses(batch, tokenizer)
         assert len(chosen) == 4 and all(chosen) and all(rejected)
         margins = world.attribute_rewards(chosen) - world.attribute_rewards(rejected)
         np.testing.assert_allclose(batch["columns"]["score_margins"].numpy(), margins, rtol=0, atol=1e-12)
         assert (margins @ alpha0 > 0).all()
+        # the responses are the ids the policy wrote: ending in its EOS, or cut at max_new_tokens (6) without one
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            written = ids[labels != IGNORE_INDEX].tolist()
+            ended = written[-1] == tokenizer.eos_token_id
+            assert (ended or len(written) == 6) and tokenizer.eos_token_id not in written[:-1], written
+            cut_short += not ended
+    assert cut_short > 0  # some ran to max_new_tokens and train without an EOS the policy never wrote (as TRL)
     assert record.losses[0] == pytest.approx(math.log(2), abs=1e-12)  # the live reference is the initial policy
     assert module.reference is not None and not any(p.requires_grad for p in module.reference.parameters())
 
