@@ -49,33 +49,16 @@ def tokenize_pair(
 ) -> dict[str, Any]:
     """One pair of strings → ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, its ``drop_reason`` ("" = kept) and
     what truncation cut from a kept pair (:data:`TRUNCATION_COLUMN`)."""
-    prompt_ids = tokenizer(example["prompt"], add_special_tokens=not templated)["input_ids"]
+    prompt_ids, prompt_cut = tokenize_prompt(
+        example["prompt"], tokenizer, max_prompt_length, truncation_mode, templated
+    )
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None and not templated else []
     chosen_ids = tokenizer(example["chosen"], add_special_tokens=False)["input_ids"] + eos
     rejected_ids = tokenizer(example["rejected"], add_special_tokens=False)["input_ids"] + eos
-    cut = []
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        cut.append(PROMPT_CUT)
-        if truncation_mode == "keep_end":
-            prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
-        else:
-            prompt_ids = prompt_ids[:max_prompt_length]
-    if not prompt_ids:  # an empty prompt: start from BOS (else EOS) so the response's first token is scored
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        prompt_ids = [start] if start is not None else []
-    room = max(max_length - len(prompt_ids), 0)
-    reason = ""
-    if room < 1:
-        reason = NO_ROOM
-    elif drop_truncated and max(len(chosen_ids), len(rejected_ids)) > room:
-        reason = TRUNCATED
-    if max(len(chosen_ids), len(rejected_ids)) > room:
-        cut.append(RESPONSE_CUT)
-    chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
-    if not reason and not (prompt_ids and chosen_ids and rejected_ids):
-        reason = NOTHING_TO_SCORE
-    if not reason and chosen_ids == rejected_ids:
-        reason = IDENTICAL_AFTER_TRUNCATION
+    chosen_ids, rejected_ids, reason, response_cut = fit_responses(
+        prompt_ids, chosen_ids, rejected_ids, max_length, drop_truncated
+    )
+    cut = [PROMPT_CUT] * prompt_cut + [RESPONSE_CUT] * response_cut
     return {
         "prompt_ids": prompt_ids,
         "chosen_ids": chosen_ids,
@@ -83,6 +66,45 @@ def tokenize_pair(
         DROP_COLUMN: reason,
         TRUNCATION_COLUMN: ",".join(cut) if not reason else "",
     }
+
+
+def tokenize_prompt(
+    prompt: str, tokenizer: Any, max_prompt_length: int | None, truncation_mode: str, templated: bool
+) -> tuple[list[int], bool]:
+    """A prompt's ids (BOS added to untemplated text), cut to ``max_prompt_length`` by ``truncation_mode``, and
+    whether it was cut. An empty prompt becomes BOS (EOS where there is none), so a response's first token is scored
+    from the token before it."""
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=not templated)["input_ids"])
+    cut = max_prompt_length is not None and len(prompt_ids) > max_prompt_length
+    if cut:
+        if truncation_mode == "keep_end":
+            prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
+        else:
+            prompt_ids = prompt_ids[:max_prompt_length]
+    if not prompt_ids:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        prompt_ids = [start] if start is not None else []
+    return prompt_ids, cut
+
+
+def fit_responses(
+    prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], max_length: int, drop_truncated: bool
+) -> tuple[list[int], list[int], str, bool]:
+    """Both responses cut to ``max_length`` with the prompt (each keeps its start): (chosen, rejected, the pair's drop
+    reason or "", whether a response was cut)."""
+    room = max(max_length - len(prompt_ids), 0)
+    cut = max(len(chosen_ids), len(rejected_ids)) > room
+    reason = ""
+    if room < 1:
+        reason = NO_ROOM
+    elif drop_truncated and cut:
+        reason = TRUNCATED
+    chosen_ids, rejected_ids = list(chosen_ids[:room]), list(rejected_ids[:room])
+    if not reason and not (prompt_ids and chosen_ids and rejected_ids):
+        reason = NOTHING_TO_SCORE
+    if not reason and chosen_ids == rejected_ids:
+        reason = IDENTICAL_AFTER_TRUNCATION
+    return chosen_ids, rejected_ids, reason, cut
 
 
 def check_lengths(max_length: int, max_prompt_length: int | None, truncation_mode: str = "keep_end") -> None:

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from rdpo_lightning.data.context_length import model_contexts
 from rdpo_lightning.data.mixture_pairs import PromptSplits
 from rdpo_lightning.data.sampler import data_parallel_replicas
+from rdpo_lightning.data.tokenize import tokenize_prompt
 from rdpo_lightning.data.world_data import AttributeWorldDataModule
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.online.generation import OnlineSampling
@@ -102,17 +103,8 @@ class OnlineWorldDataModule(AttributeWorldDataModule):
         return scorer
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """The prompt as the pairs tokenise it (BOS added to untemplated text, cut to ``max_prompt_length``)."""
-        ids = list(self.tokenizer(prompt, add_special_tokens=not self.templated)["input_ids"])
-        if self.max_prompt_length is not None and len(ids) > self.max_prompt_length:
-            ids = (
-                ids[-self.max_prompt_length :] if self.truncation_mode == "keep_end" else ids[: self.max_prompt_length]
-            )
-        if not ids:
-            ids = [
-                self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
-            ]
-        return ids
+        """The prompt as the pairs tokenise it (:func:`~rdpo_lightning.data.tokenize.tokenize_prompt`)."""
+        return tokenize_prompt(prompt, self.tokenizer, self.max_prompt_length, self.truncation_mode, self.templated)[0]
 
     # --- the loader ----------------------------------------------------------------------------------------------
     def train_dataloader(self) -> OnlineLoader:

@@ -21,7 +21,7 @@ import numpy as np
 from rdpo_lightning.data.pairing import PromptCompletions
 from rdpo_lightning.data.rows import EMPTY_RESPONSE, IDENTICAL
 from rdpo_lightning.data.score_margins import SCORE_MARGINS
-from rdpo_lightning.data.tokenize import IDENTICAL_AFTER_TRUNCATION, NO_ROOM
+from rdpo_lightning.data.tokenize import fit_responses
 from rdpo_lightning.errors import InputError
 from rdpo_lightning.mixtures import Mixture
 from rdpo_lightning.online.generation import OnlineSampling, generate_completions
@@ -95,18 +95,18 @@ def pair_row(
     max_length: int,
 ) -> tuple[dict[str, list[int]] | None, str, int]:
     """The tokenised row of a pair from the ids the policy wrote, or None and why it is dropped; and how many of its
-    responses were cut. As offline: responses keep their start within ``max_length`` with the prompt; a pair with an
-    empty response (no text to score) or two identical responses is dropped."""
+    responses were cut. As offline (:func:`~rdpo_lightning.data.tokenize.fit_responses`): responses keep their start
+    within ``max_length`` with the prompt; a pair with an empty response (no text to score) or two identical responses
+    is dropped."""
     if not chosen_text.strip() or not rejected_text.strip():
         return None, EMPTY_RESPONSE, 0
-    room = max_length - len(prompt_ids)
-    if room < 1:
-        return None, NO_ROOM, 0
-    cut = int(len(chosen) > room) + int(len(rejected) > room)
-    chosen, rejected = list(chosen[:room]), list(rejected[:room])
-    if chosen == rejected:
-        return None, IDENTICAL if not cut else IDENTICAL_AFTER_TRUNCATION, 0
-    return {"prompt_ids": list(prompt_ids), "chosen_ids": chosen, "rejected_ids": rejected}, "", cut
+    if list(chosen) == list(rejected):
+        return None, IDENTICAL, 0
+    kept_chosen, kept_rejected, reason, _ = fit_responses(list(prompt_ids), chosen, rejected, max_length, False)
+    if reason:
+        return None, reason, 0
+    cut = int(len(kept_chosen) < len(chosen)) + int(len(kept_rejected) < len(rejected))
+    return {"prompt_ids": list(prompt_ids), "chosen_ids": kept_chosen, "rejected_ids": kept_rejected}, "", cut
 
 
 def run_round(
