@@ -21,7 +21,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from rdpo_lightning.callbacks.metrics import GroupedMean
 from rdpo_lightning.data.mixture import Mixture
 from rdpo_lightning.data.sampler import data_parallel_replicas
-from rdpo_lightning.models.sampling import generate_left_padded
+from rdpo_lightning.models.sampling import cuda_devices, generate_left_padded
 from rdpo_lightning.rewards import AttributeWorldReward, RewardFunction
 
 
@@ -187,7 +187,7 @@ class GenerationEvaluation:
         policy = pl_module.policy
         device = pl_module.device
         samples: list[tuple[str, str]] = []
-        with torch.random.fork_rng(devices=_cuda_devices(device)):
+        with torch.random.fork_rng(devices=cuda_devices(device)):
             torch.manual_seed(self.seed + rank)
             for start in range(0, per_rank, self.batch_size):
                 rows = [prompts[i] for i in mine[start : start + self.batch_size]]
@@ -217,10 +217,3 @@ class GenerationEvaluation:
         if not self.include_prompt:
             return completions, completions
         return tokenizer.batch_decode(output, skip_special_tokens=True), completions
-
-
-def _cuda_devices(device: torch.device) -> list[int]:
-    """The CUDA device whose RNG state sampling must not disturb (none off CUDA)."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]

@@ -31,3 +31,10 @@ def generate_left_padded(
             synced_gpus=synced,
         )
     return output, batch["input_ids"].shape[1]
+
+
+def cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose random state sampling forks (``torch.random.fork_rng``): none off CUDA."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rdpo_lightning.checks import check_int_at_least
-from rdpo_lightning.models.sampling import generate_left_padded
+from rdpo_lightning.models.sampling import cuda_devices, generate_left_padded
 
 
 @dataclass
@@ -106,8 +106,7 @@ def generate_completions(
     ids: list[list[list[int]]] = []
     texts: list[list[str]] = []
     tokens = 0
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with generating(policy), torch.random.fork_rng(devices=cuda):
+    with generating(policy), torch.random.fork_rng(devices=cuda_devices(device)):
         torch.manual_seed(seed)
         for start in range(0, len(prompt_ids), sampling.batch_size):
             rows = [list(ids) for ids in prompt_ids[start : start + sampling.batch_size]]

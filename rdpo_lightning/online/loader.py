@@ -66,7 +66,7 @@ class OnlineLoader:
         trained = time.perf_counter() - self._training_since if self._training_since is not None else 0.0
         self.rows, report = run_round(
             self.plan, context["policy"], context["tokenizer"], context["device"], self.round, epoch,
-            self.round - epoch * self.rounds_per_epoch, context["any_rank"], context.get("progress"),
+            context["any_rank"], context.get("progress"),
         )  # fmt: skip
         self.report(report, trained)
 

@@ -38,7 +38,6 @@ class RoundReport:
 
     round: int
     prompts: int = 0
-    completions: int = 0
     generated_tokens: int = 0
     pairs: int = 0
     ties: int = 0
@@ -116,7 +115,6 @@ def run_round(
     device: Any,
     round_index: int,
     epoch: int,
-    round_in_epoch: int,
     any_rank: Callable[[bool], bool],
     progress: Callable[[int, int], Any] | None = None,
 ) -> tuple[list[dict[str, Any]], RoundReport]:
@@ -125,7 +123,7 @@ def run_round(
     rng = np.random.default_rng([plan.seed, 29, round_index, plan.rank])
     shard = plan.shard(epoch)
     per_pass = plan.prompts_per_pass
-    cursor = round_in_epoch * per_pass
+    cursor = (round_index - epoch * plan.rounds_per_epoch()) * per_pass  # the round's place in the epoch
     kept: list[dict[str, Any]] = []
     fruitless = 0
     passes = 0
@@ -149,7 +147,6 @@ def run_round(
         scores = plan.scorer.score_completions(flat_prompts, flat).reshape(len(chosen), plan.sampling.completions, -1)
         report.scoring_seconds += time.perf_counter() - started
         report.prompts += len(chosen)
-        report.completions += len(flat)
         report.generated_tokens += completions.tokens
         report.scores.append(scores.reshape(len(flat), -1))
         groups = [PromptCompletions(p, c, s) for p, c, s in zip(prompts, completions.texts, scores, strict=True)]
