@@ -33,14 +33,14 @@ class OnlineSampling:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        check_int_at_least("data.sampling.completions", self.completions, 2)
-        check_int_at_least("data.sampling.max_new_tokens", self.max_new_tokens, 1)
-        check_int_at_least("data.sampling.batch_size", self.batch_size, 1)
-        check_int_at_least("data.sampling.top_k", self.top_k, 0)
+        check_int_at_least("data.generation.completions", self.completions, 2)
+        check_int_at_least("data.generation.max_new_tokens", self.max_new_tokens, 1)
+        check_int_at_least("data.generation.batch_size", self.batch_size, 1)
+        check_int_at_least("data.generation.top_k", self.top_k, 0)
         if not self.temperature > 0:
-            raise ValueError(f"data.sampling.temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"data.generation.temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"data.sampling.top_p must lie in (0, 1], got {self.top_p}")
+            raise ValueError(f"data.generation.top_p must lie in (0, 1], got {self.top_p}")
 
 
 @contextmanager

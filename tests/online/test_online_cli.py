@@ -80,3 +80,25 @@ def test_a_scorer_of_the_wrong_width_stops_with_one_line(tmp_path, user_module, 
     assert stopped.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rdpo: error:")]
     assert len(lines) == 1 and "CallableReward" in lines[0] and "shape" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--data.init_args.generation.temperature=0", "data.generation.temperature must be > 0, got 0"),
+        ("--data.init_args.generation.completions=1", "data.generation.completions must be an integer >= 2"),
+        (
+            "--data.init_args.generation.max_new_tokens=62",
+            "data.generation.max_new_tokens=62 after the longest prompt (4 tokens) runs past the model's context"
+            " (model.model_config's n_positions=64)",
+        ),
+    ],
+)
+def test_a_bad_generation_setting_is_one_line_naming_its_key(override, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "-c", str(CONFIGS / "quickstart.yaml"), "-c", str(CONFIGS / "online" / "dpo.yaml"),
+              *run_args(tmp_path), *SMALL, override])  # fmt: skip
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("rdpo: error:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err[-2000:]
