@@ -127,7 +127,7 @@ class OnlineWorldDataModule(AttributeWorldDataModule):
             prompt_ids=prompt_ids, prompts=self.train_prompts, alpha0=self.train_mixture,
             pairing=self.online_pairing, sampling=self.generation, scorer=scorer,
             pairs_needed=batches_per_round * self.batch_size, seed=self.seed, rank=rank, replicas=replicas,
-            max_length=self.max_length, samples_logged=self.samples_logged,
+            max_length=self.max_length, samples_logged=self.samples_logged, drop_truncated=self.drop_truncated,
         )  # fmt: skip
         logger = RoundLog(trainer, self.val_mixtures, scorer.attributes)
         rank_zero_only(log.info)(

@@ -68,6 +68,8 @@ class RoundPlan:
     replicas: int
     max_length: int
     samples_logged: int = 4
+    #: data.drop_truncated: a pair whose response would be cut is dropped (and counted), as offline
+    drop_truncated: bool = False
 
     @property
     def prompts_per_pass(self) -> int:
@@ -92,6 +94,7 @@ def pair_row(
     chosen_text: str,
     rejected_text: str,
     max_length: int,
+    drop_truncated: bool = False,
 ) -> tuple[dict[str, list[int]] | None, str, int]:
     """The tokenised row of a pair from the ids the policy wrote, or None and why it is dropped; and how many of its
     responses were cut. As offline (:func:`~rdpo_lightning.data.tokenize.fit_responses`): responses keep their start
@@ -101,7 +104,9 @@ def pair_row(
         return None, EMPTY_RESPONSE, 0
     if list(chosen) == list(rejected):
         return None, IDENTICAL, 0
-    kept_chosen, kept_rejected, reason, _ = fit_responses(list(prompt_ids), chosen, rejected, max_length, False)
+    kept_chosen, kept_rejected, reason, _ = fit_responses(
+        list(prompt_ids), chosen, rejected, max_length, drop_truncated
+    )
     if reason:
         return None, reason, 0
     cut = int(len(kept_chosen) < len(chosen)) + int(len(kept_rejected) < len(rejected))
@@ -156,7 +161,12 @@ def run_round(
         for i, (group, best, worst) in enumerate(pairs.picks):
             written, texts = completions.ids[group], (pairs.rows["chosen"][i], pairs.rows["rejected"][i])
             row, reason, cut = pair_row(
-                plan.prompt_ids[chosen[group]], written[best], written[worst], *texts, plan.max_length
+                plan.prompt_ids[chosen[group]],
+                written[best],
+                written[worst],
+                *texts,
+                plan.max_length,
+                plan.drop_truncated,
             )
             if row is None:
                 report.dropped[reason] = report.dropped.get(reason, 0) + 1

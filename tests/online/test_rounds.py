@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rdpo_lightning.data.rows import EMPTY_RESPONSE, IDENTICAL
-from rdpo_lightning.data.tokenize import IDENTICAL_AFTER_TRUNCATION, NO_ROOM
+from rdpo_lightning.data.tokenize import IDENTICAL_AFTER_TRUNCATION, NO_ROOM, TRUNCATED
 from rdpo_lightning.online.generation import written_ids
 from rdpo_lightning.online.rounds import pair_row
 
@@ -29,3 +29,13 @@ def test_pair_rows_keep_the_responses_start_and_drop_what_offline_drops():
     assert pair_row(prompt, [5, EOS], [5, EOS], "a", "a", 8)[:2] == (None, IDENTICAL)
     assert pair_row(prompt, [5, 6, 7], [5, 6, 8], "a b c", "a b d", 5)[:2] == (None, IDENTICAL_AFTER_TRUNCATION)
     assert pair_row(prompt, [5], [6], "a", "b", 3)[:2] == (None, NO_ROOM)
+
+
+def test_data_drop_truncated_drops_a_pair_whose_response_would_be_cut():
+    prompt = [1, 9, 9]
+    assert pair_row(prompt, [5, 6, 7, 8, EOS], [7, EOS], "a b c d", "c", 6, drop_truncated=True)[:2] == (
+        None,
+        TRUNCATED,
+    )
+    row, reason, _ = pair_row(prompt, [5, 6, EOS], [7, EOS], "a b", "c", 6, drop_truncated=True)  # fits: kept
+    assert reason == "" and row["chosen_ids"] == [5, 6, EOS]
