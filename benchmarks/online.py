@@ -72,7 +72,7 @@ def world_arguments(scenario: str) -> dict:
                 train_alpha=None, val_alphas=None, train_mixtures=[[0.8, 0.1, 0.1]], val_mixtures=judged)  # fmt: skip
 
 
-def initial_policy(args: argparse.Namespace, scenario: str, seed: int, root: Path) -> tuple[Path, Path]:
+def initial_policy(args: argparse.Namespace, scenario: str, seed: int, root: Path) -> Path:
     """The tokenizer of the scenario's world and a GPT-2 drawn at ``seed``, saved: both modes load this one."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -90,7 +90,7 @@ def initial_policy(args: argparse.Namespace, scenario: str, seed: int, root: Pat
         )  # fmt: skip
         GPT2LMHeadModel(config).save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-    return directory, directory
+    return directory
 
 
 def make_robust(method: str, scenario: str, radius: float):
@@ -174,7 +174,7 @@ def fit_one(args: argparse.Namespace, scenario: str, method: str, mode: str, see
     from rdpo_lightning.training.module import RobustDPO
     from rdpo_lightning.training.quiet import quiet_trainer
 
-    model_dir, _ = initial_policy(args, scenario, seed, root)
+    model_dir = initial_policy(args, scenario, seed, root)
     cache = root / "cache"
     L.seed_everything(seed, verbose=False)
     datamodule = make_datamodule(args, scenario, mode, seed, model_dir, cache)
@@ -221,7 +221,7 @@ def fit_trl(args: argparse.Namespace, scenario: str, seed: int, root: Path) -> d
     from rdpo_lightning.training.module import RobustDPO
     from rdpo_lightning.training.quiet import quiet_trainer
 
-    model_dir, _ = initial_policy(args, scenario, seed, root)
+    model_dir = initial_policy(args, scenario, seed, root)
     cache = root / "cache"
     L.seed_everything(seed, verbose=False)
     datamodule = make_datamodule(args, scenario, "online", seed, model_dir, cache)
@@ -265,13 +265,9 @@ def difference(results: list[dict], scenario: str, method: str, measure: str, hi
     return gaps, t_interval(gaps)
 
 
-def verdict(interval, n: int) -> str:
-    if n < 3 or math.isnan(interval.low):
-        return "too few seeds"
-    return "pays" if interval.low > 0 else "loses" if interval.high < 0 else "noise"
-
-
 def report(args: argparse.Namespace, results: list[dict], seconds: float) -> str:
+    from rdpo_lightning.pareto.verdict import judge  # the package's rule: pays, loses, within seed noise, too few
+
     lines = [
         f"Online against offline{' (TINY smoke-test size)' if args.tiny else ''}: {args.seeds} seeds; "
         f"{args.num_train} training prompts x {args.completions} completions of up to {args.gen_tokens} tokens, "
@@ -320,7 +316,7 @@ def report(args: argparse.Namespace, results: list[dict], seconds: float) -> str
                 gaps, interval = difference(results, scenario, method, name, higher, baseline)
                 per_seed = " ".join(f"{g:+.4f}" for g in gaps)
                 lines.append(f"  {label:<40} {per_seed:<40} {interval.mean:+.4f} [{interval.low:+.4f}, "
-                             f"{interval.high:+.4f}]  {verdict(interval, interval.n)}")  # fmt: skip
+                             f"{interval.high:+.4f}]  {judge(interval)}")  # fmt: skip
     return "\n".join(lines)
 
 
